@@ -1,0 +1,48 @@
+"""Token alignment of an original response and its minimal edit (pure functions, no model).
+
+A minimal Levenshtein edit script over token ids (rapidfuzz) splits each side into unchanged positions
+U0 and changed positions U1:
+- original side: deleted and substituted tokens (what the edit removed: FIGA's negative tokens);
+- edited side: inserted and substituted tokens (what the edit added: FIGA's positive tokens).
+The token-level RM loss (Eq. 4 of 2406.02756) sums rewards over U1 of each side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rapidfuzz.distance import Levenshtein
+
+
+@dataclass(frozen=True)
+class TokenAlignment:
+    original_changed: tuple[bool, ...]
+    edited_changed: tuple[bool, ...]
+    edit_distance: int
+    opcodes: tuple[tuple[str, int, int, int, int], ...]
+
+    @property
+    def changed_fraction(self) -> float:
+        """Edit distance relative to the longer side: 0 = identical, 1 = nothing kept."""
+        longest = max(len(self.original_changed), len(self.edited_changed))
+        return self.edit_distance / longest if longest else 0.0
+
+
+def align_tokens(original_ids: Sequence[int], edited_ids: Sequence[int]) -> TokenAlignment:
+    """U1 masks of both sides from the minimal edit script turning ``original_ids`` into ``edited_ids``."""
+    original_changed = [False] * len(original_ids)
+    edited_changed = [False] * len(edited_ids)
+    opcodes = []
+    for op in Levenshtein.opcodes(list(original_ids), list(edited_ids)):
+        opcodes.append((op.tag, op.src_start, op.src_end, op.dest_start, op.dest_end))
+        if op.tag == "equal":
+            continue
+        original_changed[op.src_start : op.src_end] = [True] * (op.src_end - op.src_start)
+        edited_changed[op.dest_start : op.dest_end] = [True] * (op.dest_end - op.dest_start)
+    return TokenAlignment(
+        original_changed=tuple(original_changed),
+        edited_changed=tuple(edited_changed),
+        edit_distance=Levenshtein.distance(list(original_ids), list(edited_ids)),
+        opcodes=tuple(opcodes),
+    )

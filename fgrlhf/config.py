@@ -1,0 +1,133 @@
+"""Typed configuration: pydantic models loaded from YAML and overridden by dotted ``key=value`` arguments.
+
+Every section forbids unknown keys, so a typo is an error naming the key instead of a silently ignored
+setting. Command configs (edit, train-rm, ppo, figa, ...) live next to the code that uses them and are
+built from the shared sections defined here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+T = TypeVar("T", bound="StrictModel")
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the file and the key."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictModel):
+    """Which causal LM to load: ``tiny`` (random init, tests), ``smollm2`` (embedded default) or a path."""
+
+    name: str = "tiny"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    prompt_format: Literal["chat", "alpaca"] = "chat"
+    # Only used when name == "tiny": the random-init Llama's shape (head_dim >= 32 keeps vLLM happy).
+    tiny_hidden_size: int = Field(64, ge=8)
+    tiny_layers: int = Field(2, ge=1)
+    tiny_heads: int = Field(2, ge=1)
+    tiny_intermediate_size: int = Field(128, ge=8)
+    seed: int = 0
+
+
+class DeepSpeedConfig(StrictModel):
+    """The learner side: DeepSpeed engine settings shared by the RM, FIGA and PPO trainers."""
+
+    zero_stage: int = Field(0, ge=0, le=3)
+    world_size: int = Field(1, ge=1, description="data-parallel ranks, one Ray actor each")
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    num_gpus_per_rank: float = Field(0.0, ge=0.0)
+    num_cpus_per_rank: float = Field(1.0, gt=0.0)
+    micro_batch_size: int = Field(4, ge=1, description="per rank, per forward/backward")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr: float = Field(1e-5, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into ``{"a": {"b": 1}, "c": "x"}``; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. ppo.kl_coef=0.02")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is already set to a scalar")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}'")
+        else:
+            lines.append(f"  key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from an optional YAML file plus dotted overrides; errors name file and key."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(loaded).__name__}")
+        data = loaded or {}
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        source += " + command-line overrides"
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def dump_config(cfg: StrictModel, path: str | Path) -> None:
+    """Write the resolved config next to a run's outputs (no secrets live in configs)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
