@@ -58,6 +58,10 @@ def _smollm2_gguf_dir() -> Path:
     return gguf_dir
 
 
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
 def smollm2_checkpoint() -> Path:
     """Path of the safetensors checkpoint of SmolLM2-135M-Instruct, converting the GGUF on first use.
 
@@ -65,12 +69,13 @@ def smollm2_checkpoint() -> Path:
     concurrent processes (Ray actors) neither convert twice nor read a half-written checkpoint.
     """
     target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").is_file():
+    if _is_checkpoint(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():
+        if _is_checkpoint(target):
             return target
+        shutil.rmtree(target, ignore_errors=True)  # a partial directory from a killed older version
         gguf_dir = _smollm2_gguf_dir()
         log.info("converting %s into a safetensors checkpoint at %s (once)", SMOLLM2_GGUF, target)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)

@@ -1,0 +1,56 @@
+"""The ``fgrlhf`` console command.
+
+Each subcommand lives in the module that implements it, which exposes ``add_arguments(parser)`` and
+``main(args) -> int`` and imports heavy libraries (torch, ray, deepspeed) inside ``main`` so that
+``fgrlhf --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "edit": ("fgrlhf.editing.cli_edit", "minimally edit the less-preferred responses with an LLM or rules"),
+    "inspect-edits": ("fgrlhf.editing.inspect", "statistics and highlighted examples of an edit file"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fgrlhf",
+        description="Fine-grained RLHF: minimal-edit data, token-level reward models, token-reward PPO, FIGA.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from fgrlhf.config import ConfigError
+    from fgrlhf.data import DataError
+
+    try:
+        return args._module.main(args)
+    except (ConfigError, DataError) as exc:
+        # Bad input is the user's to fix: say what and where, without a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

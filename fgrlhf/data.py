@@ -1,0 +1,159 @@
+"""Validated loading of prompts, preference pairs and edit records.
+
+Sources: JSONL (one object per line), a JSON array, or a directory written by HF ``datasets``'
+``save_to_disk``. Every record is checked against a schema of required string fields; a problem is a
+:class:`DataError` naming file, line (or row) and field, or with ``skip_invalid`` a counted skip with the
+same message. Records keep all their other fields, so outputs can carry them through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+RESPONSE_FIELDS = ("prompt", "response")
+PROMPT_FIELDS = ("prompt",)
+EDIT_FIELDS = ("prompt", "original", "edited", "status")
+
+
+class DataError(ValueError):
+    """A record is malformed; the message starts with ``file:line`` and names the field."""
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and skipped, with each skip's message (for ``--skip-invalid`` runs)."""
+
+    loaded: int = 0
+    skipped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    messages: list[str] = field(default_factory=list)
+
+
+def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
+    """Yield ``(location, parsed-or-DataError)`` for each record of a JSONL/JSON file or datasets dir."""
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        for index, row in enumerate(load_from_disk(str(path))):
+            yield f"{path}:row {index}", row
+        return
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a valid JSON file: {exc}") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: a .json data file must hold a list of objects")
+        for index, row in enumerate(rows):
+            yield f"{path}:item {index}", row
+        return
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, DataError(f"{where}: line is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield where, json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield where, DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _check(where: str, record: object, required: tuple[str, ...], allow_empty: tuple[str, ...]) -> dict:
+    if isinstance(record, DataError):
+        raise record
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for name in required:
+        if name not in record:
+            raise DataError(f"{where}: missing field '{name}'")
+        value = record[name]
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+        if not value.strip() and name not in allow_empty:
+            raise DataError(f"{where}: field '{name}' is empty")
+    return record
+
+
+def load_records(
+    path: str | Path,
+    required: tuple[str, ...],
+    *,
+    allow_empty: tuple[str, ...] = (),
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    report: LoadReport | None = None,
+) -> list[dict]:
+    """Load and validate records that must carry the non-empty string fields ``required``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    report = report if report is not None else LoadReport()
+    records = []
+    for where, raw in _raw_records(path):
+        try:
+            records.append(_check(where, raw, required, allow_empty))
+        except DataError as exc:
+            if not skip_invalid:
+                raise
+            report.skipped += 1
+            report.reasons[str(exc).split(": ", 1)[-1].split(" (")[0]] += 1
+            report.messages.append(str(exc))
+            log.warning("skipping invalid record: %s", exc)
+            continue
+        if limit is not None and len(records) >= limit:
+            break
+    report.loaded = len(records)
+    if not records:
+        raise DataError(f"{path}: no valid records")
+    return records
+
+
+def load_pairs(path: str | Path, **kwargs) -> list[dict]:
+    """Preference pairs ``{prompt, chosen, rejected}``."""
+    return load_records(path, PAIR_FIELDS, **kwargs)
+
+
+def load_prompts(path: str | Path, **kwargs) -> list[dict]:
+    return load_records(path, PROMPT_FIELDS, **kwargs)
+
+
+def load_edit_inputs(path: str | Path, **kwargs) -> tuple[list[dict], str]:
+    """Inputs of ``fgrlhf edit``: pairs (the rejected side is edited) or single responses.
+
+    Returns the records and which field holds the text to edit (``rejected`` or ``response``).
+    """
+    path = Path(path)
+    first = next((raw for _, raw in _raw_records(path) if isinstance(raw, dict)), None) if path.exists() else None
+    if isinstance(first, dict) and "response" in first and "rejected" not in first:
+        return load_records(path, RESPONSE_FIELDS, **kwargs), "response"
+    return load_pairs(path, **kwargs), "rejected"
+
+
+def load_edit_records(path: str | Path, *, statuses: tuple[str, ...] = ("edited",), **kwargs) -> list[dict]:
+    """Output records of ``fgrlhf edit`` whose status is in ``statuses`` (others are not training data)."""
+    records = load_records(path, EDIT_FIELDS, allow_empty=("edited",), **kwargs)
+    return [record for record in records if record["status"] in statuses]
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Write atomically (temp file + rename) so an interrupted write never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)
