@@ -16,6 +16,12 @@ import sys
 COMMANDS = {
     "edit": ("fgrlhf.editing.cli_edit", "minimally edit the less-preferred responses with an LLM or rules"),
     "inspect-edits": ("fgrlhf.editing.inspect", "statistics and highlighted examples of an edit file"),
+    "train-rm": ("fgrlhf.reward.train", "train a token-level (Eq. 3/4) or sequence-level reward model on Ray"),
+    "eval-rm": ("fgrlhf.reward.evaluate", "pairwise accuracy (bootstrap 95%% CI) and token-reward heat map of an RM"),
+    "ppo": ("fgrlhf.ppo_cli", "token-reward PPO on Ray (policy/critic learners, rollout, RM, reference)"),
+    "env-data": ("fgrlhf.envs.cli_env_data", "simulated-preference data: prompts, gold-labelled pairs"),
+    "winrate": ("fgrlhf.winrate", "win rate of a model vs the eval set's reference outputs (gold or LLM judge)"),
+    "figa": ("fgrlhf.figa.train", "FIGA fine-grained SFT on initial/revised response pairs (or plain SFT) on Ray"),
 }
 
 

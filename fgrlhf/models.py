@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -59,7 +60,11 @@ def _smollm2_gguf_dir() -> Path:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    """A complete converted checkpoint; one still tagged as GGUF-quantised (older fgrlhf) is redone."""
+    config = path / "config.json"
+    if not (config.is_file() and (path / "model.safetensors").is_file()):
+        return False
+    return "quantization_config" not in json.loads(config.read_text())
 
 
 def smollm2_checkpoint() -> Path:
@@ -81,7 +86,12 @@ def smollm2_checkpoint() -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         # save_pretrained refuses a GGUF-loaded model, so copy its weights into a fresh one.
-        model = LlamaForCausalLM(gguf_model.config)
+        config = gguf_model.config
+        # The weights are de-quantised float tensors; a leftover GGUF tag makes vLLM and
+        # save_pretrained treat the checkpoint as quantised.
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        model = LlamaForCausalLM(config)
         model.load_state_dict(gguf_model.state_dict())
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id

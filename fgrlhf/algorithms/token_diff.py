@@ -30,11 +30,17 @@ class TokenAlignment:
 
 
 def align_tokens(original_ids: Sequence[int], edited_ids: Sequence[int]) -> TokenAlignment:
-    """U1 masks of both sides from the minimal edit script turning ``original_ids`` into ``edited_ids``."""
+    """U1 masks of both sides from the minimal edit script turning ``original_ids`` into ``edited_ids``.
+
+    Ids are converted with ``int`` first: elements of a torch tensor are 0-d tensors that hash by identity,
+    so rapidfuzz would see every token as different and mark everything changed.
+    """
+    original_ids = [int(token) for token in original_ids]
+    edited_ids = [int(token) for token in edited_ids]
     original_changed = [False] * len(original_ids)
     edited_changed = [False] * len(edited_ids)
     opcodes = []
-    for op in Levenshtein.opcodes(list(original_ids), list(edited_ids)):
+    for op in Levenshtein.opcodes(original_ids, edited_ids):
         opcodes.append((op.tag, op.src_start, op.src_end, op.dest_start, op.dest_end))
         if op.tag == "equal":
             continue
@@ -43,6 +49,6 @@ def align_tokens(original_ids: Sequence[int], edited_ids: Sequence[int]) -> Toke
     return TokenAlignment(
         original_changed=tuple(original_changed),
         edited_changed=tuple(edited_changed),
-        edit_distance=Levenshtein.distance(list(original_ids), list(edited_ids)),
+        edit_distance=Levenshtein.distance(original_ids, edited_ids),
         opcodes=tuple(opcodes),
     )

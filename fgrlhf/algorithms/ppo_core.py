@@ -1,0 +1,197 @@
+"""PPO building blocks on right-padded ``[B, T]`` response tensors (mask: 1 = real token, EOS included).
+
+KL estimators, per-token reward shaping (sequence / token / fine_grained_sequence), masked statistics,
+GAE, the clipped policy and value losses, and log-prob / entropy from logits. AlpacaFarm defaults:
+γ = λ = 1, ε = 0.2 for both clipped losses.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+KLEstimator = Literal["k1", "k2", "k3"]
+RewardMode = Literal["sequence", "token", "fine_grained_sequence"]
+
+
+def kl_penalty(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator, clamp: float | None = None
+) -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from log-probs of tokens sampled from π.
+
+    k1 = logπ − logπref (unbiased, can be negative); k2 = ½(logπ − logπref)²; k3 = e^d − 1 − d with
+    d = logπref − logπ (unbiased and ≥ 0). ``clamp`` bounds the estimate to [−clamp, clamp] so one
+    off-distribution token cannot dominate the reward.
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        kl = log_ratio
+    elif estimator == "k2":
+        kl = 0.5 * log_ratio.square()
+    elif estimator == "k3":
+        d = -log_ratio
+        kl = torch.expm1(d) - d
+    else:
+        raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1', 'k2' or 'k3'")
+    if clamp is not None:
+        kl = kl.clamp(-clamp, clamp)
+    return kl
+
+
+def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each right-padded row (mask.sum − 1), ``[B]`` long; −1 for empty rows."""
+    return response_mask.sum(-1).long() - 1
+
+
+def _reward_at_last_token(sequence_reward: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    # R lands ON the last real token (EOS), not one past it: the value of the final state then sees R.
+    last = last_token_index(response_mask)
+    one_hot = torch.nn.functional.one_hot(last.clamp(min=0), response_mask.size(-1)).to(sequence_reward.dtype)
+    one_hot = one_hot * (last >= 0).unsqueeze(-1).to(sequence_reward.dtype)
+    return one_hot * sequence_reward.unsqueeze(-1)
+
+
+def compute_rewards(
+    mode: RewardMode,
+    kl: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+    sequence_reward: torch.Tensor | None = None,
+    token_rewards: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token PPO rewards ``[B, T]``, 0 outside the mask.
+
+    - ``sequence``: r_t = −β·KL_t, plus the scalar R at the last real token (index mask.sum − 1).
+    - ``fine_grained_sequence``: the same arithmetic; R comes from the RM trained on edited data.
+    - ``token``: r_t = R_t − β·KL_t (β = 0 gives the paper's literal [R_1, ..., R_n]).
+    """
+    if mode in ("sequence", "fine_grained_sequence"):
+        if sequence_reward is None or token_rewards is not None:
+            raise ValueError(f"reward mode {mode!r} needs sequence_reward [B] and no token_rewards")
+        score = _reward_at_last_token(sequence_reward, response_mask)
+    elif mode == "token":
+        if token_rewards is None or sequence_reward is not None:
+            raise ValueError("reward mode 'token' needs token_rewards [B, T] and no sequence_reward")
+        score = token_rewards
+    else:
+        raise ValueError(f"unknown reward mode {mode!r}; expected 'sequence', 'token' or 'fine_grained_sequence'")
+    return (score - kl_coef * kl) * response_mask.to(kl.dtype)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` where mask is 1 (over all elements, or along ``dim``)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance over masked elements; ``unbiased`` applies Bessel's n/(n−1) (skipped when n ≤ 1)."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean).square(), mask)
+    if unbiased:
+        n = mask.to(values.dtype).sum()
+        if n > 1:
+            var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x − mean) / std over masked elements, 0 outside the mask.
+
+    ``shift_mean=False`` only rescales (the mean is added back): used for rewards, whose sign matters.
+    """
+    mean = masked_mean(values, mask)
+    whitened = (values - mean) * torch.rsqrt(masked_var(values, mask) + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(values.dtype)
+
+
+@torch.no_grad()
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation; returns ``(advantages, returns)``, both 0 outside the mask.
+
+    δ_t = r_t + γV_{t+1} − V_t, A_t = δ_t + γλA_{t+1}, with V and A past the last real token taken as 0
+    (the episode ends at EOS). returns = advantages + values are the critic's targets. No gradient.
+    """
+    mask = mask.to(values.dtype)
+    horizon = rewards.size(-1)
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(horizon)):
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < horizon else torch.zeros_like(values[:, t])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate −min(ρA, clip(ρ, 1±ε)A), token-level masked mean.
+
+    Stats (detached): ``clip_fraction`` = share of tokens where the clipped term is the active one;
+    ``approx_kl`` = k3 estimate of KL(π_old ‖ π) from ρ = π/π_old: (ρ − 1) − log ρ.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": masked_mean((clipped > unclipped).to(logprobs.dtype), mask),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss ½·max((V_clip − R)², (V − R)²), V_clip = V_old + clip(V − V_old, ±ε).
+
+    Stat ``vf_clip_fraction``: share of tokens where the clipped error is the larger (active) one.
+    """
+    clipped_values = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    error = (values - returns).square()
+    clipped_error = (clipped_values - returns).square()
+    loss = 0.5 * masked_mean(torch.maximum(error, clipped_error), mask)
+    with torch.no_grad():
+        stats = {"vf_clip_fraction": masked_mean((clipped_error > error).to(values.dtype), mask)}
+    return loss, stats
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label], ``[B, T]``.
+
+    One batch row at a time, so only a ``[T, V]`` log-softmax is alive beyond the logits themselves;
+    half-precision logits are upcast to float32 (log-prob ratios in bf16 are too coarse for PPO).
+    """
+    rows = []
+    for row_logits, row_labels in zip(logits, labels):
+        if row_logits.dtype in (torch.float16, torch.bfloat16):
+            row_logits = row_logits.float()
+        log_probs = torch.log_softmax(row_logits, dim=-1)
+        rows.append(log_probs.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1))
+    return torch.stack(rows)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per position, ``[B, T]``: logsumexp(z) − Σ_v p_v z_v."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)

@@ -1,0 +1,77 @@
+"""Reward-model losses and metrics (arXiv 2406.02756, Eq. 3 / Eq. 4; Bradley–Terry).
+
+Chosen = τ_i, the edited (preferred) response; rejected = τ_j, the original (less preferred) one.
+Token tensors are right-padded ``[B, T]`` with a 0/1 ``mask`` of real response tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def token_rm_sequence_reward(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """R(τ) = (1/T) Σ_t r_t with T = mask.sum(-1): a token RM read as a sequence score, ``[B]``."""
+    mask = mask.to(token_rewards.dtype)
+    return (token_rewards * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def token_rm_loss_eq3(
+    r_chosen: torch.Tensor, mask_chosen: torch.Tensor, r_rejected: torch.Tensor, mask_rejected: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 3: −E log σ(R(τ_i) − R(τ_j)), R the per-response mean token reward."""
+    margin = token_rm_sequence_reward(r_chosen, mask_chosen) - token_rm_sequence_reward(r_rejected, mask_rejected)
+    return -F.logsigmoid(margin).mean()
+
+
+def _changed_sum_over_length(r: torch.Tensor, mask: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(r.dtype)
+    return (r * changed.to(r.dtype) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def token_rm_loss_eq4(
+    r_chosen: torch.Tensor,
+    mask_chosen: torch.Tensor,
+    changed_chosen: torch.Tensor,
+    r_rejected: torch.Tensor,
+    mask_rejected: torch.Tensor,
+    changed_rejected: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 4: −E log σ((1/T_i) Σ_{t∈U1} r^i_t − (1/T_j) Σ_{t∈U1} r^j_t).
+
+    Eq. 3 with the unchanged part U0 dropped (the paper assumes it scores equally on both sides), so only
+    changed tokens receive gradient. T stays the full response length (mask.sum), not |U1|. A side with no
+    changed tokens (a pure insertion leaves the original's U1 empty) contributes 0 to the margin.
+    """
+    margin = _changed_sum_over_length(r_chosen, mask_chosen, changed_chosen) - _changed_sum_over_length(
+        r_rejected, mask_rejected, changed_rejected
+    )
+    return -F.logsigmoid(margin).mean()
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Sequence-RM loss −E log σ(r_c − r_r) (AlpacaFarm's BCE with the label folded into the order)."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def pairwise_accuracy(score_chosen: torch.Tensor, score_rejected: torch.Tensor) -> torch.Tensor:
+    """Fraction of pairs ranked correctly; a tie counts ½ so a constant scorer sits at chance, not 0."""
+    correct = (score_chosen > score_rejected).float() + 0.5 * (score_chosen == score_rejected).float()
+    return correct.mean()
+
+
+def bootstrap_ci(
+    correct_per_pair, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap (1 − alpha) interval of the mean of per-pair scores (1, 0 or ½ for a tie)."""
+    values = np.asarray(
+        correct_per_pair.detach().cpu().numpy() if isinstance(correct_per_pair, torch.Tensor) else correct_per_pair,
+        dtype=np.float64,
+    ).reshape(-1)
+    if values.size == 0:
+        raise ValueError("bootstrap_ci of zero pairs")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)

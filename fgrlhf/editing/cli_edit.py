@@ -1,0 +1,64 @@
+"""Minimally edit the less-preferred response of each pair (or each single response).
+
+  fgrlhf edit --input pairs.jsonl --output edits.jsonl --editor anthropic [--model claude-sonnet-5-5]
+  fgrlhf edit --input pairs.jsonl --output edits.jsonl --editor rule --rules configs/edit-rules-default.yaml rule.recall=0.8
+  fgrlhf edit --input pairs.jsonl --output edits.jsonl --editor hf --model smollm2
+
+Inputs: JSONL/JSON/datasets dir of {prompt, chosen, rejected} (the rejected side is edited) or
+{prompt, response}. Settings: configs/edit-default.yaml, overridden by key=value (e.g. retry.max_attempts=8,
+max_changed_fraction=0.4) and then by the flags. Claude reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL.
+Completed items are cached (SQLite) as they finish: re-running the same command after a crash or Ctrl-C
+re-sends nothing that completed, and retries only failed items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="pairs or single responses (JSONL, JSON, datasets dir)")
+    parser.add_argument("--output", required=True, help="edit records (JSONL), written atomically at the end")
+    parser.add_argument("--editor", choices=["anthropic", "hf", "rule"], help="default: the config's editor")
+    parser.add_argument("--model", help="model of the LLM editor (Claude model id; tiny/smollm2/path for hf)")
+    parser.add_argument("--rules", help="rule editor: YAML list of {name, pattern, replacement}")
+    parser.add_argument("--concurrency", type=int, help="items in flight at once")
+    parser.add_argument("--cache", help="SQLite cache path (default OUTPUT.cache.sqlite)")
+    parser.add_argument("--config", help="YAML config (see configs/edit-default.yaml)")
+    parser.add_argument("--skip-invalid", action="store_true", help="skip malformed input records (counted)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def main(args: argparse.Namespace) -> int:
+    from fgrlhf.config import ConfigError, load_config
+    from fgrlhf.editing.config import EditConfig
+    from fgrlhf.editing.pipeline import run_edit
+    from fgrlhf.editing.retry import FatalError
+
+    # One INFO line per HTTP request would drown the progress bar.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cfg = load_config(EditConfig, args.config, args.overrides)
+    try:
+        for flag, key in (("editor", "editor"), ("concurrency", "concurrency"), ("cache", "cache")):
+            if getattr(args, flag) is not None:
+                setattr(cfg, key, getattr(args, flag))
+        if args.rules is not None:
+            cfg.rule.rules = args.rules
+        if args.model is not None:
+            cfg.set_model(args.model)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"invalid command-line flag: {exc}") from None
+    try:
+        summary = run_edit(cfg, args.input, args.output, skip_invalid=args.skip_invalid,
+                           progress=not args.no_progress)
+    except FatalError as exc:
+        print(f"error: {exc}; completed items are cached, re-run to resume", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted: completed items are cached; re-run the same command to resume", file=sys.stderr)
+        return 130
+    print(summary.render())
+    return 0

@@ -1,0 +1,157 @@
+"""Build a simulated-preference data set: prompts for PPO, eval prompts with references, labelled pairs.
+
+  fgrlhf env-data --env synthetic --out runs/env-syn [--n-prompts N] [--seed S] [key=value ...]
+  fgrlhf env-data --env alpaca-sim --out runs/env-alpaca --n-prompts 8 generation.max_new_tokens=64
+
+Writes DIR/prompts_train.jsonl (``prompt``), DIR/prompts_eval.jsonl (``prompt``, ``reference``: the
+win-rate eval set), DIR/pairs.jsonl (``prompt``, ``chosen``, ``rejected`` plus ``gold_chosen``,
+``gold_rejected``, ``gold_agrees``), DIR/env_data.json (summary) and DIR/config.yaml. Two responses per
+pair prompt come from the env's grammar generator (synthetic), from the policy model with HF generate
+(alpaca-sim), or from ``responses_file`` (JSONL of ``prompt``/``response``, the first two per prompt).
+Labels are Bradley–Terry samples on the gold difference with label noise (fgrlhf.envs.preferences).
+``sft_steps > 0`` (synthetic) also trains the tiny policy on the grammar into DIR/policy.
+The rule editor (``fgrlhf edit`` with configs/edit-rules-<env>.yaml) then plays the minimal editor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from fgrlhf.config import StrictModel
+
+ENV_CHOICES = ("synthetic", "alpaca-sim")
+
+
+class GenerationConfig(StrictModel):
+    """Response sampling for alpaca-sim pairs."""
+
+    model: str = "smollm2"
+    prompt_format: Literal["chat", "alpaca"] = "chat"
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    batch_size: int = Field(4, ge=1)
+    max_prompt_tokens: int = Field(256, ge=8)
+
+
+class EnvDataConfig(StrictModel):
+    n_prompts: int | None = Field(None, ge=1, description="pair prompts (default: synthetic all, alpaca-sim 8)")
+    seed: int = 0
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    bt_temperature: float = Field(0.05, ge=0.0, description="Bradley–Terry temperature on gold differences")
+    label_noise: float = Field(0.1, ge=0.0, le=1.0, description="probability a label is flipped")
+    responses_file: str | None = None
+    generation: GenerationConfig = GenerationConfig()
+    sft_steps: int = Field(0, ge=0, description="synthetic only: SFT steps of the tiny policy into DIR/policy")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", required=True, choices=ENV_CHOICES)
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--config", type=Path, help="YAML with EnvDataConfig keys")
+    parser.add_argument("--n-prompts", type=int, help="number of pair prompts (overrides n_prompts)")
+    parser.add_argument("--seed", type=int, help="overrides seed")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def _responses_from_file(path: str, prompts: list[str]) -> list[tuple[str, str]]:
+    from fgrlhf.data import DataError, RESPONSE_FIELDS, load_records
+
+    by_prompt: dict[str, list[str]] = {}
+    for record in load_records(path, RESPONSE_FIELDS):
+        by_prompt.setdefault(record["prompt"], []).append(record["response"])
+    pairs = []
+    for prompt in prompts:
+        found = by_prompt.get(prompt, [])
+        if len(found) < 2:
+            raise DataError(f"{path}: prompt {prompt[:60]!r} needs at least 2 responses, has {len(found)}")
+        pairs.append((found[0], found[1]))
+    return pairs
+
+
+def _responses_from_model(cfg: GenerationConfig, prompts: list[str], seed: int) -> list[tuple[str, str]]:
+    from fgrlhf.config import ModelConfig
+    from fgrlhf.tokenization import encode_prompt, format_prompt
+    from fgrlhf.workers.rollout_worker import HFEngine
+
+    engine = HFEngine(ModelConfig(name=cfg.model), device="cpu")
+    tok = engine.tokenizer
+    ids = [encode_prompt(tok, format_prompt(tok, p, cfg.prompt_format), cfg.max_prompt_tokens)
+           for p in prompts for _ in range(2)]
+    texts = []
+    for start in range(0, len(ids), cfg.batch_size):
+        out = engine.generate(ids[start:start + cfg.batch_size], cfg.max_new_tokens, cfg.temperature,
+                              cfg.top_p, seed + start)
+        texts += tok.batch_decode(out, skip_special_tokens=True)
+    return [(texts[2 * i].strip(), texts[2 * i + 1].strip()) for i in range(len(prompts))]
+
+
+def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
+    from fgrlhf.config import dump_config
+    from fgrlhf.data import write_jsonl
+    from fgrlhf.envs import load_env
+    from fgrlhf.envs.preferences import label_pairs
+
+    module = load_env(env)
+    if env == "synthetic":
+        train, evals = module.split_prompts(cfg.eval_fraction)
+        eval_records = module.eval_records(evals, cfg.seed)
+    else:
+        train_records, eval_records = module.split_records(module.load_eval_set(), cfg.eval_fraction)
+        train = [r["prompt"] for r in train_records]
+    pair_prompts = list(train)
+    random.Random(cfg.seed).shuffle(pair_prompts)
+    pair_prompts = pair_prompts[:cfg.n_prompts or (len(train) if env == "synthetic" else 8)]
+
+    if cfg.responses_file:
+        responses = _responses_from_file(cfg.responses_file, pair_prompts)
+    elif env == "synthetic":
+        responses = [tuple(r) for r in module.sample_responses(pair_prompts, 2, cfg.seed)]
+    else:
+        responses = _responses_from_model(cfg.generation, pair_prompts, cfg.seed)
+    flat_prompts = [p for p in pair_prompts for _ in range(2)]
+    flat_scores = module.gold_reward(flat_prompts, [r for pair in responses for r in pair])
+    scores = list(zip(flat_scores[::2], flat_scores[1::2]))
+    pairs = label_pairs(pair_prompts, responses, scores, cfg.bt_temperature, cfg.label_noise, cfg.seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    write_jsonl(out / "prompts_train.jsonl", [{"prompt": p} for p in train])
+    write_jsonl(out / "prompts_eval.jsonl", eval_records)
+    write_jsonl(out / "pairs.jsonl", pairs)
+    summary = {
+        "env": env,
+        "train_prompts": len(train),
+        "eval_prompts": len(eval_records),
+        "pairs": len(pairs),
+        "gold_mean": sum(flat_scores) / len(flat_scores),
+        "label_agrees_with_gold": sum(p["gold_agrees"] for p in pairs) / len(pairs),
+    }
+    if env == "synthetic" and cfg.sft_steps:
+        sft = module.sft_synthetic_policy(out / "policy", steps=cfg.sft_steps, seed=cfg.seed)
+        summary["sft_heldout_loss"] = [sft["heldout_loss_before"], sft["heldout_loss_after"]]
+    (out / "env_data.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    from fgrlhf.config import load_config
+
+    overrides = list(args.overrides)
+    if args.n_prompts is not None:
+        overrides.append(f"n_prompts={args.n_prompts}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(EnvDataConfig, args.config, overrides)
+    if cfg.sft_steps and args.env != "synthetic":
+        from fgrlhf.config import ConfigError
+
+        raise ConfigError("sft_steps: only the synthetic env trains its own policy")
+    print(json.dumps(build(args.env, cfg, args.out)))
+    return 0

@@ -1,0 +1,315 @@
+"""Supervised training on Ray + DeepSpeed for any per-example loss: reward models, FIGA, SFT.
+
+The loop knows nothing about the loss. A *task* supplies it: a small picklable object (it is shipped to
+every rank) that implements :class:`SupervisedTask`:
+
+``prepare(records) -> list``
+    Called once, on the driver, before any actor starts: validate and encode raw records into picklable
+    examples (token ids, masks). Bad input fails here with a message naming the record.
+``build_model() -> torch.nn.Module``
+    Called on every rank after ``torch.manual_seed(cfg.seed)``, so every rank builds the same weights.
+``collate(examples) -> dict[str, Tensor]``
+    One micro-batch of examples into tensors (the worker moves them to its device).
+``loss(model, batch) -> (loss, metrics)``
+    ``model`` is the DeepSpeed engine (call it like the module). ``loss`` is the *mean* over the
+    micro-batch's examples and ``metrics`` maps names to per-example means (floats), so that averages
+    weighted by example counts are exact over ranks, micro-batches and eval sets.
+``save_pretrained(model, directory)``
+    Write the HF-style export of ``model`` (the bare module, with whole parameters even under ZeRO-3);
+    called on rank 0 only.
+``evaluate(model, batch) -> metrics`` (optional)
+    Eval-time metrics of one micro-batch (per-example means); without it eval reports ``loss``'s
+    metrics under ``torch.no_grad``.
+
+Batches: a step consumes one *global batch* of ``micro_batch_size x gradient_accumulation_steps x
+world_size`` examples, in an order fixed by ``seed`` and the epoch. Rank r takes the r-th contiguous slice
+and splits it into ``gradient_accumulation_steps`` micro-batches; since every loss is a per-example mean
+over equal-sized micro-batches, the averaged gradient is the global batch's mean whatever the world size
+(1 rank x 4 accumulation steps == 2 ranks x 2 == 4 ranks x 1). A trailing partial global batch of an epoch
+is dropped for the same reason.
+
+Outputs in ``out_dir``: ``metrics.jsonl`` (one JSON object per step: step, epoch, loss, lr, examples_per_s,
+the task's metrics, and ``eval_*`` on eval steps), ``tb/`` (TensorBoard), ``checkpoints/step_N/``
+(DeepSpeed engine states of all ranks under tag ``ds``, with each rank's torch RNG, plus
+``trainer_state.json`` written last: a checkpoint without it is incomplete and ignored on resume) and
+``final/`` (``task.save_pretrained``). ``resume=True`` restarts from the newest complete checkpoint at the
+same step and data order; the metric lines after it are dropped and redone. DeepSpeed writes each rank's
+shards itself, so a multi-node run needs ``out_dir`` on a shared file system.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from pydantic import Field
+
+from fgrlhf.config import ConfigError, DeepSpeedConfig, StrictModel, dump_config
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+
+
+@runtime_checkable
+class SupervisedTask(Protocol):
+    """What :func:`run_supervised_training` needs from a loss; see the module docstring for the contract."""
+
+    def prepare(self, records: list[dict]) -> list[Any]: ...
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def collate(self, examples: list[Any]) -> dict[str, torch.Tensor]: ...
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def save_pretrained(self, model: torch.nn.Module, directory: str) -> None: ...
+
+
+class SupervisedConfig(StrictModel):
+    """The loop's settings; a command's config (RM, FIGA) subclasses it and adds its task's fields."""
+
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    eval_every: int = Field(0, ge=0, description="steps between evals (0: only after the last step)")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints (0: only the final export)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    seed: int = 0
+
+
+# --- data order -------------------------------------------------------------------------------------------
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The example order of ``epoch``: a pure function of (seed, epoch), so resume needs only the step."""
+    order = list(range(num_examples))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def global_batch(num_examples: int, global_size: int, seed: int, step: int) -> tuple[int, list[int]]:
+    """(epoch, example indices) of 0-based optimizer step ``step``."""
+    per_epoch = num_examples // global_size
+    epoch, index = divmod(step, per_epoch)
+    return epoch, epoch_order(num_examples, seed, epoch)[index * global_size:(index + 1) * global_size]
+
+
+def shard_for_ranks(batch: list[Any], world_size: int, micro_batch_size: int) -> list[list[list[Any]]]:
+    """Per rank, its micro-batches: rank r's contiguous slice cut into micro-batches, in order."""
+    per_rank = len(batch) // world_size
+    if per_rank * world_size != len(batch) or per_rank % micro_batch_size:
+        raise ValueError(f"a batch of {len(batch)} does not split into {world_size} ranks x micro {micro_batch_size}")
+    shards = [batch[r * per_rank:(r + 1) * per_rank] for r in range(world_size)]
+    return [[s[i:i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)] for s in shards]
+
+
+def eval_assignment(num_examples: int, world_size: int, micro_batch_size: int) -> list[list[tuple[slice, float]]]:
+    """Per rank, (example slice, weight) micro-batches; every rank gets the same count because ZeRO-3
+    forwards are collective, so ranks short of work re-run a micro-batch with weight 0."""
+    chunks = [slice(i, min(i + micro_batch_size, num_examples)) for i in range(0, num_examples, micro_batch_size)]
+    rounds = math.ceil(len(chunks) / world_size)
+    plan: list[list[tuple[slice, float]]] = [[] for _ in range(world_size)]
+    for position in range(rounds * world_size):
+        rank = position % world_size
+        plan[rank].append((chunks[position], 1.0) if position < len(chunks) else (chunks[0], 0.0))
+    return plan
+
+
+def weighted_mean(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Average per-example-mean metric dicts by their example counts."""
+    total = sum(count for _, count in parts)
+    keys = {key for metrics, count in parts if count for key in metrics}
+    return {key: sum(m.get(key, 0.0) * c for m, c in parts) / total for key in sorted(keys)} if total else {}
+
+
+# --- metrics and checkpoints ------------------------------------------------------------------------------
+class MetricsLog:
+    """DIR/metrics.jsonl + DIR/tb; on resume, lines past the checkpoint are dropped (they are redone)."""
+
+    def __init__(self, out_dir: Path, resume_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = out_dir / "metrics.jsonl"
+        if self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                group = "eval" if key.startswith("eval_") else "train"
+                self.writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete ``checkpoints/step_N`` (one whose trainer_state.json was written)."""
+    complete = [p for p in (out_dir / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file()]
+    return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def _prune_checkpoints(out_dir: Path, keep: int) -> None:
+    steps = sorted((out_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    for path in steps[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+class _Ranks:
+    """The DeepSpeed ranks as Ray actors in one placement group; every call goes to all of them."""
+
+    def __init__(self, task: SupervisedTask, ds: DeepSpeedConfig, seed: int, total_steps: int):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from fgrlhf.distributed import placement_group_for
+        from fgrlhf.workers.train_worker import SupervisedTrainWorker
+
+        bundle = {"CPU": ds.num_cpus_per_rank, **({"GPU": ds.num_gpus_per_rank} if ds.num_gpus_per_rank else {})}
+        self.group = placement_group_for([dict(bundle) for _ in range(ds.world_size)])
+        actor = ray.remote(SupervisedTrainWorker)
+        self.actors = [
+            actor.options(
+                num_cpus=ds.num_cpus_per_rank, num_gpus=ds.num_gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
+            ).remote(task, rank, ds.world_size, ds, seed)
+            for rank in range(ds.world_size)
+        ]
+        try:
+            addr, port = ray.get(self.actors[0].rendezvous_address.remote())
+            self.all("setup", addr, port, total_steps)
+        except BaseException:
+            self.shutdown()  # free the bundles: a caller sharing the Ray session must not inherit them
+            raise
+
+    def all(self, method: str, *args: Any) -> list[Any]:
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def each(self, method: str, per_rank_args: list[tuple]) -> list[Any]:
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a, args in zip(self.actors, per_rank_args)])
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.group)
+
+
+def _evaluate(ranks: _Ranks, examples: list[Any], ds: DeepSpeedConfig) -> dict[str, float]:
+    plan = eval_assignment(len(examples), ds.world_size, ds.micro_batch_size)
+    args = [([(examples[s], w) for s, w in rank_plan],) for rank_plan in plan]
+    parts = [part for rank_parts in ranks.each("evaluate", args) for part in rank_parts]
+    return {f"eval_{k}": v for k, v in weighted_mean(parts).items()}
+
+
+def run_supervised_training(
+    task: SupervisedTask,
+    train_records: list[dict],
+    eval_records: list[dict],
+    cfg: SupervisedConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train ``task`` on Ray (``ray.init`` must have run); returns the last step's metrics + ``final_dir``."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    ds = cfg.deepspeed
+    train = task.prepare(train_records)
+    evals = task.prepare(eval_records) if eval_records else []
+    size = ds.global_batch_size
+    if len(train) < size:
+        raise ConfigError(f"{len(train)} training examples cannot fill one global batch of {size} "
+                         f"(micro_batch_size x gradient_accumulation_steps x world_size); lower them")
+    per_epoch = len(train) // size
+    total = cfg.max_steps or cfg.epochs * per_epoch
+
+    start, checkpoint = 0, None
+    if resume:
+        checkpoint = latest_checkpoint(out_dir)
+        if checkpoint is None:
+            log.warning("--resume: no complete checkpoint in %s; starting from step 0", out_dir / "checkpoints")
+        else:
+            state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+            if state["world_size"] != ds.world_size or state["global_batch_size"] != size:
+                raise ConfigError(f"{checkpoint} was written with world_size={state['world_size']}, global batch "
+                                 f"{state['global_batch_size']}; resume needs the same")
+            start = state["step"]
+    elif out_dir.exists() and any((out_dir / name).exists() for name in ("metrics.jsonl", "checkpoints", "final")):
+        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out_dir / "config.yaml")
+    log.info("DeepSpeed ZeRO stage %d, %d rank(s), global batch %d = micro %d x accumulation %d x ranks %d; "
+             "%d examples (%d eval), %d steps/epoch, %d steps", ds.zero_stage, ds.world_size, size,
+             ds.micro_batch_size, ds.gradient_accumulation_steps, ds.world_size, len(train), len(evals),
+             per_epoch, total)
+    if len(train) % size:
+        log.info("each epoch drops its last %d examples (a partial global batch would change the gradient scale)",
+                 len(train) % size)
+
+    ranks = _Ranks(task, ds, cfg.seed, total)
+    metrics_log = MetricsLog(out_dir, start)
+    record: dict[str, Any] = {}
+    try:
+        if checkpoint is not None:
+            ranks.all("load_checkpoint", str(checkpoint))
+            log.info("resumed from %s at step %d", checkpoint, start)
+        bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        for step in range(start, total):
+            began = time.perf_counter()
+            epoch, indices = global_batch(len(train), size, cfg.seed, step)
+            shards = shard_for_ranks([train[i] for i in indices], ds.world_size, ds.micro_batch_size)
+            results = ranks.each("train_step", [(shard,) for shard in shards])
+            done = step + 1
+            record = {"step": done, "epoch": epoch, **weighted_mean(results),
+                      "examples_per_s": size / (time.perf_counter() - began)}
+            if evals and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
+                record.update(_evaluate(ranks, evals, ds))
+            metrics_log.write(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "eval_accuracy")})
+            if cfg.save_every and done % cfg.save_every == 0 and done < total:
+                _save_checkpoint(ranks, out_dir, done, epoch, cfg)
+        bar.close()
+        final = out_dir / "final"
+        staging = out_dir / ".final-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        ranks.all("export", str(staging))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)  # a crash mid-export never leaves a half-written final/
+    finally:
+        metrics_log.close()
+        ranks.shutdown()
+    log.info("final model in %s", final)
+    return {**record, "final_dir": str(final)}
+
+
+def _save_checkpoint(ranks: _Ranks, out_dir: Path, step: int, epoch: int, cfg: SupervisedConfig) -> None:
+    path = out_dir / "checkpoints" / f"step_{step}"
+    shutil.rmtree(path, ignore_errors=True)  # a leftover incomplete one from a crash
+    ranks.all("save_checkpoint", str(path))
+    state = {"step": step, "epoch": epoch, "seed": cfg.seed, "world_size": cfg.deepspeed.world_size,
+             "global_batch_size": cfg.deepspeed.global_batch_size}
+    tmp = path / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    tmp.replace(path / STATE_FILE)  # written last: marks the checkpoint complete
+    _prune_checkpoints(out_dir, cfg.keep_checkpoints)

@@ -1,0 +1,107 @@
+"""Win rate of a model against the eval set's reference outputs (AlpacaFarm/AlpacaEval protocol).
+
+  fgrlhf winrate --model smollm2 --judge gold --n 32 --out runs/winrate-smollm2
+  fgrlhf winrate --model runs/env-syn/policy --env synthetic --judge gold --out runs/winrate-syn
+
+The model answers each instruction (greedy by default, HF generate, batched); a judge compares its
+output with the reference (text-davinci-003 for AlpacaEval) and gives pref 1 (reference wins), 2 (model
+wins) or 1.5 (draw). Win rate = 100 · mean(pref − 1) ± standard error (fgrlhf.algorithms.winrate).
+
+Judge ``gold``: the environment's programmatic gold reward on both outputs; scores within ``--epsilon``
+are a draw. It is offline and deterministic, and it is not a human or LLM judge (docs/environments.md).
+
+The eval set defaults to the environment's held-out eval split (alpaca-sim: the hash-split part of the 805
+AlpacaEval instructions; synthetic: its eval prompts with generator references); ``--eval-set`` takes
+any JSONL with ``prompt`` and ``reference``. Prints one JSON line and writes DIR/winrate.json and
+DIR/outputs.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="tiny, smollm2 or an HF checkpoint directory")
+    parser.add_argument("--judge", default="gold", choices=("gold",))
+    parser.add_argument("--env", default="alpaca-sim", choices=("alpaca-sim", "synthetic"),
+                        help="whose gold reward and default eval split")
+    parser.add_argument("--n", type=int, help="first N instructions of the eval set (default all)")
+    parser.add_argument("--eval-set", type=Path, help="JSONL with prompt and reference fields")
+    parser.add_argument("--out", type=Path, help="output directory (default: print only)")
+    parser.add_argument("--prompt-format", default="chat", choices=("chat", "alpaca"))
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-prompt-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epsilon", type=float, default=0.01, help="gold judge: |Δgold| <= eps is a draw")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def load_eval_records(env: str, eval_set: Path | None, n: int | None) -> list[dict]:
+    from fgrlhf.data import load_records
+    from fgrlhf.envs import load_env
+
+    module = load_env(env)
+    if eval_set is not None:
+        records = load_records(eval_set, ("prompt", "reference"), allow_empty=("reference",))
+    elif env == "synthetic":
+        records = module.eval_records(module.split_prompts()[1], seed=0)
+    else:
+        records = module.split_records(module.load_eval_set())[1]
+    return records[:n] if n else records
+
+
+def generate_outputs(model: str, instructions: list[str], args: argparse.Namespace) -> list[str]:
+    from tqdm import tqdm
+
+    from fgrlhf.config import ModelConfig
+    from fgrlhf.tokenization import encode_prompt, format_prompt
+    from fgrlhf.workers.rollout_worker import HFEngine
+
+    engine = HFEngine(ModelConfig(name=model), device=None)
+    tok = engine.tokenizer
+    ids = [encode_prompt(tok, format_prompt(tok, text, args.prompt_format), args.max_prompt_tokens)
+           for text in instructions]
+    outputs = []
+    for start in tqdm(range(0, len(ids), args.batch_size), desc="generate", unit="batch"):
+        out = engine.generate(ids[start:start + args.batch_size], args.max_new_tokens, args.temperature,
+                              args.top_p, args.seed + start)
+        outputs += [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]
+    return outputs
+
+
+def evaluate(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    from fgrlhf.algorithms.winrate import preference_from_scores, win_rate
+    from fgrlhf.envs import load_env
+
+    records = load_eval_records(args.env, args.eval_set, args.n)
+    prompts = [r["prompt"] for r in records]
+    references = [r["reference"] for r in records]
+    outputs = generate_outputs(args.model, prompts, args)
+    gold = load_env(args.env).gold_reward
+    # Gold scores are reported whatever the judge; with the gold judge they also decide.
+    model_gold, ref_gold = gold(prompts, outputs), gold(prompts, references)
+    prefs = [preference_from_scores(m, r, args.epsilon) for m, r in zip(model_gold, ref_gold)]
+    result = win_rate(prefs)
+    result.update(judge=args.judge, env=args.env, model=args.model,
+                  gold_model_mean=sum(model_gold) / len(model_gold),
+                  gold_reference_mean=sum(ref_gold) / len(ref_gold))
+    rows = [{"prompt": p, "output": o, "reference": r, "preference": pref, "gold_output": gm, "gold_reference": gr}
+            for p, o, r, pref, gm, gr in zip(prompts, outputs, references, prefs, model_gold, ref_gold)]
+    return result, rows
+
+
+def main(args: argparse.Namespace) -> int:
+    from fgrlhf.data import write_jsonl
+
+    result, rows = evaluate(args)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(args.out / "outputs.jsonl", rows)
+        (args.out / "winrate.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result))
+    return 0

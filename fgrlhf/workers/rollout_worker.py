@@ -1,0 +1,131 @@
+"""Rollout: the Ray actor that generates responses, and the generation-engine interface it drives.
+
+An engine turns prompt ids into response ids and accepts new weights by name. ``HFEngine`` (transformers
+``generate``, CPU default) lives here; ``fgrlhf.workers.vllm_engine.VLLMEngine`` implements the same
+protocol. The actor receives the policy's weights from policy learner rank 0 over a dedicated process group
+(:mod:`fgrlhf.weight_sync`) and hands them to ``engine.load_weights``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, Protocol
+
+import torch
+
+from fgrlhf.config import ModelConfig
+
+
+class WeightsNotSynced(RuntimeError):
+    """The actor has no pushed weights yet, e.g. Ray restarted it: the driver must re-push first."""
+
+
+class GenerationEngine(Protocol):
+    def generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[int]]:
+        """Sampled response ids per prompt, ending in EOS if one was produced (nothing after it)."""
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the weights named like the HF checkpoint's state dict (``model.layers.0...``)."""
+
+
+def strip_after_eos(ids: list[int], eos_id: int | set[int]) -> list[int]:
+    """Cut a generated row just after its first EOS (padding and anything sampled later go)."""
+    eos = {eos_id} if isinstance(eos_id, int) else eos_id
+    for index, token in enumerate(ids):
+        if token in eos:
+            return ids[: index + 1]
+    return ids
+
+
+class HFEngine:
+    """transformers ``generate`` on a left-padded batch; the default engine, and the CPU one."""
+
+    def __init__(self, model_cfg: ModelConfig, device: str | None = None):
+        from fgrlhf.models import load_causal_lm, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_cfg.name)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = load_causal_lm(model_cfg, self.tokenizer).to(self.device).eval()
+        self.pad_id = self.tokenizer.pad_token_id
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos) if isinstance(eos, list) else {eos if eos is not None else self.tokenizer.eos_token_id}
+
+    @torch.no_grad()
+    def generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[int]]:
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention_mask[row, width - len(ids):] = 1
+        torch.manual_seed(seed)
+        sampling = temperature > 0
+        output = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=top_p if sampling else None,
+            top_k=0 if sampling else None,  # pure nucleus sampling, no hidden top-k=50 default
+            pad_token_id=self.pad_id,
+        )
+        return [strip_after_eos(row[width:].tolist(), self.eos_ids) for row in output.cpu()]
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = self.model.state_dict(keep_vars=True)  # includes tied names such as lm_head.weight
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"pushed weight {name!r} does not exist in the rollout model")
+            params[name].copy_(tensor)
+
+
+def make_engine(kind: Literal["hf", "vllm"], model_cfg: ModelConfig, engine_kwargs: dict | None = None) -> GenerationEngine:
+    if kind == "hf":
+        return HFEngine(model_cfg, **(engine_kwargs or {}))
+    from fgrlhf.workers.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model_cfg, **(engine_kwargs or {}))
+
+
+class RolloutWorker:
+    """Ray actor owning one generation engine; a member of the weight-sync group (rank >= 1)."""
+
+    def __init__(self, kind: Literal["hf", "vllm"], model_cfg: ModelConfig, engine_kwargs: dict | None = None):
+        torch.set_num_threads(1)
+        self.engine = make_engine(kind, model_cfg, engine_kwargs)
+        self.receiver = None
+        self.synced = False  # a restarted actor holds the initial weights until the next push
+
+    def ready(self) -> bool:
+        return True
+
+    def generate(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[int]]:
+        if not self.synced:
+            raise WeightsNotSynced("rollout actor has not received the policy weights (was it restarted?)")
+        return self.engine.generate(prompt_ids, max_new_tokens, temperature, top_p, seed)
+
+    def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str) -> None:
+        from fgrlhf.weight_sync import WeightSyncGroup
+
+        self.receiver = WeightSyncGroup(address, port, rank, world_size, backend, tag)
+
+    def receive_weights(self, layout: list[tuple[str, tuple[int, ...], str]], bucket_mb: float) -> None:
+        """Take one push from policy rank 0 (``layout`` = names, shapes, dtypes in push order)."""
+        if self.receiver is None:
+            raise RuntimeError("receive_weights before join_weight_sync")
+        self.engine.load_weights(self.receiver.receive(layout, bucket_mb))
+        self.synced = True
+
+    def weights_checksum(self) -> dict[str, float]:
+        """Per-parameter float64 sums, to compare with the learner after a push (HF engine only)."""
+        from fgrlhf.weight_sync import checksums
+
+        return checksums(self.engine.model.state_dict().items())

@@ -1,0 +1,17 @@
+"""Entry point for ``ray job submit --working-dir . -- python ray_jobs/figa.py --config ... --out ...``.
+
+Under a Ray job RAY_ADDRESS is set, so the trainer joins that cluster; run directly, it starts a local one.
+Same arguments as ``fgrlhf figa``.
+"""
+
+import argparse
+import logging
+import sys
+
+from fgrlhf.figa import train
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="ray_jobs/figa.py", description=train.__doc__)
+    train.add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(train.main(parser.parse_args()))
