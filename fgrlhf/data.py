@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,31 @@ PAIR_FIELDS = ("prompt", "chosen", "rejected")
 RESPONSE_FIELDS = ("prompt", "response")
 PROMPT_FIELDS = ("prompt",)
 EDIT_FIELDS = ("prompt", "original", "edited", "status")
+
+
+ALPACA_EVAL_SET = "alpaca_eval/eval_set.jsonl"
+ALPACA_EVAL_PAIRS = "alpaca_eval/preferences_alpaca7b_vs_davinci003.jsonl"
+
+
+def shared_data_dir() -> Path:
+    """The project's shared data: ``$FGRLHF_DATA_DIR``, else ``shared/data`` beside the repository.
+
+    A Ray job runs from a temporary copy of the working directory, where the sibling directory is
+    missing; pass ``FGRLHF_DATA_DIR`` in its runtime environment (docs/ray_job_submit.md).
+    """
+    if "FGRLHF_DATA_DIR" in os.environ:
+        return Path(os.environ["FGRLHF_DATA_DIR"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """``path`` as given if it exists (absolute or relative to the working directory), else relative to
+    :func:`shared_data_dir`, so configs can name ``alpaca_eval/eval_set.jsonl`` on any machine."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    shared = shared_data_dir() / path
+    return shared if shared.exists() else path
 
 
 class DataError(ValueError):
@@ -97,7 +123,7 @@ def load_records(
     report: LoadReport | None = None,
 ) -> list[dict]:
     """Load and validate records that must carry the non-empty string fields ``required``."""
-    path = Path(path)
+    path = resolve_data_path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     report = report if report is not None else LoadReport()

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import Field
 
 from fgrlhf.config import ModelConfig, StrictModel
+from fgrlhf.data import ALPACA_EVAL_SET
 
 
 class GenerationSettings(StrictModel):
@@ -32,7 +33,7 @@ class GenerationSettings(StrictModel):
 
 class PolicyEvalConfig(StrictModel):
     gold_reward: str = Field(description="'module:function' taking (prompts, responses) -> list[float]")
-    prompts_path: str = "/work/shared/data/alpaca_eval/eval_set.jsonl"
+    prompts_path: str = ALPACA_EVAL_SET
     heldout_fraction: float | None = Field(
         0.2, gt=0.0, le=1.0,
         description="keep prompts in this hash split (fgrlhf.envs.in_eval_split, the envs' eval split); "

@@ -28,12 +28,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fgrlhf.config import DeepSpeedConfig, ModelConfig, StrictModel
+from fgrlhf.data import ALPACA_EVAL_SET
 
 log = logging.getLogger(__name__)
 
 
 class PromptsConfig(StrictModel):
-    path: str = "/work/shared/data/alpaca_eval/eval_set.jsonl"
+    path: str = ALPACA_EVAL_SET
     limit: int | None = Field(None, ge=1, description="use only the first N prompts")
     max_prompt_tokens: int = Field(192, ge=1, description="longer prompts keep their end")
 

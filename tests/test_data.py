@@ -2,9 +2,19 @@ import json
 
 import pytest
 
-from fgrlhf.data import DataError, LoadReport, load_edit_inputs, load_pairs, load_records, write_jsonl
+from fgrlhf.data import (
+    ALPACA_EVAL_PAIRS,
+    DataError,
+    LoadReport,
+    load_edit_inputs,
+    load_pairs,
+    load_records,
+    resolve_data_path,
+    shared_data_dir,
+    write_jsonl,
+)
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_dir()
 
 
 def _write(tmp_path, lines: list[bytes]):
@@ -82,9 +92,22 @@ def test_write_jsonl_roundtrip_is_atomic(tmp_path):
 
 @pytest.mark.skipif(not SHARED.exists(), reason="shared/ data folder is not beside this checkout")
 def test_shared_alpaca_data_loads():
-    assert len(load_pairs(SHARED / "alpaca_eval" / "preferences_alpaca7b_vs_davinci003.jsonl")) == 789
+    assert len(load_pairs(ALPACA_EVAL_PAIRS)) == 789  # a relative name resolves into the shared data
     eval_set = SHARED / "alpaca_eval" / "eval_set.jsonl"
     # The real eval set has one empty davinci-003 reference (line 248): strict loading must say so.
     with pytest.raises(DataError, match="eval_set.jsonl:248: field 'reference' is empty"):
         load_records(eval_set, ("prompt", "reference"))
     assert len(load_records(eval_set, ("prompt", "reference"), allow_empty=("reference",))) == 805
+
+
+def test_data_paths_resolve_cwd_first_then_shared_data(tmp_path, monkeypatch):
+    (tmp_path / "shared" / "sub").mkdir(parents=True)
+    (tmp_path / "shared" / "sub" / "p.jsonl").write_text('{"prompt": "from shared"}\n')
+    monkeypatch.setenv("FGRLHF_DATA_DIR", str(tmp_path / "shared"))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data_path("sub/p.jsonl") == tmp_path / "shared" / "sub" / "p.jsonl"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "p.jsonl").write_text('{"prompt": "from cwd"}\n')
+    assert load_records("sub/p.jsonl", ("prompt",))[0]["prompt"] == "from cwd"
+    with pytest.raises(DataError, match="nothere.jsonl: no such file"):
+        load_records("nothere.jsonl", ("prompt",))

@@ -1,6 +1,6 @@
 """``alpaca-sim``: the 805 AlpacaEval instructions, SmolLM2 as the policy, a programmatic gold annotator.
 
-Prompts are the instructions of ``/work/shared/data/alpaca_eval/eval_set.jsonl`` (each with its
+Prompts are the instructions of ``alpaca_eval/eval_set.jsonl`` (shared data, :func:`fgrlhf.data.shared_data_dir`) (each with its
 text-davinci-003 reference output), split deterministically into train (PPO/pair prompts) and eval by a
 hash of the instruction text. The gold annotator is :mod:`fgrlhf.envs.gold` over the real text:
 
@@ -16,14 +16,13 @@ It is a stand-in for a human or LLM judge, not a model of one: see docs/environm
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from fgrlhf.data import ALPACA_EVAL_SET
 from fgrlhf.envs import in_eval_split
 from fgrlhf.envs.gold import GoldSpec, gold_scores
 
 NAME = "alpaca-sim"
-EVAL_SET = Path(os.environ.get("FGRLHF_EVAL_SET", "/work/shared/data/alpaca_eval/eval_set.jsonl"))
 DISFAVOURED = (
     "as an ai language model",
     "as an ai",
@@ -54,7 +53,7 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     return gold_scores(GOLD, prompts, responses)
 
 
-def load_eval_set(path: str | Path = EVAL_SET) -> list[dict]:
+def load_eval_set(path: str | Path = ALPACA_EVAL_SET) -> list[dict]:
     from fgrlhf.data import load_records
 
     # A few davinci-003 references are empty strings: real (bad) outputs, kept so the eval set stays 805.
