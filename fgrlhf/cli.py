@@ -21,6 +21,8 @@ COMMANDS = {
     "ppo": ("fgrlhf.ppo_cli", "token-reward PPO on Ray (policy/critic learners, rollout, RM, reference)"),
     "env-data": ("fgrlhf.envs.cli_env_data", "simulated-preference data: prompts, gold-labelled pairs"),
     "winrate": ("fgrlhf.winrate", "win rate of a model vs the eval set's reference outputs (gold or LLM judge)"),
+    "figa-data": ("fgrlhf.figa.collect", "FIGA data: policy rollouts -> RM score band -> editor -> edit records"),
+    "demo": ("fgrlhf.demo", "the main job: edits -> token RM -> token-level PPO -> win rate, on the embedded default"),
     "figa": ("fgrlhf.figa.train", "FIGA fine-grained SFT on initial/revised response pairs (or plain SFT) on Ray"),
 }
 

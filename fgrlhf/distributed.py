@@ -16,6 +16,28 @@ import torch
 from fgrlhf.config import DeepSpeedConfig
 
 
+@contextmanager
+def ray_instance(num_cpus: float | None = None, dashboard: bool = False):
+    """Ray for one command: reuse an initialised instance (tests, ``fgrlhf demo``), join the cluster that
+    ``RAY_ADDRESS`` names (under ``ray job submit``), or start a local one for the command's duration.
+
+    Yields the dashboard URL when this call started or joined Ray and the dashboard runs, else None.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield None
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        context = ray.init(address="auto")
+    else:
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard)
+    try:
+        yield context.dashboard_url or None
+    finally:
+        ray.shutdown()
+
+
 def node_address() -> str:
     import ray
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,23 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import ray
-
     from fgrlhf.config import load_config
+    from fgrlhf.distributed import ray_instance
     from fgrlhf.ppo_trainer import PPOTrainConfig, train
 
     cfg = load_config(PPOTrainConfig, args.config, args.overrides)
-    started = False
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address="auto")
-        else:
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-            started = True
-    try:
+    with ray_instance(args.num_cpus):
         record = train(cfg, args.out, resume=args.resume)
-    finally:
-        if started:
-            ray.shutdown()
     print(json.dumps({k: v for k, v in record.items() if k != "phase_seconds"}))
     return 0

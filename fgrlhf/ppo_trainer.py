@@ -396,7 +396,6 @@ class PPOTrainer:
     def _recovering(self, what: Callable, attempts: int | None = None):
         """Run ``what()``; if a restartable actor died, wait for Ray to restart it, re-push the weights to the
         rollout actors and run ``what()`` again (the step in flight is redone, nothing else is lost)."""
-        import ray
         from ray.exceptions import RayActorError
 
         from fgrlhf.workers.rollout_worker import WeightsNotSynced
@@ -415,7 +414,6 @@ class PPOTrainer:
                 self._resync_weights()
 
     def _resync_weights(self) -> None:
-        import ray
         from ray.exceptions import RayError
 
         for attempt in range(self.cfg.max_actor_restarts + 1):

@@ -7,8 +7,11 @@ The model answers each instruction (greedy by default, HF generate, batched); a 
 output with the reference (text-davinci-003 for AlpacaEval) and gives pref 1 (reference wins), 2 (model
 wins) or 1.5 (draw). Win rate = 100 · mean(pref − 1) ± standard error (fgrlhf.algorithms.winrate).
 
-Judge ``gold``: the environment's programmatic gold reward on both outputs; scores within ``--epsilon``
-are a draw. It is offline and deterministic, and it is not a human or LLM judge (docs/environments.md).
+Judges (fgrlhf.judges): ``gold``, the environment's programmatic gold reward on both outputs (scores within
+``--epsilon`` are a draw; offline and deterministic, not a human or LLM judge, docs/environments.md);
+``claude``, Claude through the anthropic SDK (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) with an AlpacaEval
+pairwise prompt judged in both orders (disagreement = draw), retried and cached (``--judge-cache``).
+Gold scores are reported whatever the judge.
 
 The eval set defaults to the environment's held-out eval split (alpaca-sim: the hash-split part of the 805
 AlpacaEval instructions; synthetic: its eval prompts with generator references); ``--eval-set`` takes
@@ -25,12 +28,20 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="tiny, smollm2 or an HF checkpoint directory")
-    parser.add_argument("--judge", default="gold", choices=("gold",))
+    parser.add_argument("--out", type=Path, help="output directory (default: print only)")
+    add_eval_arguments(parser)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Eval-set, generation and judge flags (shared with benchmarks/win_rate.py)."""
+    parser.add_argument("--judge", default="gold", choices=("gold", "claude"))
+    parser.add_argument("--judge-model", help="claude judge: model name (default: ClaudeJudgeConfig.model)")
+    parser.add_argument("--judge-concurrency", type=int, help="claude judge: requests in flight (default 8)")
+    parser.add_argument("--judge-cache", type=Path, help="claude judge: SQLite cache (default ~/.cache/fgrlhf/judge.sqlite)")
     parser.add_argument("--env", default="alpaca-sim", choices=("alpaca-sim", "synthetic"),
                         help="whose gold reward and default eval split")
     parser.add_argument("--n", type=int, help="first N instructions of the eval set (default all)")
     parser.add_argument("--eval-set", type=Path, help="JSONL with prompt and reference fields")
-    parser.add_argument("--out", type=Path, help="output directory (default: print only)")
     parser.add_argument("--prompt-format", default="chat", choices=("chat", "alpaca"))
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--max-prompt-tokens", type=int, default=256)
@@ -74,31 +85,63 @@ def generate_outputs(model: str, instructions: list[str], args: argparse.Namespa
     return outputs
 
 
-def evaluate(args: argparse.Namespace) -> tuple[dict, list[dict]]:
-    from fgrlhf.algorithms.winrate import preference_from_scores, win_rate
+def build_judge_from_args(args: argparse.Namespace):
+    from fgrlhf.config import ConfigError
+    from fgrlhf.judges import ClaudeJudgeConfig, build_judge
+
+    flags = {"concurrency": args.judge_concurrency, "model": args.judge_model,
+             "cache": str(args.judge_cache) if args.judge_cache else None}
+    try:
+        claude = ClaudeJudgeConfig(**{key: value for key, value in flags.items() if value is not None})
+    except ValueError as exc:  # pydantic's ValidationError
+        raise ConfigError(f"invalid judge flag: {exc}") from None
+    return build_judge(args.judge, args.env, args.epsilon, claude)
+
+
+def judge_outputs(prompts: list[str], outputs: list[str], references: list[str], judge, env: str) -> tuple[dict, list[dict]]:
+    """Win rate of ``outputs`` against ``references`` under ``judge``, plus one row per instruction."""
+    from fgrlhf.algorithms.winrate import win_rate
     from fgrlhf.envs import load_env
 
+    verdicts = judge.compare(prompts, references, outputs)  # a = reference, b = model: pref 2 = model wins
+    gold = load_env(env).gold_reward
+    model_gold, ref_gold = gold(prompts, outputs), gold(prompts, references)
+    result = win_rate([v.preference for v in verdicts])
+    result.update(judge=judge.name, env=env, gold_model_mean=sum(model_gold) / len(model_gold),
+                  gold_reference_mean=sum(ref_gold) / len(ref_gold))
+    if judge.summary():
+        result["judge_usage"] = judge.summary()
+    rows = [{"prompt": p, "output": o, "reference": r, "preference": v.preference, "judge_detail": v.detail,
+             "gold_output": gm, "gold_reference": gr}
+            for p, o, r, v, gm, gr in zip(prompts, outputs, references, verdicts, model_gold, ref_gold)]
+    return result, rows
+
+
+def evaluate(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     records = load_eval_records(args.env, args.eval_set, args.n)
     prompts = [r["prompt"] for r in records]
     references = [r["reference"] for r in records]
+    judge = build_judge_from_args(args)
     outputs = generate_outputs(args.model, prompts, args)
-    gold = load_env(args.env).gold_reward
-    # Gold scores are reported whatever the judge; with the gold judge they also decide.
-    model_gold, ref_gold = gold(prompts, outputs), gold(prompts, references)
-    prefs = [preference_from_scores(m, r, args.epsilon) for m, r in zip(model_gold, ref_gold)]
-    result = win_rate(prefs)
-    result.update(judge=args.judge, env=args.env, model=args.model,
-                  gold_model_mean=sum(model_gold) / len(model_gold),
-                  gold_reference_mean=sum(ref_gold) / len(ref_gold))
-    rows = [{"prompt": p, "output": o, "reference": r, "preference": pref, "gold_output": gm, "gold_reference": gr}
-            for p, o, r, pref, gm, gr in zip(prompts, outputs, references, prefs, model_gold, ref_gold)]
+    result, rows = judge_outputs(prompts, outputs, references, judge, args.env)
+    result["model"] = args.model
     return result, rows
 
 
 def main(args: argparse.Namespace) -> int:
-    from fgrlhf.data import write_jsonl
+    import logging
+    import sys
 
-    result, rows = evaluate(args)
+    from fgrlhf.data import write_jsonl
+    from fgrlhf.editing.retry import FatalError
+    from fgrlhf.judges import JudgeError
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per judge request otherwise
+    try:
+        result, rows = evaluate(args)
+    except (FatalError, JudgeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_jsonl(args.out / "outputs.jsonl", rows)

@@ -6,6 +6,10 @@ Its "edit" fixes the typo "teh" -> "the" in the text inside <response> tags and 
 next one succeed; ``[[always-malformed]]`` never answers with tags; ``[[rewrite]]`` replaces the whole
 text (a too-large edit); ``[[empty]]`` returns an empty edit. Every request is logged per item (the
 response text), so tests can count what was sent, when, and what it got.
+
+Judge mode (a prompt with <output_a>/<output_b> tags, as fgrlhf.judges sends): it answers "Output (a)" or
+"Output (b)", preferring the output with more words (a on a tie), or always (a) when either output holds
+``[[position-bias]]``; the item is the pair in that order, and fault markers in either output apply.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _RESPONSE = re.compile(r"<response>\n(.*)\n</response>", re.DOTALL)
 _FAULTS = re.compile(r"\[\[faults:([a-z0-9,]+)\]\]")
+_JUDGE = re.compile(r"<output_a>\n(.*)\n</output_a>.*<output_b>\n(.*)\n</output_b>", re.DOTALL)
 
 
 def item_key(text: str) -> str:
@@ -113,8 +118,8 @@ class FakeMessagesServer:
                 started = time.monotonic()
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 prompt = body["messages"][0]["content"]
-                match = _RESPONSE.search(prompt)
-                text = match.group(1) if match else ""
+                match, judged = _RESPONSE.search(prompt), _JUDGE.search(prompt)
+                text = match.group(1) if match else ("\n".join(judged.groups()) if judged else "")
                 # SDK versions differ in how they send the key: x-api-key or a bearer token.
                 keys = {self.headers.get("x-api-key"), self.headers.get("authorization", "").removeprefix("Bearer ")}
                 if self.path != "/v1/messages" or server.api_key not in keys:
@@ -131,13 +136,17 @@ class FakeMessagesServer:
                     self._error(529, "overloaded_error")
                 else:
                     time.sleep(server.slow_s if outcome == "slow" else server.latency_s)
-                    self._send(200, server._message(body["model"], prompt, text, outcome))
+                    self._send(200, server._message(body["model"], prompt, text, outcome, judged))
 
         return Handler
 
     @staticmethod
-    def _message(model: str, prompt: str, text: str, outcome: str) -> dict:
-        if outcome == "malformed":
+    def _message(model: str, prompt: str, text: str, outcome: str, judged: re.Match | None = None) -> dict:
+        if judged is not None:
+            a, b = judged.groups()
+            better = "a" if "[[position-bias]]" in text or len(a.split()) >= len(b.split()) else "b"
+            reply = "I cannot decide." if outcome == "malformed" else f"Output ({better})"
+        elif outcome == "malformed":
             reply = "Here is my edit: " + text
         elif "[[rewrite]]" in text:
             reply = "<edited_response>Something else entirely, written from scratch.</edited_response>"

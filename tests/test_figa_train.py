@@ -89,20 +89,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "figa_edits_tiny.jsonl"
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_figa_cli_trains_exports_resumes_and_evaluates(local_ray, tmp_path):
+def test_figa_cli_trains_exports_resumes_and_evaluates(ray_session, tmp_path):
     from fgrlhf.cli import main
     from fgrlhf.models import load_causal_lm
 

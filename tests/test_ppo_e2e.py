@@ -20,14 +20,6 @@ def gold_length(prompts, responses):
     return [float(len(r)) for r in responses]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
 def _config(*overrides):
     from fgrlhf.config import load_config
     from fgrlhf.ppo_trainer import PPOTrainConfig

@@ -19,14 +19,6 @@ def test_batch_order_depends_only_on_seed_and_step():
     assert first != [batch_indices(10, 4, step, seed=4) for step in range(5)]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 

@@ -18,7 +18,6 @@ from fgrlhf.reward.model import (
     SequenceRewardModel,
     TokenRewardModel,
     build_reward_model,
-    load_reward_model,
     per_position_scores,
 )
 from fgrlhf.reward.task import RewardModelTask

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fgrlhf.distributed import free_port
-from fgrlhf.weight_sync import WeightSyncGroup, buckets, checksums, layout_of
+from fgrlhf.weight_sync import WeightSyncGroup, buckets, layout_of
 
 
 def test_buckets_split_by_size_and_dtype():
@@ -42,14 +42,6 @@ def test_group_broadcasts_exact_tensors_in_buckets():
     assert [name for name, _ in received] == [name for name, _ in sent]
     for (_, want), (_, got) in zip(sent, received):
         assert got.dtype == want.dtype and torch.equal(got, want)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -63,7 +63,6 @@ class ClaudeEditor(Editor):
 
         self.cfg = cfg
         self.model = cfg.model
-        self._anthropic = anthropic
         # max_retries=0: the pipeline's policy retries (counted by cause, retry-after honoured, testable).
         # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself, so the key never passes through us.
         self._client = anthropic.AsyncAnthropic(max_retries=0, timeout=cfg.timeout_s)
@@ -72,24 +71,9 @@ class ClaudeEditor(Editor):
         return f"{PROMPT_VERSION}|max_tokens={self.cfg.max_tokens}"
 
     async def edit(self, instruction: str, text: str) -> EditReply:
-        sdk = self._anthropic
-        try:
-            message = await self._client.messages.create(
-                model=self.cfg.model,
-                max_tokens=self.cfg.max_tokens,
-                system=SYSTEM_PROMPT,
-                messages=[{"role": "user", "content": user_message(instruction, text)}],
-            )
-        except sdk.APITimeoutError:
-            raise TransientError("timeout") from None
-        except sdk.APIConnectionError as exc:
-            raise TransientError("connection", detail=type(exc).__name__) from None
-        except (sdk.AuthenticationError, sdk.PermissionDeniedError) as exc:
-            raise FatalError(f"HTTP {exc.status_code} {exc.type or ''}: check ANTHROPIC_API_KEY") from None
-        except sdk.APIStatusError as exc:
-            raise _classify_status(exc) from None
-        usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
-        reply = "".join(block.text for block in message.content if block.type == "text")
+        reply, usage = await create_message(
+            self._client, model=self.cfg.model, max_tokens=self.cfg.max_tokens, system=SYSTEM_PROMPT,
+            messages=[{"role": "user", "content": user_message(instruction, text)}])
         edited = parse_reply(reply)
         if edited is None:
             raise MalformedReply(usage)
@@ -97,6 +81,25 @@ class ClaudeEditor(Editor):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+async def create_message(client, **request) -> tuple[str, Usage]:
+    """``client.messages.create(**request)`` -> (reply text, usage), with SDK errors classified into the
+    exceptions of :mod:`fgrlhf.editing.retry` (shared by the Claude editor and the Claude judge)."""
+    import anthropic as sdk
+
+    try:
+        message = await client.messages.create(**request)
+    except sdk.APITimeoutError:
+        raise TransientError("timeout") from None
+    except sdk.APIConnectionError as exc:
+        raise TransientError("connection", detail=type(exc).__name__) from None
+    except (sdk.AuthenticationError, sdk.PermissionDeniedError) as exc:
+        raise FatalError(f"HTTP {exc.status_code} {exc.type or ''}: check ANTHROPIC_API_KEY") from None
+    except sdk.APIStatusError as exc:
+        raise _classify_status(exc) from None
+    usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
+    return "".join(block.text for block in message.content if block.type == "text"), usage
 
 
 def _classify_status(exc) -> Exception:

@@ -76,6 +76,8 @@ def _responses_from_file(path: str, prompts: list[str]) -> list[tuple[str, str]]
 
 
 def _responses_from_model(cfg: GenerationConfig, prompts: list[str], seed: int) -> list[tuple[str, str]]:
+    from tqdm import tqdm
+
     from fgrlhf.config import ModelConfig
     from fgrlhf.tokenization import encode_prompt, format_prompt
     from fgrlhf.workers.rollout_worker import HFEngine
@@ -85,7 +87,7 @@ def _responses_from_model(cfg: GenerationConfig, prompts: list[str], seed: int) 
     ids = [encode_prompt(tok, format_prompt(tok, p, cfg.prompt_format), cfg.max_prompt_tokens)
            for p in prompts for _ in range(2)]
     texts = []
-    for start in range(0, len(ids), cfg.batch_size):
+    for start in tqdm(range(0, len(ids), cfg.batch_size), desc="generate pairs", unit="batch"):
         out = engine.generate(ids[start:start + cfg.batch_size], cfg.max_new_tokens, cfg.temperature,
                               cfg.top_p, seed + start)
         texts += tok.batch_decode(out, skip_special_tokens=True)

@@ -1,16 +1,20 @@
-"""The ``fgrlhf figa`` config: the supervised loop's settings plus model, pairs, FIGA weights and evaluation.
+"""The ``fgrlhf figa`` config (the supervised loop's settings plus model, pairs, FIGA weights and evaluation)
+and the ``fgrlhf figa-data`` config (rollouts, RM filter, editor).
 
-Kept apart from :mod:`fgrlhf.figa.train` so that the CLI's ``--help`` does not import torch.
+Kept apart from :mod:`fgrlhf.figa.train` and :mod:`fgrlhf.figa.collect` so that the CLI's ``--help`` does not
+import their heavy libraries.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from fgrlhf.config import ModelConfig
+from fgrlhf.config import ModelConfig, StrictModel
+from fgrlhf.data import ALPACA_EVAL_SET
+from fgrlhf.editing.config import EditConfig
 from fgrlhf.figa.data import FigaDataConfig
 from fgrlhf.figa.task import FigaLossConfig
-from fgrlhf.policy_eval import PolicyEvalConfig
+from fgrlhf.policy_eval import GenerationSettings, PolicyEvalConfig
 from fgrlhf.supervised_trainer import SupervisedConfig
 
 
@@ -20,3 +24,45 @@ class FigaTrainConfig(SupervisedConfig):
     figa: FigaLossConfig = Field(default_factory=FigaLossConfig)
     eval: PolicyEvalConfig | None = Field(None, description="gold-reward evaluation after training")
     method: str = Field("figa", description="the run's name in eval.json's summary rows (figa, sft, ...)")
+
+
+class PromptSourceConfig(StrictModel):
+    source: str = Field(ALPACA_EVAL_SET, description="prompts JSONL/JSON/datasets with a 'prompt' field; "
+                                                     "default: the alpaca-sim (AlpacaEval) instructions")
+    heldout_fraction: float | None = Field(
+        0.2, gt=0.0, lt=1.0,
+        description="prompts in this hash split (fgrlhf.envs.in_eval_split, the gold evaluation's) are never "
+                    "rolled out; None = use every prompt")
+    shuffle_seed: int | None = Field(0, description="shuffle before `limit` (None = file order)")
+    limit: int | None = Field(None, ge=1, description="first N prompts (after the split and the shuffle)")
+
+
+class RMFilterConfig(StrictModel):
+    """FIGA's selection of responses worth revising: keep those whose RM score lies in [low, high]."""
+
+    rm: str | None = Field(None, description="reward-model directory (`fgrlhf train-rm`); None = no filter")
+    low: float | None = Field(None, description="drop responses scoring below this")
+    high: float | None = Field(None, description="drop responses scoring above this")
+    max_prompt_tokens: int = Field(256, ge=1)
+    max_response_tokens: int = Field(512, ge=2)
+    micro_batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RMFilterConfig:
+        if self.rm is None and (self.low is not None or self.high is not None):
+            raise ValueError("filter.low/filter.high need filter.rm (the reward model that scores)")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"filter.low ({self.low}) must not exceed filter.high ({self.high})")
+        return self
+
+
+class FigaCollectConfig(StrictModel):
+    """``fgrlhf figa-data``: prompts → the policy's rollouts → RM score band → editor → FIGA edit records."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the policy being aligned")
+    prompts: PromptSourceConfig = Field(default_factory=PromptSourceConfig)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    save_every: int = Field(8, ge=1, description="generate batches between saves of rollouts.jsonl (resume)")
+    filter: RMFilterConfig = Field(default_factory=RMFilterConfig)
+    edit: EditConfig = Field(default_factory=EditConfig, description="the `fgrlhf edit` settings; its tokenizer "
+                                                                      "defaults to the policy's")

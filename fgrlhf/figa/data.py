@@ -4,7 +4,8 @@ The pairs are ``{prompt, original, edited}`` records of an ``fgrlhf edit`` outpu
 ``status == "edited"``): the initial responses of the model being aligned, revised by an editor.
 
 Each pair is tokenized like every trainer does (:func:`fgrlhf.tokenization.encode_example`: response ids
-plus EOS) and aligned by the token edit script original → revised:
+plus EOS; no EOS for a record marked ``truncated``, a rollout cut by the generation limit) and aligned by the
+token edit script original → revised:
 positive = inserted/substituted tokens of the revised response plus its EOS,
 negative = deleted/substituted tokens of the original (its EOS never: ending is not what the edit removed).
 """
@@ -59,6 +60,11 @@ def build_example(
     prompt = format_prompt(tokenizer, record["prompt"], prompt_format, record.get("input", ""))
     original_ids = encode_response(tokenizer, record["original"], max_response_tokens)
     revised_ids = encode_response(tokenizer, record["edited"], max_response_tokens)
+    if record.get("truncated"):
+        # A rollout cut by the generation limit never ended: an EOS there would be trained (positive) as
+        # "stop mid-sentence", which is not what the editor revised.
+        eos = tokenizer.eos_token_id
+        original_ids, revised_ids = (ids[:-1] if ids[-1:] == [eos] else ids for ids in (original_ids, revised_ids))
     positive, negative = figa_masks(original_ids, revised_ids, tokenizer.eos_token_id)
     return {
         "prompt_ids": encode_prompt(tokenizer, prompt, max_prompt_tokens),

@@ -79,8 +79,8 @@ class FigaTask:
             ce_original = torch.zeros_like(batch["original_response_mask"], dtype=ce_revised.dtype)
         args = (ce_revised, batch["positive_mask"], batch["revised_response_mask"],
                 ce_original, batch["negative_mask"], batch["original_response_mask"])
-        weights = dict(alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma,
-                       confidence_threshold=cfg.confidence_threshold)
+        weights = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
+                   "confidence_threshold": cfg.confidence_threshold}
         loss = figa_loss(*args, **weights)
         w_revised, w_original = figa_token_weights(*args, **weights)
         ce = ce_revised.detach()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,23 +56,12 @@ def train(cfg: FigaTrainConfig, out_dir: str | Path, resume: bool = False) -> di
 
 
 def main(args: argparse.Namespace) -> int:
-    import ray
-
     from fgrlhf.config import load_config
+    from fgrlhf.distributed import ray_instance
     from fgrlhf.figa.config import FigaTrainConfig
 
     cfg = load_config(FigaTrainConfig, args.config, args.overrides)
-    started = False
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address="auto")
-        else:
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-            started = True
-    try:
+    with ray_instance(args.num_cpus):
         result = train(cfg, args.out, resume=args.resume)
-    finally:
-        if started:
-            ray.shutdown()
     print(json.dumps(result))
     return 0

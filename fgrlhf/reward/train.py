@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 from typing import Literal
 
@@ -79,9 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import ray
-
     from fgrlhf.config import load_config
+    from fgrlhf.distributed import ray_instance
     from fgrlhf.reward.data import load_preference_records
     from fgrlhf.reward.task import RewardModelTask
     from fgrlhf.supervised_trainer import run_supervised_training
@@ -95,17 +93,7 @@ def main(args: argparse.Namespace) -> int:
     train, held_out = split_eval(records, cfg.eval_fraction, cfg.seed)
     task = RewardModelTask(cfg.kind, loss, cfg.model, cfg.max_prompt_tokens, cfg.max_response_tokens, from_edits)
 
-    started = False
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address="auto")
-        else:
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-            started = True
-    try:
+    with ray_instance(args.num_cpus):
         result = run_supervised_training(task, train, held_out, cfg, args.out, resume=args.resume)
-    finally:
-        if started:
-            ray.shutdown()
     print(json.dumps({**result, "kind": cfg.kind, "rm_loss": loss}))
     return 0

@@ -1,0 +1,320 @@
+"""Shared data pipeline of the paper-table benchmarks (rm_accuracy.py, training_hours.py).
+
+env data (gold-labelled pairs, plus the SFT policy on synthetic) -> rule edits of each pair's rejected
+response -> reward models -> evaluation. Every stage calls the project's own commands in-process (one Ray
+session for the whole benchmark) and writes into the work dir; a stage whose output exists is skipped, so
+an interrupted benchmark re-run resumes, and the two scripts share data and RMs when given the same
+``--workdir``.
+
+Layout of a work dir: ``data/round_R/`` (``fgrlhf env-data`` outputs, seed R), ``data/pairs.jsonl`` (all
+rounds), ``data/edits.jsonl`` (``fgrlhf edit`` with the rule editor), ``data/heldout.jsonl`` (pairs on the
+env's eval prompts labelled by the gold order, never trained on), ``data/heldout_edits.jsonl`` (their
+rejected sides rule-edited: edited should beat original), ``rm/NAME-sSEED/`` (``fgrlhf train-rm``
+run + ``timing.json``), ``eval/*.json`` (``fgrlhf eval-rm`` reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fgrlhf.envs.cli_env_data import ENV_CHOICES  # noqa: E402
+
+log = logging.getLogger("benchmarks")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much data and training a benchmark run uses (full or ``--quick``)."""
+
+    rounds: int                       # env-data repetitions (seeds 0..rounds-1) pooled into the training pairs
+    n_prompts: int | None             # pair prompts per round (None: the env-data default)
+    sft_steps: int                    # synthetic: SFT steps of the initial policy (RM backbone and PPO start)
+    heldout_prompts: int | None       # eval-split prompts used for held-out pairs (None: all)
+    heldout_per_prompt: int           # gold-labelled held-out pairs per eval prompt
+    real_pairs: int | None = None     # alpaca-sim: judged real pairs evaluated (None: all 789)
+    gen_tokens: int = 96              # alpaca-sim: SmolLM2's max new tokens per sampled response
+    rm_overrides: tuple[str, ...] = ()
+
+
+SIZES = {
+    ("synthetic", False): Sizes(rounds=8, n_prompts=None, sft_steps=200, heldout_prompts=None, heldout_per_prompt=8),
+    ("synthetic", True): Sizes(rounds=1, n_prompts=24, sft_steps=10, heldout_prompts=8, heldout_per_prompt=2,
+                               rm_overrides=("max_steps=4",)),
+    # SmolLM2 on CPU: a few dozen pairs, so a small global batch (the config's 16 would leave ~2 steps).
+    ("alpaca-sim", False): Sizes(rounds=1, n_prompts=64, sft_steps=0, heldout_prompts=24, heldout_per_prompt=1,
+                                 real_pairs=200, rm_overrides=("deepspeed.micro_batch_size=2",
+                                                               "deepspeed.gradient_accumulation_steps=1", "epochs=2")),
+    # The rules fire rarely on short SmolLM2 answers (1 edit in 16 pairs at 48 tokens): a code-path check only.
+    ("alpaca-sim", True): Sizes(rounds=1, n_prompts=16, sft_steps=0, heldout_prompts=4, heldout_per_prompt=1,
+                                real_pairs=8, gen_tokens=48,
+                                rm_overrides=("max_steps=2", "eval_fraction=0", "deepspeed.world_size=1",
+                                              "deepspeed.micro_batch_size=1", "deepspeed.gradient_accumulation_steps=1")),
+}
+
+
+@dataclass(frozen=True)
+class EnvSetup:
+    rm_config: Path        # train-rm config (backbone overridden by ``backbone``)
+    rm_overrides: tuple[str, ...]
+    edit_rules: Path       # the rule editor's rules for this env
+    tokenizer: str         # tokenizer of the edit statistics
+
+
+ENV_SETUP = {
+    # Grammar responses run to ~130 tokens: the tiny config's 64 would cut off the faults and length they carry.
+    "synthetic": EnvSetup(ROOT / "configs/rm-token-tiny-cpu.yaml", ("max_response_tokens=160",),
+                          ROOT / "configs/edit-rules-synthetic.yaml", "tiny"),
+    "alpaca-sim": EnvSetup(ROOT / "configs/rm-token-smollm2-cpu.yaml", (),
+                           ROOT / "configs/edit-rules-alpaca-sim.yaml", "smollm2"),
+}
+
+
+@dataclass
+class Prepared:
+    """The outputs of :func:`prepare_data`."""
+
+    env: str
+    pairs: Path
+    edits: Path
+    prompts_train: Path
+    backbone: str                   # RM backbone and PPO policy: the SFT policy dir (synthetic) or smollm2
+    eval_sets: dict[str, Path] = field(default_factory=dict)   # name -> pairs evaluated against
+    summary: dict = field(default_factory=dict)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """Flags both benchmarks take; ``name`` names the default plot."""
+    parser.add_argument("--env", choices=ENV_CHOICES, default="synthetic")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the CI smoke run)")
+    parser.add_argument("--workdir", type=Path,
+                        help="stage outputs, reused on a re-run and shared by both benchmarks (the fine-grained "
+                             "RM of seed 0 is the same): default runs/bench/tables-ENV[-quick]")
+    parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
+    parser.add_argument("--plot", metavar="OUT.png", type=Path, help=f"plot path (default WORKDIR/{name}.png)")
+    parser.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
+
+
+def default_workdir(env: str, quick: bool) -> Path:
+    return ROOT / "runs" / "bench" / f"tables-{env}{'-quick' if quick else ''}"
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: float) -> Iterator[None]:
+    """One local Ray instance for every stage of a benchmark (the commands reuse an initialised Ray). Actor
+    output stays in Ray's session logs (/tmp/ray/session_latest/logs) so stdout holds only the table; actor
+    errors still raise here with their traceback."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_command(*argv: object) -> None:
+    """Run an ``fgrlhf`` subcommand in-process (sharing the Ray session); its JSON line goes to stderr so
+    the benchmark's stdout holds only its table."""
+    from fgrlhf.cli import build_parser
+
+    args = build_parser().parse_args([str(a) for a in argv])
+    log.info("fgrlhf %s", " ".join(str(a) for a in argv))
+    with contextlib.redirect_stdout(sys.stderr):
+        code = args._module.main(args)
+    if code:
+        raise RuntimeError(f"fgrlhf {' '.join(str(a) for a in argv)} exited with status {code}")
+
+
+def stage(output: Path, build: Callable[[], None]) -> Path:
+    """Run ``build`` unless ``output`` exists (it must be written last, atomically, by ``build``)."""
+    if output.exists():
+        log.info("cached: %s", output)
+    else:
+        build()
+        if not output.exists():
+            raise RuntimeError(f"stage did not produce {output}")
+    return output
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _eval_prompts(env: str, limit: int | None) -> list[str]:
+    from fgrlhf.envs import load_env
+
+    module = load_env(env)
+    if env == "synthetic":
+        prompts = module.split_prompts()[1]
+    else:
+        prompts = [r["prompt"] for r in module.split_records(module.load_eval_set())[1]]
+    return prompts[:limit]
+
+
+def heldout_pairs(env: str, sizes: Sizes, seed: int = 10_000) -> list[dict]:
+    """Pairs on the env's eval-split prompts (never trained on), labelled by the gold order without noise;
+    gold ties are dropped since neither side is right. Responses come from the same source as the training
+    pairs (the grammar generator / SmolLM2), with a seed no training round uses."""
+    from fgrlhf.envs import load_env
+    from fgrlhf.envs.cli_env_data import GenerationConfig, _responses_from_model
+    from fgrlhf.envs.preferences import label_pairs
+
+    module = load_env(env)
+    prompts = [p for p in _eval_prompts(env, sizes.heldout_prompts) for _ in range(sizes.heldout_per_prompt)]
+    if env == "synthetic":
+        responses = [tuple(r) for r in module.sample_responses(prompts, 2, seed)]
+    else:
+        responses = _responses_from_model(GenerationConfig(max_new_tokens=sizes.gen_tokens), prompts, seed)
+    flat = module.gold_reward([p for p in prompts for _ in range(2)], [r for pair in responses for r in pair])
+    scores = list(zip(flat[::2], flat[1::2]))
+    records = label_pairs(prompts, responses, scores, temperature=0.0, label_noise=0.0, seed=seed)
+    return [r for r in records if r["gold_chosen"] != r["gold_rejected"]]
+
+
+def prepare_data(env: str, workdir: Path, sizes: Sizes) -> Prepared:
+    """Env pairs (all rounds pooled), their rule edits, and the gold-labelled held-out pairs."""
+    from fgrlhf.data import ALPACA_EVAL_PAIRS, resolve_data_path, write_jsonl
+
+    data = workdir / "data"
+    setup = ENV_SETUP[env]
+    for seed in range(sizes.rounds):
+        out = data / f"round_{seed}"
+        # Only round 0 trains the SFT policy: every RM and PPO run starts from that one.
+        extra = [f"sft_steps={sizes.sft_steps}"] if env == "synthetic" and seed == 0 and sizes.sft_steps else []
+        extra += [f"n_prompts={sizes.n_prompts}"] if sizes.n_prompts else []
+        extra += [f"generation.max_new_tokens={sizes.gen_tokens}"] if env == "alpaca-sim" else []
+        stage(out / "env_data.json", lambda out=out, seed=seed, extra=extra: run_command(
+            "env-data", "--env", env, "--out", out, "--seed", seed, *extra))
+    pairs = data / "pairs.jsonl"
+    stage(pairs, lambda: write_jsonl(pairs, [r for seed in range(sizes.rounds)
+                                             for r in read_jsonl(data / f"round_{seed}" / "pairs.jsonl")]))
+    heldout = data / "heldout.jsonl"
+    stage(heldout, lambda: write_jsonl(heldout, heldout_pairs(env, sizes)))
+    edits, heldout_edits = data / "edits.jsonl", data / "heldout_edits.jsonl"
+    for source, target in ((pairs, edits), (heldout, heldout_edits)):
+        stage(target, lambda source=source, target=target: run_command(
+            "edit", "--input", source, "--output", target, "--editor", "rule", "--rules", setup.edit_rules,
+            "--no-progress", f"tokenizer={setup.tokenizer}"))
+
+    prepared = Prepared(env, pairs, edits, data / "round_0" / "prompts_train.jsonl",
+                        str(data / "round_0" / "policy") if env == "synthetic" else "smollm2",
+                        eval_sets={"heldout_gold": heldout})
+    edited = [r for r in read_jsonl(heldout_edits) if r["status"] == "edited"]
+    if edited:  # eval-rm needs at least one; tiny quick runs may have none
+        prepared.eval_sets["heldout_edits"] = heldout_edits
+    if env == "alpaca-sim":
+        real = data / "alpaca_real_pairs.jsonl"
+        stage(real, lambda: write_jsonl(real, read_jsonl(resolve_data_path(ALPACA_EVAL_PAIRS))[:sizes.real_pairs]))
+        prepared.eval_sets["alpaca_gpt4_judged"] = real
+    statuses: dict[str, int] = {}
+    for record in read_jsonl(edits):
+        statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+    train_pairs = read_jsonl(pairs)
+    prepared.summary = {
+        "pairs": len(train_pairs),
+        "pairs_label_agrees_with_gold": sum(r["gold_agrees"] for r in train_pairs) / len(train_pairs),
+        "edit_statuses": statuses,
+        "heldout_pairs": len(read_jsonl(heldout)),
+        "heldout_edit_pairs": len(edited),
+        "heldout_edits_gold_prefers_edited": _gold_prefers_edited(env, edited),
+        "backbone": prepared.backbone,
+    }
+    return prepared
+
+
+def _gold_prefers_edited(env: str, edited: list[dict]) -> float | None:
+    """Share of edit pairs whose edit raised the gold reward (ties count half): how right "edited wins" is."""
+    from fgrlhf.envs import load_env
+
+    if not edited:
+        return None
+    gold = load_env(env).gold_reward
+    prompts = [r["prompt"] for r in edited]
+    after, before = gold(prompts, [r["edited"] for r in edited]), gold(prompts, [r["original"] for r in edited])
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)) / len(edited)
+
+
+def train_rm(prepared: Prepared, workdir: Path, name: str, kind: str, data: Path, seed: int,
+             overrides: tuple[str, ...]) -> dict:
+    """Train (or reuse) reward model ``NAME-sSEED``; returns its timing record (wall seconds include the
+    Ray actors' and DeepSpeed's start-up, not Ray's)."""
+    from fgrlhf.config import load_config
+    from fgrlhf.reward.train import RMTrainConfig
+
+    out = workdir / "rm" / f"{name}-s{seed}"
+    timing = out / "timing.json"
+
+    def build() -> None:
+        began = time.perf_counter()
+        setup = ENV_SETUP[prepared.env]
+        run_command("train-rm", "--config", setup.rm_config, "--data", data, "--kind", kind, "--model",
+                    prepared.backbone, "--out", out, "--resume", f"seed={seed}", *setup.rm_overrides, *overrides)
+        seconds = time.perf_counter() - began
+        steps = read_jsonl(out / "metrics.jsonl")
+        # examples_per_s times only the optimizer steps: their sum is the training loop without start-up.
+        batch = load_config(RMTrainConfig, out / "config.yaml", []).deepspeed.global_batch_size
+        loop = sum(batch / r["examples_per_s"] for r in steps)
+        write_json(timing, {"name": name, "kind": kind, "seed": seed, "data": str(data), "steps": len(steps),
+                            "wall_seconds": round(seconds, 2), "loop_seconds": round(loop, 2),
+                            "final_dir": str(out / "final")})
+
+    stage(timing, build)
+    return json.loads(timing.read_text(encoding="utf-8"))
+
+
+def eval_rm(rm_final: str | Path, data: Path, report: Path) -> dict:
+    """Pairwise accuracy with a bootstrap 95% CI (``fgrlhf eval-rm``), cached as ``report``."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    stage(report, lambda: run_command("eval-rm", "--rm", rm_final, "--data", data, "--report", report))
+    return json.loads(report.read_text(encoding="utf-8"))
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display in CI or on a cluster node)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
+def finish(args: argparse.Namespace, result: dict, name: str, plot: Callable[[dict, Path], None],
+           markdown: Callable[[dict], str]) -> None:
+    """Plot (``--plot`` or WORKDIR/NAME.png), print the Markdown table, write ``--json``."""
+    figure = args.plot or Path(result["workdir"]) / f"{name}.png"
+    plot(result, figure)
+    result["plot"] = str(figure)
+    print(markdown(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, result)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

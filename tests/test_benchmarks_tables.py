@@ -1,0 +1,106 @@
+"""The paper-table benchmarks (benchmarks/rm_accuracy.py: Table 2, benchmarks/training_hours.py: Table 3):
+time-to-target bookkeeping on hand-made curves, and a --quick smoke run of both scripts on the synthetic
+env sharing one work dir (the second reuses the first's data and fine-grained RM, as documented)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.training_hours import ratio, summarise_variant, time_to_target  # noqa: E402
+
+
+def _records(gold: list[float], seconds: float = 2.0) -> list[dict]:
+    return [{"step": i + 1, "gold_reward_mean": g, "step_seconds": seconds} for i, g in enumerate(gold)]
+
+
+def test_time_to_target_uses_the_trailing_moving_average():
+    # Step 2 alone exceeds the target, but the 2-step average first does at step 5: (0.5 + 0.7) / 2.
+    hit = time_to_target(_records([0.1, 0.6, 0.2, 0.5, 0.7, 0.9]), target=0.55, window=2)
+    assert hit["reached"] and hit["steps"] == 5 and hit["seconds"] == pytest.approx(10.0)
+    assert hit["curve"]["gold_ma"][:2] == [None, pytest.approx(0.35)]
+    assert hit["initial_gold"] == 0.1
+
+
+def test_a_run_that_never_reaches_the_target_is_censored_at_its_last_step():
+    miss = time_to_target(_records([0.1, 0.2, 0.3]), target=0.9, window=2)
+    assert not miss["reached"] and miss["steps"] == 3 and miss["seconds"] == pytest.approx(6.0)
+
+
+def test_censored_medians_are_flagged_and_ratios_become_bounds():
+    reached = [{"reached": True, "steps": s, "seconds": 2.0 * s} for s in (4, 6, 8)]
+    censored = [{"reached": False, "steps": 10, "seconds": 20.0}] * 2 + [reached[0]]
+    fast, slow = summarise_variant(reached), summarise_variant(censored)
+    assert fast["median_steps"] == 6 and not fast["median_is_lower_bound"]
+    assert (fast["min_seconds"], fast["max_seconds"]) == (8.0, 16.0)
+    assert slow["median_steps"] == 10 and slow["median_is_lower_bound"] and slow["reached"] == 1
+    assert ratio(fast, fast, "steps") == (1.0, "exact")
+    value, note = ratio(fast, slow, "steps")       # token reached, sequence censored: an upper bound
+    assert value == pytest.approx(0.6) and note.startswith("upper bound")
+    assert ratio(slow, fast, "steps")[1].startswith("lower bound")
+    assert ratio(slow, slow, "seconds") == (None, "undetermined: both medians censored")
+
+
+def _run(script: str, *args: object) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *map(str, args)],
+                          check=False, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_rm_accuracy_quick(workdir):
+    out = workdir / "rm_accuracy.json"
+    stdout = _run("rm_accuracy.py", "--workdir", workdir, "--json", out)
+    result = json.loads(out.read_text())
+    assert result["data"]["heldout_pairs"] > 0
+    for variant in ("finegrained", "original"):
+        acc = result[f"accuracy_{variant}"]
+        assert 0.0 <= acc["ci_low"] <= acc["accuracy"] <= acc["ci_high"] <= 1.0
+        assert acc["n"] == result["data"]["heldout_pairs"]
+        assert set(acc["by_eval_set"]) == {"heldout_gold", "heldout_edits"}
+        assert acc["by_eval_set"]["heldout_edits"]["n"] == result["data"]["heldout_edit_pairs"]
+        assert acc["rm_train_wall_seconds"] > 0 and acc["rm_train_loop_seconds"] > 0
+        assert f"| {variant} (" in stdout
+    # Eq. 4 trains only on the pairs the rule editor changed; Eq. 3 on every pair.
+    assert result["accuracy_finegrained"]["rm_data_records"] == result["data"]["edit_statuses"]["edited"]
+    assert result["accuracy_original"]["rm_data_records"] == result["data"]["pairs"]
+    assert Path(result["plot"]).stat().st_size > 0
+
+
+def test_training_hours_quick(workdir):
+    out = workdir / "training_hours.json"
+    stdout = _run("training_hours.py", "--workdir", workdir, "--json", out, "--variants", "sequence", "token")
+    result = json.loads(out.read_text())
+    assert 0.0 <= result["initial_gold"] <= 1.0
+    assert result["target"] == pytest.approx(result["initial_gold"] + 0.05)
+    assert set(result["rm_training"]) == {"sequence-original", "token-finegrained"}
+    assert all(t["wall_seconds"] > 0 for t in result["rm_training"].values())
+    for variant in ("sequence", "token"):
+        assert 1 <= result[f"median_steps_{variant}"] <= result["max_steps"]
+        assert _finite(result[f"median_seconds_{variant}"]) and result[f"median_seconds_{variant}"] > 0
+        (run,) = result["runs"][variant]
+        assert len(run["curve"]["gold"]) == result["max_steps"]
+        assert all(0.0 <= g <= 1.0 for g in run["curve"]["gold"])
+        assert f"| {variant} |" in stdout
+    for name in ("wallclock", "steps"):
+        value, note = result[f"ratio_{name}_token_vs_sequence"], result[f"ratio_{name}_note"]
+        assert (value is None) == note.startswith("undetermined")
+        assert value is None or (_finite(value) and value > 0)
+    assert Path(result["plot"]).stat().st_size > 0
