@@ -7,8 +7,10 @@ Same data budget for both RMs: the env's labelled pairs (benchmarks/common.py po
 rounds). "finegrained": the token RM trained with Eq. 4 on (edited, original), where original is each
 pair's rejected response and edited its rule-editor minimal edit (pairs the rules leave unchanged carry
 no edit and drop out, as in ``train-rm``). "original": the same token RM (same backbone and config)
-trained with Eq. 3 on the (chosen, rejected) pairs, the paper's "without fine-grained dataset". Both are
-evaluated with ``fgrlhf eval-rm`` on pairs of the env's eval-split prompts labelled by the gold order, and
+trained with Eq. 3 on the (chosen, rejected) pairs, the paper's "without fine-grained dataset".
+"finegrained_eq3": the edit data with Eq. 3, the loss Eq. 4 is derived from: it separates the data's effect
+from Eq. 4's, which on deletion-only edits (no changed token on the edited side) is minimised by a constant
+negative token reward. All are evaluated with ``fgrlhf eval-rm`` on pairs of the env's eval-split prompts labelled by the gold order, and
 on alpaca-sim also on the GPT-4-judged alpaca-7b vs davinci-003 pairs.
 
 Accuracy per eval set: with one seed, eval-rm's bootstrap 95% CI over pairs; with several seeds, the
@@ -33,7 +35,9 @@ from benchmarks.common import (  # noqa: E402
     save_figure, train_rm)
 
 PAPER = {"finegrained": (85.2, 1.8), "original": (58.2, 1.8)}   # accuracy %, ± (Table 2)
-LOSS = {"finegrained": "Eq. 4 on (edited, original)", "original": "Eq. 3 on (chosen, rejected)"}
+LOSS = {"finegrained": "Eq. 4 on (edited, original)", "finegrained_eq3": "Eq. 3 on (edited, original)",
+        "original": "Eq. 3 on (chosen, rejected)"}
+LOSS_OVERRIDES = {"finegrained": (), "finegrained_eq3": ("loss=eq3",), "original": ()}
 PRIMARY = "heldout_gold"
 
 
@@ -66,9 +70,9 @@ def summarise(runs: list[dict]) -> dict:
 def markdown(result: dict) -> str:
     lines = [("| RM training data | loss | eval set | accuracy % [95% CI] | seed sd | n | paper % | "
               "RM train s (wall / loop) |"), "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for variant in ("finegrained", "original"):
+    for variant in LOSS:
         summary = result[f"accuracy_{variant}"]
-        paper = "{} ± {}".format(*PAPER[variant])
+        paper = "{} ± {}".format(*PAPER[variant]) if variant in PAPER else "–"
         for name, row in summary["by_eval_set"].items():
             sd = fmt(100 * row["seed_sd"]) if row["seed_sd"] is not None else "–"
             lines.append(
@@ -83,14 +87,15 @@ def plot(result: dict, path: Path) -> None:
     plt = pyplot()
     sets = list(result["accuracy_finegrained"]["by_eval_set"])
     fig, ax = plt.subplots(figsize=(2.5 + 2.2 * len(sets), 3.8))
-    width = 0.38
-    for k, variant in enumerate(("finegrained", "original")):
+    width = 0.27
+    for k, variant in enumerate(LOSS):
         rows = [result[f"accuracy_{variant}"]["by_eval_set"][s] for s in sets]
-        xs = [i + (k - 0.5) * width for i in range(len(sets))]
+        xs = [i + (k - 1) * width for i in range(len(sets))]
         acc = [100 * r["accuracy"] for r in rows]
         err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
         ax.bar(xs, acc, width, yerr=err, capsize=4, label=f"{variant} ({LOSS[variant]})")
-        ax.axhline(PAPER[variant][0], ls="--", lw=1, color=f"C{k}", label=f"paper, {variant}")
+        if variant in PAPER:
+            ax.axhline(PAPER[variant][0], ls="--", lw=1, color=f"C{k}", label=f"paper, {variant}")
     ax.axhline(50, color="grey", lw=0.8)
     ax.set_xticks(range(len(sets)), sets)
     ax.set_ylabel("pairwise accuracy % (95% CI)")
@@ -105,11 +110,12 @@ def run(args: argparse.Namespace) -> dict:
     workdir = args.workdir or default_workdir(args.env, args.quick)
     with ray_session(args.num_cpus):
         prepared = prepare_data(args.env, workdir, sizes)
-        data = {"finegrained": prepared.edits, "original": prepared.pairs}
+        data = {"finegrained": prepared.edits, "finegrained_eq3": prepared.edits, "original": prepared.pairs}
         runs: dict[str, list[dict]] = {v: [] for v in data}
         for seed in args.seeds:
             for variant, path in data.items():  # interleaved, so machine load affects both alike
-                timing = train_rm(prepared, workdir, f"token-{variant}", "token", path, seed, sizes.rm_overrides)
+                timing = train_rm(prepared, workdir, f"token-{variant}", "token", path, seed,
+                                  sizes.rm_overrides + LOSS_OVERRIDES[variant])
                 evals = {name: eval_rm(timing["final_dir"], pairs, workdir / "eval" / f"token-{variant}-s{seed}-{name}.json")
                          for name, pairs in prepared.eval_sets.items()}
                 # Records train-rm uses (edit records: status "edited" only); it holds 10% of them out itself.
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run(args)
     finish(args, result, "rm_accuracy", plot, markdown)
-    print(json.dumps({k: result[k]["accuracy"] for k in ("accuracy_finegrained", "accuracy_original")}))
+    print(json.dumps({f"accuracy_{v}": result[f"accuracy_{v}"]["accuracy"] for v in LOSS}))
     return 0
 
 

@@ -8,7 +8,7 @@ printed at the start), so the demo exercises exactly what users run by hand:
   1. pairs     env-data alpaca-sim: SmolLM2 answers train prompts twice, gold-reward Bradley–Terry labels
   2. edits     edit: the less-preferred response of each pair minimally edited (the rule editor offline,
                Claude when ANTHROPIC_API_KEY is set and ``editor=auto``)
-  3. rm        train-rm --kind token on the edit records (Eq. 4)
+  3. rm        train-rm --kind token on the edit records (Eq. 3 by default: see the config)
   4. rm-eval   eval-rm on held-out gold-labelled pairs, with the HTML token heat map
   5. ppo       a few token-level PPO steps, the token RM's [R1..Rn] as rewards
   6. winrate   gold reward and win rate vs text-davinci-003 (offline gold judge) before and after PPO
@@ -148,7 +148,7 @@ def plot_training(out: Path, rm_metrics: Path, ppo_metrics: Path) -> list[Path]:
     if rm_rows:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.plot([r["step"] for r in rm_rows], [r["loss"] for r in rm_rows], marker="o")
-        ax.set(xlabel="optimizer step", ylabel="token-RM loss (Eq. 4)", title="Reward-model training")
+        ax.set(xlabel="optimizer step", ylabel="token-RM training loss", title="Reward-model training")
         fig.tight_layout()
         fig.savefig(out / "rm_loss.png", dpi=120)
         plt.close(fig)

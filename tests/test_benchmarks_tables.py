@@ -70,7 +70,7 @@ def test_rm_accuracy_quick(workdir):
     stdout = _run("rm_accuracy.py", "--workdir", workdir, "--json", out)
     result = json.loads(out.read_text())
     assert result["data"]["heldout_pairs"] > 0
-    for variant in ("finegrained", "original"):
+    for variant in ("finegrained", "finegrained_eq3", "original"):
         acc = result[f"accuracy_{variant}"]
         assert 0.0 <= acc["ci_low"] <= acc["accuracy"] <= acc["ci_high"] <= 1.0
         assert acc["n"] == result["data"]["heldout_pairs"]
@@ -80,6 +80,7 @@ def test_rm_accuracy_quick(workdir):
         assert f"| {variant} (" in stdout
     # Eq. 4 trains only on the pairs the rule editor changed; Eq. 3 on every pair.
     assert result["accuracy_finegrained"]["rm_data_records"] == result["data"]["edit_statuses"]["edited"]
+    assert result["accuracy_finegrained_eq3"]["rm_data_records"] == result["data"]["edit_statuses"]["edited"]
     assert result["accuracy_original"]["rm_data_records"] == result["data"]["pairs"]
     assert Path(result["plot"]).stat().st_size > 0
 
