@@ -307,13 +307,20 @@ def save_figure(fig, path: Path) -> None:
 def finish(args: argparse.Namespace, result: dict, name: str, plot: Callable[[dict, Path], None],
            markdown: Callable[[dict], str]) -> None:
     """Plot (``--plot`` or WORKDIR/NAME.png), print the Markdown table, write ``--json``."""
-    figure = args.plot or Path(result["workdir"]) / f"{name}.png"
-    plot(result, figure)
-    result["plot"] = str(figure)
+    args.plot = args.plot or Path(result["workdir"]) / f"{name}.png"
+    result["plot"] = str(args.plot)
+    publish(args, result, plot, markdown)
+
+
+def publish(args: argparse.Namespace, result: dict, plot: Callable[[dict, Path], None],
+            markdown: Callable[[dict], str]) -> None:
+    """Print the Markdown table, write ``--json`` and, when ``--plot`` is given, the figure."""
     print(markdown(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
+    if args.plot:
+        plot(result, args.plot)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ray_session, write_json  # noqa: E402
+from benchmarks.common import publish, pyplot, ray_session, save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ppo-tiny-cpu.yaml"
@@ -293,10 +293,7 @@ def render(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     f, t = result["fgrlhf"], result["trl"]
     trl_label = f"TRL {t['version']}"
@@ -314,10 +311,7 @@ def plot(result: dict, path: Path) -> None:
     cpu.set_ylabel("CPU seconds per PPO step (median)")
     fig.suptitle(f"PPO step, tiny Llama ({result['settings']['cpus']} Ray CPUs / "
                  f"{result['settings']['trl_threads']} TRL thread)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,12 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "ray_overhead_fraction": fg_result["ray_overhead_fraction"],
         "weight_push_mb_per_s": fg_result["weight_push_mb_per_s"],
     }
-    print(render(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, result)
-    if args.plot:
-        plot(result, args.plot)
+    publish(args, result, plot, render)
     return 0
 
 

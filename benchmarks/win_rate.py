@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import pyplot, publish, save_figure  # noqa: E402
 from fgrlhf.data import write_jsonl  # noqa: E402
 from fgrlhf.editing.retry import FatalError  # noqa: E402
 from fgrlhf.judges import JudgeError  # noqa: E402
@@ -77,10 +77,7 @@ def render(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ours = result["policies"]
     labels = [r["policy"] for r in ours] + [f"paper: {name}" for name, _, _ in PAPER]
@@ -93,10 +90,7 @@ def plot(result: dict, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel(f"win rate vs reference (%), ± s.e. — judge: {result['settings']['judge']}")
     ax.set_xlim(0, 100)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,12 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "policies": rows,
         "paper_table1": [{"method": name, "win_rate": rate, "stderr": se} for name, rate, se in PAPER],
     }
-    print(render(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, result)
-    if args.plot:
-        plot(result, args.plot)
+    publish(args, result, plot, render)
     return 0
 
 
