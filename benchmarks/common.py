@@ -7,7 +7,8 @@ an interrupted benchmark re-run resumes, and the two scripts share data and RMs 
 ``--workdir``.
 
 Layout of a work dir: ``data/round_R/`` (``fgrlhf env-data`` outputs, seed R), ``data/pairs.jsonl`` (all
-rounds), ``data/edits.jsonl`` (``fgrlhf edit`` with the rule editor), ``data/heldout.jsonl`` (pairs on the
+rounds), ``data/edits.jsonl`` (``fgrlhf edit`` with the rule editor; ``data/edit_rules.txt`` names its
+rules and their hash), ``data/heldout.jsonl`` (pairs on the
 env's eval prompts labelled by the gold order, never trained on), ``data/heldout_edits.jsonl`` (their
 rejected sides rule-edited: edited should beat original), ``rm/NAME-sSEED/`` (``fgrlhf train-rm``
 run + ``timing.json``), ``eval/*.json`` (``fgrlhf eval-rm`` reports).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -104,6 +106,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.add_argument("--plot", metavar="OUT.png", type=Path, help=f"plot path (default WORKDIR/{name}.png)")
     parser.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
+    parser.add_argument("--edit-rules", type=Path,
+                        help="rule-editor rules of the fine-grained data (default: the env's, e.g. "
+                             "configs/edit-rules-synthetic.yaml); a work dir keeps the edits it was made with")
 
 
 def default_workdir(env: str, quick: bool) -> Path:
@@ -189,12 +194,22 @@ def heldout_pairs(env: str, sizes: Sizes, seed: int = 10_000) -> list[dict]:
     return [r for r in records if r["gold_chosen"] != r["gold_rejected"]]
 
 
-def prepare_data(env: str, workdir: Path, sizes: Sizes) -> Prepared:
-    """Env pairs (all rounds pooled), their rule edits, and the gold-labelled held-out pairs."""
+def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None = None) -> Prepared:
+    """Env pairs (all rounds pooled), their rule edits (``edit_rules``, default the env's), and the
+    gold-labelled held-out pairs."""
     from fgrlhf.data import ALPACA_EVAL_PAIRS, resolve_data_path, write_jsonl
 
     data = workdir / "data"
     setup = ENV_SETUP[env]
+    edit_rules = Path(edit_rules or setup.edit_rules).resolve()
+    # Edits, and the RMs trained on them, are cached by name: a work dir serves one set of rules only.
+    rules_id = f"{edit_rules.name} sha256:{hashlib.sha256(edit_rules.read_bytes()).hexdigest()[:16]}"
+    recorded = data / "edit_rules.txt"
+    if recorded.exists() and recorded.read_text(encoding="utf-8").strip() != rules_id:
+        raise SystemExit(f"{workdir} holds edits made with {recorded.read_text(encoding='utf-8').strip()}, "
+                         f"not {rules_id}: choose another --workdir")
+    data.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(f"{rules_id}\n", encoding="utf-8")
     for seed in range(sizes.rounds):
         out = data / f"round_{seed}"
         # Only round 0 trains the SFT policy: every RM and PPO run starts from that one.
@@ -211,7 +226,7 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes) -> Prepared:
     edits, heldout_edits = data / "edits.jsonl", data / "heldout_edits.jsonl"
     for source, target in ((pairs, edits), (heldout, heldout_edits)):
         stage(target, lambda source=source, target=target: run_command(
-            "edit", "--input", source, "--output", target, "--editor", "rule", "--rules", setup.edit_rules,
+            "edit", "--input", source, "--output", target, "--editor", "rule", "--rules", edit_rules,
             "--no-progress", f"tokenizer={setup.tokenizer}"))
 
     prepared = Prepared(env, pairs, edits, data / "round_0" / "prompts_train.jsonl",
@@ -236,8 +251,23 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes) -> Prepared:
         "heldout_edit_pairs": len(edited),
         "heldout_edits_gold_prefers_edited": _gold_prefers_edited(env, edited),
         "backbone": prepared.backbone,
+        "edit_rules": rules_id,
+        "edit_token_length_change_mean": _mean_length_change(edited, setup.tokenizer),
     }
     return prepared
+
+
+def _mean_length_change(edited: list[dict], tokenizer_name: str) -> float | None:
+    """Mean tokens added by an edit (negative: the edit shortens), over held-out edit pairs: near 0 is
+    the equal-length premise of Eq. 4; a large negative value makes "edited" a proxy for "shorter"."""
+    from fgrlhf.models import load_tokenizer
+
+    if not edited:
+        return None
+    tokenizer = load_tokenizer(tokenizer_name)
+    lengths = tokenizer([r["edited"] for r in edited] + [r["original"] for r in edited],
+                        add_special_tokens=False)["input_ids"]
+    return sum(len(e) - len(o) for e, o in zip(lengths[:len(edited)], lengths[len(edited):])) / len(edited)
 
 
 def _gold_prefers_edited(env: str, edited: list[dict]) -> float | None:
@@ -277,7 +307,8 @@ def train_rm(prepared: Prepared, workdir: Path, name: str, kind: str, data: Path
                             "final_dir": str(out / "final")})
 
     stage(timing, build)
-    return json.loads(timing.read_text(encoding="utf-8"))
+    # final_dir from this work dir, not the cached record: a moved or copied work dir uses its own RMs.
+    return {**json.loads(timing.read_text(encoding="utf-8")), "final_dir": str(out / "final")}
 
 
 def eval_rm(rm_final: str | Path, data: Path, report: Path) -> dict:

@@ -9,9 +9,11 @@ pair's rejected response and edited its rule-editor minimal edit (pairs the rule
 no edit and drop out, as in ``train-rm``). "original": the same token RM (same backbone and config)
 trained with Eq. 3 on the (chosen, rejected) pairs, the paper's "without fine-grained dataset".
 "finegrained_eq3": the edit data with Eq. 3, the loss Eq. 4 is derived from: it separates the data's effect
-from Eq. 4's, which on deletion-only edits (no changed token on the edited side) is minimised by a constant
-negative token reward. All are evaluated with ``fgrlhf eval-rm`` on pairs of the env's eval-split prompts labelled by the gold order, and
-on alpaca-sim also on the GPT-4-judged alpaca-7b vs davinci-003 pairs.
+from Eq. 4's, which is not invariant to a constant shift of the token rewards and, on edits that remove
+more tokens than they add, is minimised by a constant negative token reward. All are evaluated with
+``fgrlhf eval-rm`` on pairs of the env's eval-split prompts labelled by the gold order, and on alpaca-sim
+also on the GPT-4-judged alpaca-7b vs davinci-003 pairs. ``--edit-rules`` picks another rule file for the
+edits (e.g. configs/edit-rules-synthetic-delete.yaml, the deletion-only annotator).
 
 Accuracy per eval set: with one seed, eval-rm's bootstrap 95% CI over pairs; with several seeds, the
 seed mean, the mean of the per-seed bootstrap bounds and the sd across seeds (the paper's ± is not
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
     sizes = SIZES[(args.env, args.quick)]
     workdir = args.workdir or default_workdir(args.env, args.quick)
     with ray_session(args.num_cpus):
-        prepared = prepare_data(args.env, workdir, sizes)
+        prepared = prepare_data(args.env, workdir, sizes, args.edit_rules)
         data = {"finegrained": prepared.edits, "finegrained_eq3": prepared.edits, "original": prepared.pairs}
         runs: dict[str, list[dict]] = {v: [] for v in data}
         for seed in args.seeds:

@@ -1,13 +1,19 @@
 """Table 3 of 2406.02756: RM training time, and PPO time to a fixed gold-reward target per reward type.
 
   python benchmarks/training_hours.py [--env synthetic] [--quick] [--seeds 0 1 2] [--max-steps 20]
-                                      [--target G | --target-delta 0.05] [--window 5]
+                                      [--target G | --target-delta 0.05] [--window 5] [--finegrained-loss eq3]
+                                      [--ppo KEY=VALUE ...]
                                       [--variants sequence fine_grained_sequence token]
                                       [--workdir DIR] [--json OUT.json] [--plot OUT.png]
 
 RMs (benchmarks/common.py pipeline, seed 0): a sequence-level RM (Bradley–Terry) on the env's original
-pairs, and the token RM (Eq. 4) on the rule-edited data. PPO variants, all from the same initial policy
-(the synthetic env's SFT policy) with identical batch sizes (configs/ppo-synthetic-cpu.yaml):
+pairs, and the token RM on the rule-edited data, trained with Eq. 3 (``--finegrained-loss eq3``, the
+default) or Eq. 4. Eq. 3 is the default because Eq. 4 is not invariant to a constant shift of the token
+rewards: on edits that remove more tokens than they add it is minimised by a constant negative token
+reward (BENCHMARKS.md, Table 2), which would make the token variants a pure length penalty. PPO variants,
+all from the same initial policy (the synthetic env's SFT policy) with identical batch sizes
+(configs/ppo-synthetic-cpu.yaml, plus any ``--ppo`` overrides; runs with overrides get their own
+directories, named by a hash of them):
 
 - ``sequence``: the sequence RM, reward at the last token (``ppo.reward_mode=sequence``; the paper's
   PPO-RLHF baseline);
@@ -27,6 +33,7 @@ reported as a bound (or not at all when both sides are), never as a measurement.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import statistics
 import sys
@@ -41,13 +48,17 @@ from benchmarks.common import (  # noqa: E402
 
 PPO_CONFIG = {"synthetic": ROOT / "configs/ppo-synthetic-cpu.yaml", "alpaca-sim": ROOT / "configs/ppo-smollm2-cpu.yaml"}
 GOLD_HOOK = {"synthetic": "fgrlhf.envs.synthetic:gold_reward", "alpaca-sim": "fgrlhf.envs.alpaca_sim:gold_reward"}
-# RM name -> (kind, training data); "token-finegrained" is rm_accuracy.py's fine-grained RM (shared work dir).
-RMS = {"sequence-original": ("sequence", "pairs"), "token-finegrained": ("token", "edits")}
-# PPO variant -> (RM, ppo.reward_mode)
+# RM name -> (kind, training data, train-rm overrides, loss); the token RMs are rm_accuracy.py's fine-grained
+# RMs of the same names (shared work dir).
+RMS = {"sequence-original": ("sequence", "pairs", (), "Bradley–Terry on pairs"),
+       "token-finegrained": ("token", "edits", (), "Eq. 4 on edits"),
+       "token-finegrained_eq3": ("token", "edits", ("loss=eq3",), "Eq. 3 on edits")}
+FINEGRAINED_RM = {"eq3": "token-finegrained_eq3", "eq4": "token-finegrained"}
+# PPO variant -> (RM, or "finegrained" for the --finegrained-loss RM; ppo.reward_mode)
 VARIANTS = {"sequence": ("sequence-original", "sequence"),
-            "fine_grained_sequence": ("token-finegrained", "fine_grained_sequence"),
-            "token": ("token-finegrained", "token")}
-PAPER_HOURS = {"rm": {"sequence-original": 0.2, "token-finegrained": 0.3}, "ppo": {"sequence": 4.0, "token": 2.0}}
+            "fine_grained_sequence": ("finegrained", "fine_grained_sequence"),
+            "token": ("finegrained", "token")}
+PAPER_HOURS = {"rm": {"sequence": 0.2, "token": 0.3}, "ppo": {"sequence": 4.0, "token": 2.0}}
 QUICK_PPO = ("ppo.rollout_batch_size=8", "ppo.step_batch_size=4", "rollout.max_new_tokens=24", "save_every=0")
 
 
@@ -76,6 +87,9 @@ def summarise_variant(runs: list[dict]) -> dict:
     censored = len(runs) - out["reached"]
     # The median is a censored value (a lower bound) once half or more runs never reached the target.
     out["median_is_lower_bound"] = 2 * censored >= len(runs)
+    # Where each run ended (moving average over the last window): a run that over-optimises its RM shows
+    # up here even when no run reaches the target.
+    out["median_final_gold_ma"] = statistics.median(r["final_gold_ma"] for r in runs)
     for key in ("steps", "seconds"):
         values = sorted(r[key] for r in runs)
         out[f"median_{key}"] = statistics.median(values)
@@ -97,12 +111,14 @@ def ratio(token: dict, sequence: dict, key: str) -> tuple[float | None, str]:
 
 
 def run_ppo(args, prepared, workdir: Path, variant: str, seed: int, rm_dir: str) -> list[dict]:
-    out = workdir / "ppo" / f"{variant}-s{seed}"
+    # Cached runs are reused by directory name, so other settings must not share one.
+    tag = f"-{hashlib.sha256(' '.join(args.ppo_overrides).encode()).hexdigest()[:8]}" if args.ppo_overrides else ""
+    out = workdir / "ppo" / f"{variant}-s{seed}{tag}"
     _, mode = VARIANTS[variant]
     overrides = [f"policy.name={prepared.backbone}", f"reward.model={rm_dir}",
                  f"prompts.path={prepared.prompts_train}", f"ppo.reward_mode={mode}", f"seed={seed}",
                  f"steps={args.max_steps}", f"gold_reward={GOLD_HOOK[args.env]}"]
-    overrides += QUICK_PPO if args.quick else ()
+    overrides += (*QUICK_PPO, *args.ppo_overrides) if args.quick else args.ppo_overrides
 
     def build() -> None:
         began = time.perf_counter()
@@ -119,15 +135,17 @@ def run(args: argparse.Namespace) -> dict:
     workdir = args.workdir or default_workdir(args.env, args.quick)
     metrics: dict[tuple[str, int], list[dict]] = {}
     with ray_session(args.num_cpus):
-        prepared = prepare_data(args.env, workdir, sizes)
+        prepared = prepare_data(args.env, workdir, sizes, args.edit_rules)
         data = {"pairs": prepared.pairs, "edits": prepared.edits}
-        needed = {VARIANTS[v][0] for v in args.variants}
-        rms = {name: train_rm(prepared, workdir, name, kind, data[source], 0, sizes.rm_overrides)
-               for name, (kind, source) in RMS.items() if name in needed}
+        rm_of = {v: FINEGRAINED_RM[args.finegrained_loss] if VARIANTS[v][0] == "finegrained" else VARIANTS[v][0]
+                 for v in args.variants}
+        rms = {name: train_rm(prepared, workdir, name, RMS[name][0], data[RMS[name][1]], 0,
+                              sizes.rm_overrides + RMS[name][2])
+               for name in dict.fromkeys(rm_of.values())}
         for seed in args.seeds:
             for variant in args.variants:
-                rm = VARIANTS[variant][0]
-                metrics[(variant, seed)] = run_ppo(args, prepared, workdir, variant, seed, rms[rm]["final_dir"])
+                metrics[(variant, seed)] = run_ppo(args, prepared, workdir, variant, seed,
+                                                   rms[rm_of[variant]]["final_dir"])
 
     initial = statistics.fmean(records[0]["gold_reward_mean"] for records in metrics.values())
     target = args.target if args.target is not None else initial + args.target_delta
@@ -140,9 +158,10 @@ def run(args: argparse.Namespace) -> dict:
         "data": prepared.summary, "seeds": args.seeds, "max_steps": args.max_steps, "window": args.window,
         "initial_gold": initial, "target": target,
         "target_rule": "--target" if args.target is not None else f"initial gold + {args.target_delta}",
-        "ppo_config": str(PPO_CONFIG[args.env]),
-        "rm_training": {name: {k: t[k] for k in ("kind", "steps", "wall_seconds", "loop_seconds")}
-                        for name, t in rms.items()},
+        "ppo_config": str(PPO_CONFIG[args.env]), "ppo_overrides": args.ppo_overrides,
+        "finegrained_loss": args.finegrained_loss, "variant_rm": rm_of,
+        "rm_training": {name: {**{k: t[k] for k in ("kind", "steps", "wall_seconds", "loop_seconds")},
+                               "loss": RMS[name][3]} for name, t in rms.items()},
         "variants": variants, "runs": per_run,
         "paper_hours": PAPER_HOURS,
     }
@@ -162,16 +181,16 @@ def markdown(result: dict) -> str:
               f"{len(result['seeds'])} seed(s), at most {result['max_steps']} PPO steps."), "",
              "| RM | loss | steps | train s (wall / loop) | paper h |", "| --- | --- | ---: | ---: | ---: |"]
     for name, t in result["rm_training"].items():
-        loss = "Bradley–Terry on pairs" if t["kind"] == "sequence" else "Eq. 4 on edits"
-        lines.append(f"| {name} | {loss} | {t['steps']} | {t['wall_seconds']:.0f} / {t['loop_seconds']:.1f} | "
-                     f"{result['paper_hours']['rm'][name]} |")
-    lines += ["", "| PPO variant | reached target | steps median [min–max] | PPO seconds median [min–max] | paper h |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+        lines.append(f"| {name} | {t['loss']} | {t['steps']} | {t['wall_seconds']:.0f} / {t['loop_seconds']:.1f} | "
+                     f"{result['paper_hours']['rm'][t['kind']]} |")
+    lines += ["", ("| PPO variant | reached target | steps median [min–max] | PPO seconds median [min–max] | "
+                   "final gold (moving avg., median) | paper h |"),
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for variant, s in result["variants"].items():
         bound = "≥ " if s["median_is_lower_bound"] else ""
         lines.append(f"| {variant} | {s['reached']}/{s['runs']} | {bound}{s['median_steps']:g} "
                      f"[{s['min_steps']}–{s['max_steps']}] | {bound}{s['median_seconds']:.0f} "
-                     f"[{s['min_seconds']:.0f}–{s['max_seconds']:.0f}] | "
+                     f"[{s['min_seconds']:.0f}–{s['max_seconds']:.0f}] | {s['median_final_gold_ma']:.3f} | "
                      f"{result['paper_hours']['ppo'].get(variant, '–')} |")
     for name in ("wallclock", "steps"):
         lines.append(f"\nratio token / sequence ({name}): {fmt(result[f'ratio_{name}_token_vs_sequence'], 2)} "
@@ -208,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, help="moving-average window in steps (default 5; --quick: 2)")
     parser.add_argument("--target", type=float, help="absolute gold target (default: initial + --target-delta)")
     parser.add_argument("--target-delta", type=float, default=0.05, help="target above the initial gold")
+    parser.add_argument("--ppo", dest="ppo_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="PPO config override for every variant, e.g. --ppo ppo.kl_coef=0.05 (repeatable)")
+    parser.add_argument("--finegrained-loss", choices=list(FINEGRAINED_RM), default="eq3",
+                        help="loss of the edited-data token RM behind the fine-grained variants (default eq3)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="PPO variants (the token/sequence ratios need both of those)")
     args = parser.parse_args(argv)

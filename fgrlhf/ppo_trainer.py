@@ -79,6 +79,8 @@ class PPOAlgoConfig(StrictModel):
     rollout_batch_size: int = Field(512, ge=1)
     step_batch_size: int = Field(256, ge=1, description="global minibatch per optimizer step")
     whiten_rewards: bool = True
+    center_token_rewards: bool = Field(
+        True, description="token mode: subtract the batch mean token reward (Eq. 3 leaves its level arbitrary)")
     whiten_advantages: bool = True
 
 
@@ -533,10 +535,14 @@ class PPOTrainer:
             kl = ppo_core.kl_penalty(old_logprobs, ref_logprobs, ppo.kl_estimator, clamp=ppo.kl_clamp) * mask
             if ppo.reward_mode == "token" and "token" not in rm:
                 raise ValueError("ppo.reward_mode=token needs a TokenRewardModel as reward.model")
+            token_rewards = None
+            if ppo.reward_mode == "token":
+                token_rewards = rm["token"]
+                if ppo.center_token_rewards:
+                    token_rewards = ppo_core.center_token_rewards(token_rewards, mask)
             rewards = ppo_core.compute_rewards(
                 ppo.reward_mode, kl, mask, ppo.kl_coef,
-                sequence_reward=rm["sequence"] if ppo.reward_mode != "token" else None,
-                token_rewards=rm.get("token") if ppo.reward_mode == "token" else None)
+                sequence_reward=rm["sequence"] if ppo.reward_mode != "token" else None, token_rewards=token_rewards)
             if ppo.whiten_rewards:
                 rewards = ppo_core.masked_whiten(rewards, mask, shift_mean=False)
             advantages, returns = ppo_core.compute_gae(rewards, old_values, mask, ppo.gamma, ppo.lam)

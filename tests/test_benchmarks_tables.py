@@ -35,17 +35,28 @@ def test_a_run_that_never_reaches_the_target_is_censored_at_its_last_step():
 
 
 def test_censored_medians_are_flagged_and_ratios_become_bounds():
-    reached = [{"reached": True, "steps": s, "seconds": 2.0 * s} for s in (4, 6, 8)]
-    censored = [{"reached": False, "steps": 10, "seconds": 20.0}] * 2 + [reached[0]]
+    reached = [{"reached": True, "steps": s, "seconds": 2.0 * s, "final_gold_ma": 0.1 * s} for s in (4, 6, 8)]
+    censored = [{"reached": False, "steps": 10, "seconds": 20.0, "final_gold_ma": 0.2}] * 2 + [reached[0]]
     fast, slow = summarise_variant(reached), summarise_variant(censored)
     assert fast["median_steps"] == 6 and not fast["median_is_lower_bound"]
     assert (fast["min_seconds"], fast["max_seconds"]) == (8.0, 16.0)
+    assert fast["median_final_gold_ma"] == pytest.approx(0.6) and slow["median_final_gold_ma"] == pytest.approx(0.2)
     assert slow["median_steps"] == 10 and slow["median_is_lower_bound"] and slow["reached"] == 1
     assert ratio(fast, fast, "steps") == (1.0, "exact")
     value, note = ratio(fast, slow, "steps")       # token reached, sequence censored: an upper bound
     assert value == pytest.approx(0.6) and note.startswith("upper bound")
     assert ratio(slow, fast, "steps")[1].startswith("lower bound")
     assert ratio(slow, slow, "seconds") == (None, "undetermined: both medians censored")
+
+
+def test_a_work_dir_refuses_edits_from_other_rules(tmp_path):
+    from benchmarks.common import SIZES, prepare_data
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "edit_rules.txt").write_text("edit-rules-synthetic-delete.yaml sha256:0123456789abcdef\n")
+    with pytest.raises(SystemExit, match="holds edits made with edit-rules-synthetic-delete.yaml"):
+        prepare_data("synthetic", tmp_path, SIZES[("synthetic", True)])
+    assert not (tmp_path / "data" / "round_0").exists()  # refused before generating anything
 
 
 def _run(script: str, *args: object) -> str:
@@ -91,7 +102,9 @@ def test_training_hours_quick(workdir):
     result = json.loads(out.read_text())
     assert 0.0 <= result["initial_gold"] <= 1.0
     assert result["target"] == pytest.approx(result["initial_gold"] + 0.05)
-    assert set(result["rm_training"]) == {"sequence-original", "token-finegrained"}
+    # Eq. 3 on edits by default (Eq. 4 collapses on deletion-only edits): rm_accuracy's RM of that name.
+    assert result["finegrained_loss"] == "eq3" and result["variant_rm"]["token"] == "token-finegrained_eq3"
+    assert set(result["rm_training"]) == {"sequence-original", "token-finegrained_eq3"}
     assert all(t["wall_seconds"] > 0 for t in result["rm_training"].values())
     for variant in ("sequence", "token"):
         assert 1 <= result[f"median_steps_{variant}"] <= result["max_steps"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fgrlhf.algorithms.ppo_core import (
+    center_token_rewards,
     compute_gae,
     compute_rewards,
     entropy_from_logits,
@@ -77,6 +78,15 @@ def test_token_rewards_with_and_without_kl():
     # β = 0.5: [1 − .05, 2 − .1, 3 − .15], [5 − .25, 6 − .3]
     expected = t([0.95, 1.9, 2.85, 0], [4.75, 5.7, 0, 0])
     assert torch.allclose(compute_rewards("token", KL, MASK, 0.5, token_rewards=token), expected, atol=1e-6)
+
+
+def test_center_token_rewards_hand_computed():
+    token = t([1, 2, 3, 4], [5, 6, 7, 8])
+    # real tokens (MASK) 1, 2, 3, 5, 6 -> mean 17/5 = 3.4; padding stays 0
+    expected = t([-2.4, -1.4, -0.4, 0], [1.6, 2.6, 0, 0])
+    assert torch.allclose(center_token_rewards(token, MASK), expected, atol=1e-6)
+    # a constant added to every token reward (invisible to Eq. 3) changes nothing after centering
+    assert torch.allclose(center_token_rewards(token + 10.0, MASK), expected, atol=1e-5)
 
 
 def test_empty_response_row_gets_no_reward():

@@ -6,6 +6,8 @@ import torch
 
 from fgrlhf.algorithms.rm_losses import (
     bootstrap_ci,
+    mean_by_position,
+    pearson_correlation,
     bradley_terry_loss,
     pairwise_accuracy,
     token_rm_loss_eq3,
@@ -115,3 +117,21 @@ def test_bootstrap_ci_degenerate_and_bracketing():
     assert bootstrap_ci(correct, n_resamples=500, seed=1) == (low, high)  # seeded → reproducible
     with pytest.raises(ValueError):
         bootstrap_ci(np.array([]))
+
+
+def test_mean_by_position_hand_computed():
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [10.0, 20.0, 30.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    # bins of 2: {1, 2, 10, 20} -> 8.25; {3, 4, 30} -> 37/3; {5} -> 5
+    assert mean_by_position(values, mask, 2) == pytest.approx([8.25, 37 / 3, 5.0])
+    # a bin no row reaches is None, not 0
+    assert mean_by_position(values, torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]]), 2) == [
+        pytest.approx(13 / 3), None, None]
+
+
+def test_pearson_correlation_hand_computed():
+    # x = [1, 2, 3], y = [1, 3, 2]: deviations (-1, 0, 1) and (-1, 1, 0) -> cov 1/2, var 1 each -> 0.5
+    assert pearson_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0])) == pytest.approx(0.5)
+    assert pearson_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([6.0, 4.0, 2.0])) == pytest.approx(-1.0)
+    # a constant side (e.g. every response the same length) has no correlation
+    assert pearson_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([5.0, 5.0, 5.0])) is None

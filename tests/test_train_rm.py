@@ -79,6 +79,11 @@ def test_token_rm_trains_and_evaluates(token_run, data, capsys, tmp_path):
     assert result["n"] == 20 and 0 <= result["ci_low"] <= result["accuracy"] <= result["ci_high"] <= 1
     assert result["accuracy"] > 0.5
     assert json.loads((token_run / "final" / "eval-pairs.json").read_text())["accuracy"] == result["accuracy"]
+    # length-bias diagnostics: every response here has the same length, so no correlation is defined;
+    # one mean per 16-token bin of the longest response
+    assert "length_correlation" in result and result["length_correlation"] is None
+    by_position = result["token_reward_by_position"]
+    assert by_position["bin_tokens"] == 16 and by_position["mean"] and by_position["mean"][0] is not None
     page = heatmap.read_text()
     assert "&lt;" in page and "&amp;" in page and "<b>" not in page  # response text is escaped
     assert page.count('title="r = ') > 20 and "rgba(" in page
@@ -132,6 +137,7 @@ def test_sequence_rm_on_plain_pairs(ray_session, data, tmp_path, capsys, caplog)
     assert fgrlhf(["eval-rm", "--rm", str(out / "final"), "--data", str(data["edits"]), "--report", str(report)]) == 0
     result = _last_json(capsys.readouterr().out)
     assert result["kind"] == "sequence" and result["n"] == 20 and result["data_kind"] == "edit records"
+    assert "token_reward_by_position" not in result  # a sequence RM has one reward per response
     assert json.loads(report.read_text())["ci_high"] == result["ci_high"]
 
 

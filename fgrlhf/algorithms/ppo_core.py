@@ -79,6 +79,16 @@ def compute_rewards(
     return (score - kl_coef * kl) * response_mask.to(kl.dtype)
 
 
+def center_token_rewards(token_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """r_t − mean of r over every real token of the batch, 0 outside the mask.
+
+    Eq. 3 trains R = mean r_t through differences only, so adding a constant c to every r_t changes no
+    loss; as per-token PPO rewards that c adds c·T to a response's return, a length incentive set by an
+    arbitrary constant. Centering on the batch removes it and keeps the RM's ranking of tokens.
+    """
+    return (token_rewards - masked_mean(token_rewards, response_mask)) * response_mask.to(token_rewards.dtype)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``values`` where mask is 1 (over all elements, or along ``dim``)."""
     mask = mask.to(values.dtype)

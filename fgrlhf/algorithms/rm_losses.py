@@ -61,6 +61,25 @@ def pairwise_accuracy(score_chosen: torch.Tensor, score_rejected: torch.Tensor) 
     return correct.mean()
 
 
+def mean_by_position(values: torch.Tensor, mask: torch.Tensor, bin_size: int) -> list[float | None]:
+    """Mean of ``values`` over real tokens in position bins [0, bin_size), [bin_size, 2·bin_size), ...
+    (None for a bin no row reaches). A token RM whose rewards fall with position rewards brevity."""
+    mask = mask.to(values.dtype)
+    out = []
+    for start in range(0, values.size(-1), bin_size):
+        count = mask[:, start:start + bin_size].sum()
+        out.append(float((values[:, start:start + bin_size] * mask[:, start:start + bin_size]).sum() / count)
+                   if count > 0 else None)
+    return out
+
+
+def pearson_correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Pearson correlation of two 1-D tensors; None when either is constant (no correlation is defined)."""
+    if x.numel() < 2 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(torch.corrcoef(torch.stack([x.double(), y.double()]))[0, 1])
+
+
 def bootstrap_ci(
     correct_per_pair, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float]:

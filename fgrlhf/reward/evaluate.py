@@ -5,6 +5,10 @@
 A pair counts as correct when the RM's sequence score (token RM: mean r_t; sequence RM: the EOS score)
 is higher for the chosen response; a tie counts ½. Edit records count edited as chosen. Prints one JSON
 line (accuracy, ci_low, ci_high, n, ...) and writes it as a report (default DIR/eval-<data name>.json).
+Two length-bias diagnostics come with it: ``length_correlation`` (Pearson, RM score vs response length
+over every scored response) and, for a token RM, ``token_reward_by_position`` (mean r_t per 16-token
+bin of response positions); an RM that learned "shorter is better" shows a negative correlation and
+token rewards that fall with position.
 The heat map shows, for the first K pairs, each response's tokens coloured by the head's output at that
 token (green rewarded, red penalised, stronger colour = larger magnitude, value on hover); tokens an edit
 changed are underlined. For a sequence RM only the EOS value is its reward.
@@ -19,6 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+
+POSITION_BIN = 16  # response tokens per bin of the report's token_reward_by_position
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +93,7 @@ Underlined: tokens the edit changed (U1).</p>
 
 
 def main(args: argparse.Namespace) -> int:
-    from fgrlhf.algorithms.rm_losses import bootstrap_ci, pairwise_accuracy
+    from fgrlhf.algorithms.rm_losses import bootstrap_ci, mean_by_position, pairwise_accuracy, pearson_correlation
     from fgrlhf.models import load_tokenizer
     from fgrlhf.reward.data import encode_pairs, load_preference_records
     from fgrlhf.reward.model import load_reward_model, read_reward_info
@@ -110,9 +118,20 @@ def main(args: argparse.Namespace) -> int:
     result = {
         "accuracy": float(per_pair.double().mean()), "ci_low": low, "ci_high": high, "n": len(examples),
         "margin": float((chosen["sequence"] - rejected["sequence"]).mean()),
+        # Length bias: correlation of the RM's score with response length over every scored response.
+        "length_correlation": pearson_correlation(torch.cat([chosen["sequence"], rejected["sequence"]]),
+                                           torch.cat([chosen["response_mask"].sum(-1), rejected["response_mask"].sum(-1)])),
         "kind": info["kind"], "rm": str(rm_dir), "data": str(args.data),
         "data_kind": "edit records" if from_edits else "pairs", "seconds": round(time.perf_counter() - began, 2),
     }
+    if info["kind"] == "token":
+        width = max(chosen["token"].size(1), rejected["token"].size(1))
+        tokens = torch.cat([F.pad(chosen["token"], (0, width - chosen["token"].size(1))),
+                            F.pad(rejected["token"], (0, width - rejected["token"].size(1)))])
+        masks = torch.cat([F.pad(chosen["response_mask"], (0, width - chosen["response_mask"].size(1))),
+                           F.pad(rejected["response_mask"], (0, width - rejected["response_mask"].size(1)))])
+        result["token_reward_by_position"] = {"bin_tokens": POSITION_BIN,
+                                              "mean": mean_by_position(tokens, masks, POSITION_BIN)}
     report = Path(args.report) if args.report else rm_dir / f"eval-{Path(args.data).stem}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
