@@ -108,7 +108,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
     parser.add_argument("--edit-rules", type=Path,
                         help="rule-editor rules of the fine-grained data (default: the env's, e.g. "
-                             "configs/edit-rules-synthetic.yaml); a work dir keeps the edits it was made with")
+                             "configs/edit-rules-synthetic.yaml); a work dir serves one rule file and refuses another")
 
 
 def default_workdir(env: str, quick: bool) -> Path:

@@ -25,8 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-
 POSITION_BIN = 16  # response tokens per bin of the report's token_reward_by_position
+
+
+def _cat_padded(*tensors: torch.Tensor) -> torch.Tensor:
+    """Right-pad ``[B_i, T_i]`` tensors to one width and stack their rows."""
+    width = max(t.size(1) for t in tensors)
+    return torch.cat([F.pad(t, (0, width - t.size(1))) for t in tensors])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,22 +119,19 @@ def main(args: argparse.Namespace) -> int:
     chosen = model.score(prompts, [e.chosen_ids for e in examples], tokenizer.pad_token_id, args.batch_size)
     rejected = model.score(prompts, [e.rejected_ids for e in examples], tokenizer.pad_token_id, args.batch_size)
     per_pair = torch.stack([pairwise_accuracy(c, r) for c, r in zip(chosen["sequence"], rejected["sequence"])])
+    masks = _cat_padded(chosen["response_mask"], rejected["response_mask"])  # every scored response
     low, high = bootstrap_ci(per_pair, n_resamples=args.bootstrap)
     result = {
         "accuracy": float(per_pair.double().mean()), "ci_low": low, "ci_high": high, "n": len(examples),
         "margin": float((chosen["sequence"] - rejected["sequence"]).mean()),
         # Length bias: correlation of the RM's score with response length over every scored response.
         "length_correlation": pearson_correlation(torch.cat([chosen["sequence"], rejected["sequence"]]),
-                                           torch.cat([chosen["response_mask"].sum(-1), rejected["response_mask"].sum(-1)])),
+                                                  masks.sum(-1)),
         "kind": info["kind"], "rm": str(rm_dir), "data": str(args.data),
         "data_kind": "edit records" if from_edits else "pairs", "seconds": round(time.perf_counter() - began, 2),
     }
     if info["kind"] == "token":
-        width = max(chosen["token"].size(1), rejected["token"].size(1))
-        tokens = torch.cat([F.pad(chosen["token"], (0, width - chosen["token"].size(1))),
-                            F.pad(rejected["token"], (0, width - rejected["token"].size(1)))])
-        masks = torch.cat([F.pad(chosen["response_mask"], (0, width - chosen["response_mask"].size(1))),
-                           F.pad(rejected["response_mask"], (0, width - rejected["response_mask"].size(1)))])
+        tokens = _cat_padded(chosen["token"], rejected["token"])
         result["token_reward_by_position"] = {"bin_tokens": POSITION_BIN,
                                               "mean": mean_by_position(tokens, masks, POSITION_BIN)}
     report = Path(args.report) if args.report else rm_dir / f"eval-{Path(args.data).stem}.json"
