@@ -33,6 +33,7 @@ Without ``trl`` importable the script stops with an error; it never reports a TR
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -246,7 +247,8 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
         trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=ref,
                              reward_model=scalar_model(cfg.seed + 1), value_model=scalar_model(cfg.seed + 2),
                              train_dataset=dataset, eval_dataset=dataset.select(range(2)), callbacks=[timer])
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs and samples; stdout is the table
+            trainer.train()
     finally:
         torch.set_num_threads(before)
     if len(timer.marks) != cfg.steps + 1:
