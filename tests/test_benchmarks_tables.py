@@ -102,7 +102,7 @@ def test_training_hours_quick(workdir):
     result = json.loads(out.read_text())
     assert 0.0 <= result["initial_gold"] <= 1.0
     assert result["target"] == pytest.approx(result["initial_gold"] + 0.05)
-    # Eq. 3 on edits by default (Eq. 4 collapses on deletion-only edits): rm_accuracy's RM of that name.
+    # Eq. 3 on edits by default (Eq. 4 collapses on edits that shorten): rm_accuracy's RM of that name.
     assert result["finegrained_loss"] == "eq3" and result["variant_rm"]["token"] == "token-finegrained_eq3"
     assert set(result["rm_training"]) == {"sequence-original", "token-finegrained_eq3"}
     assert all(t["wall_seconds"] > 0 for t in result["rm_training"].values())

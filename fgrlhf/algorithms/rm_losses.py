@@ -67,9 +67,9 @@ def mean_by_position(values: torch.Tensor, mask: torch.Tensor, bin_size: int) ->
     mask = mask.to(values.dtype)
     out = []
     for start in range(0, values.size(-1), bin_size):
-        count = mask[:, start:start + bin_size].sum()
-        out.append(float((values[:, start:start + bin_size] * mask[:, start:start + bin_size]).sum() / count)
-                   if count > 0 else None)
+        bin_values, bin_mask = values[:, start:start + bin_size], mask[:, start:start + bin_size]
+        count = bin_mask.sum()
+        out.append(float((bin_values * bin_mask).sum() / count) if count > 0 else None)
     return out
 
 
