@@ -76,8 +76,10 @@ class EnvSetup:
 
 ENV_SETUP = {
     # Grammar responses run to ~130 tokens: the tiny config's 64 would cut off the faults and length they carry.
+    # The annotator that also fixes global faults (the paper's premise); --edit-rules
+    # configs/edit-rules-synthetic.yaml selects the local-only one.
     "synthetic": EnvSetup(ROOT / "configs/rm-token-tiny-cpu.yaml", ("max_response_tokens=160",),
-                          ROOT / "configs/edit-rules-synthetic.yaml", "tiny"),
+                          ROOT / "configs/edit-rules-synthetic-global.yaml", "tiny"),
     "alpaca-sim": EnvSetup(ROOT / "configs/rm-token-smollm2-cpu.yaml", (),
                            ROOT / "configs/edit-rules-alpaca-sim.yaml", "smollm2"),
 }
@@ -102,17 +104,23 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CI smoke run)")
     parser.add_argument("--workdir", type=Path,
                         help="stage outputs, reused on a re-run and shared by both benchmarks (the fine-grained "
-                             "RM of seed 0 is the same): default runs/bench/tables-ENV[-quick]")
+                             "RM of seed 0 is the same): default runs/bench/tables-ENV[-quick], "
+                             "tables-ENV-RULES[-quick] for --edit-rules other than the env's")
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.add_argument("--plot", metavar="OUT.png", type=Path, help=f"plot path (default WORKDIR/{name}.png)")
     parser.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
     parser.add_argument("--edit-rules", type=Path,
                         help="rule-editor rules of the fine-grained data (default: the env's, e.g. "
-                             "configs/edit-rules-synthetic.yaml); a work dir serves one rule file and refuses another")
+                             "configs/edit-rules-synthetic-global.yaml; configs/edit-rules-synthetic.yaml is the "
+                             "local-only annotator); a work dir serves one rule file and refuses another")
 
 
-def default_workdir(env: str, quick: bool) -> Path:
-    return ROOT / "runs" / "bench" / f"tables-{env}{'-quick' if quick else ''}"
+def default_workdir(env: str, quick: bool, edit_rules: Path | None = None) -> Path:
+    """runs/bench/tables-ENV[-RULES][-quick]: rules other than the env's default name their own work dir,
+    since a work dir serves one rule file."""
+    custom = edit_rules is not None and Path(edit_rules).resolve() != ENV_SETUP[env].edit_rules.resolve()
+    rules = f"-{Path(edit_rules).stem}" if custom else ""
+    return ROOT / "runs" / "bench" / f"tables-{env}{rules}{'-quick' if quick else ''}"
 
 
 @contextlib.contextmanager
@@ -122,9 +130,12 @@ def ray_session(num_cpus: float) -> Iterator[None]:
     errors still raise here with their traceback."""
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    from fgrlhf.distributed import exit_on_termination, init_local_ray
+
+    init_local_ray(num_cpus, log_to_driver=False)  # bound to 127.0.0.1
     try:
-        yield
+        with exit_on_termination():  # SIGTERM/SIGHUP also shut Ray down
+            yield
     finally:
         ray.shutdown()
 
@@ -253,8 +264,29 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
         "backbone": prepared.backbone,
         "edit_rules": rules_id,
         "edit_token_length_change_mean": _mean_length_change(edited, setup.tokenizer),
+        # Faults the annotator fixed in the edits kept as training data (and held out), with the words each
+        # kind of fix added on average: the premise the edits carry, and how far they move length.
+        "edit_fixes": _fixes_by_fault(read_jsonl(edits)),
+        "heldout_edit_fixes": _fixes_by_fault(edited),
     }
     return prepared
+
+
+def _fixes_by_fault(records: list[dict]) -> dict[str, dict]:
+    """Per fault: fixes in the records with status "edited", words added, mean words added per fix, and
+    ``rejected``: fixes in edits the pipeline rejected as too large (``max_changed_fraction``), which no
+    RM sees."""
+    from fgrlhf.editing.pipeline import EditSummary
+
+    summary = EditSummary()
+    summary.add_fixes(records)
+    fixes = summary.as_dict()["fixes"]
+    for record in records:
+        if record["status"].startswith("rejected"):
+            for fault, done in (record.get("fixes") or {}).items():
+                entry = fixes.setdefault(fault, {"fixed": 0, "delta_words": 0, "mean_delta_words": None})
+                entry["rejected"] = entry.get("rejected", 0) + done["fixed"]
+    return {fault: {"rejected": 0, **entry} for fault, entry in fixes.items()}
 
 
 def _mean_length_change(edited: list[dict], tokenizer_name: str) -> float | None:

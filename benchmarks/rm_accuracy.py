@@ -12,8 +12,13 @@ trained with Eq. 3 on the (chosen, rejected) pairs, the paper's "without fine-gr
 from Eq. 4's, which is not invariant to a constant shift of the token rewards and, on edits that remove
 more tokens than they add, is minimised by a constant negative token reward. All are evaluated with
 ``fgrlhf eval-rm`` on pairs of the env's eval-split prompts labelled by the gold order, and on alpaca-sim
-also on the GPT-4-judged alpaca-7b vs davinci-003 pairs. ``--edit-rules`` picks another rule file for the
-edits (e.g. configs/edit-rules-synthetic-delete.yaml, the deletion-only annotator).
+also on the GPT-4-judged alpaca-7b vs davinci-003 pairs. The synthetic edits come from the annotator that
+also fixes global faults (configs/edit-rules-synthetic-global.yaml); ``--edit-rules`` picks another rule file
+(configs/edit-rules-synthetic.yaml: local faults only; configs/edit-rules-synthetic-delete.yaml: the
+deletion-only annotator), in a work dir of its own by default. Two length-only scorers sit in the same
+table, "longer wins" and "shorter wins" (ties ½, eval-rm's ``length_baseline``): an RM no better than one
+of them may have learned only length. A second table gives the faults the annotator fixed, per kind, and
+the words each kind of fix added on average.
 
 Accuracy per eval set: with one seed, eval-rm's bootstrap 95% CI over pairs; with several seeds, the
 seed mean, the mean of the per-seed bootstrap bounds and the sd across seeds (the paper's ± is not
@@ -70,6 +75,10 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(result: dict) -> str:
+    return "\n\n".join([accuracy_table(result), fixes_table(result["data"])])
+
+
+def accuracy_table(result: dict) -> str:
     lines = [("| RM training data | loss | eval set | accuracy % [95% CI] | seed sd | n | paper % | "
               "RM train s (wall / loop) |"), "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for variant in LOSS:
@@ -82,6 +91,28 @@ def markdown(result: dict) -> str:
                 f"{100 * row['accuracy']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] | {sd} | "
                 f"{row['n']} | {paper if name == PRIMARY else '–'} | "
                 f"{summary['rm_train_wall_seconds']:.0f} / {summary['rm_train_loop_seconds']:.1f} |")
+    for rule in ("longer", "shorter"):
+        for name, baseline in result["length_baselines"].items():
+            lines.append(f"| {rule} wins (length only, {baseline['tied']} ties ½) | – | {name} | "
+                         f"{100 * baseline[f'{rule}_wins']:.1f} | – | {baseline['n']} | – | – |")
+    return "\n".join(lines)
+
+
+def fixes_table(data: dict) -> str:
+    """Faults fixed in the training edits and the held-out edits, with mean words added per fix."""
+    faults = sorted({*data["edit_fixes"], *data["heldout_edit_fixes"]})
+    lines = [f"Edits by fault ({data['edit_rules']}; mean tokens added per held-out edit: "
+             f"{fmt(data['edit_token_length_change_mean'], 2)})", "",
+             "| fault | fixed, training edits | mean Δ words | in rejected edits (too large) | fixed, held-out edits "
+             "| mean Δ words |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for fault in faults:
+        train, heldout = data["edit_fixes"].get(fault), data["heldout_edit_fixes"].get(fault)
+        cells = [str(train["fixed"]) if train else "0",
+                 f"{train['mean_delta_words']:+.2f}" if train and train["fixed"] else "–",
+                 str(train["rejected"]) if train else "0",
+                 str(heldout["fixed"]) if heldout else "0",
+                 f"{heldout['mean_delta_words']:+.2f}" if heldout and heldout["fixed"] else "–"]
+        lines.append(f"| {fault} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -107,9 +138,17 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def length_baselines(evals: dict[str, dict]) -> dict[str, dict]:
+    """eval-rm's length-only scorers per eval set (they depend on the pairs, not on the RM)."""
+    missing = [name for name, report in evals.items() if "length_baseline" not in report]
+    if missing:
+        raise SystemExit(f"eval reports of {missing} predate length_baseline: delete WORKDIR/eval and re-run")
+    return {name: report["length_baseline"] for name, report in evals.items()}
+
+
 def run(args: argparse.Namespace) -> dict:
     sizes = SIZES[(args.env, args.quick)]
-    workdir = args.workdir or default_workdir(args.env, args.quick)
+    workdir = args.workdir or default_workdir(args.env, args.quick, args.edit_rules)
     with ray_session(args.num_cpus):
         prepared = prepare_data(args.env, workdir, sizes, args.edit_rules)
         data = {"finegrained": prepared.edits, "finegrained_eq3": prepared.edits, "original": prepared.pairs}
@@ -126,6 +165,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "rm_accuracy", "env": args.env, "quick": args.quick, "workdir": str(workdir),
         "data": prepared.summary,
+        "length_baselines": length_baselines(runs["original"][0]["evals"]),
         **{f"accuracy_{variant}": summarise(variant_runs) for variant, variant_runs in runs.items()},
         "paper": {f"accuracy_{v}": {"accuracy": a / 100, "pm": pm / 100} for v, (a, pm) in PAPER.items()},
     }

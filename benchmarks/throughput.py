@@ -128,7 +128,8 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
     import ray
     import torch
 
-    from fgrlhf.ppo_trainer import PPOTrainer
+    from fgrlhf.ppo_trainer import PPO_RUN, PPOTrainer
+    from fgrlhf.run_dir import open_run
 
     class TimedTrainer(PPOTrainer):
         """Records each step's wall-clock window (epoch seconds, the clock of Ray's task events) and CPU time."""
@@ -146,7 +147,8 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
             return record
 
     with ray_session(cpus):
-        trainer = TimedTrainer(cfg, workdir / "fgrlhf")
+        # Every measurement is a fresh run: a previous one in --workdir is replaced.
+        trainer = TimedTrainer(cfg, open_run(workdir / "fgrlhf", PPO_RUN, cfg, overwrite=True))
         trainer.run()
         events = ray.timeline()
     records = [json.loads(line) for line in (workdir / "fgrlhf" / "metrics.jsonl").read_text().splitlines()]

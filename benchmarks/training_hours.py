@@ -1,43 +1,63 @@
-"""Table 3 of 2406.02756: RM training time, and PPO time to a fixed gold-reward target per reward type.
+"""Table 3 of 2406.02756: RM training time, and PPO steps / wall-clock to a fixed gold-reward target per reward type.
 
-  python benchmarks/training_hours.py [--env synthetic] [--quick] [--seeds 0 1 2] [--max-steps 20]
-                                      [--target G | --target-delta 0.05] [--window 5] [--finegrained-loss eq3]
-                                      [--ppo KEY=VALUE ...]
-                                      [--variants sequence fine_grained_sequence token]
-                                      [--workdir DIR] [--json OUT.json] [--plot OUT.png]
+  python benchmarks/training_hours.py [--env synthetic] [--quick] [--seeds 0 1 2] [--max-steps N] [--window W]
+                                      [--target G | --target-delta D | --target-fraction 0.5]
+                                      [--calibration-seed 100] [--calibration-steps N] [--plateau-steps 10]
+                                      [--initial-samples 512] [--finegrained-loss eq3] [--ppo KEY=VALUE ...]
+                                      [--variants sequence fine_grained_sequence token oracle_sequence ...]
+                                      [--edit-rules FILE] [--workdir DIR] [--json OUT.json] [--plot OUT.png]
 
 RMs (benchmarks/common.py pipeline, seed 0): a sequence-level RM (Bradley–Terry) on the env's original
-pairs, and the token RM on the rule-edited data, trained with Eq. 3 (``--finegrained-loss eq3``, the
-default) or Eq. 4. Eq. 3 is the default because Eq. 4 is not invariant to a constant shift of the token
-rewards: on edits that remove more tokens than they add it is minimised by a constant negative token
-reward (BENCHMARKS.md, Table 2), which would make the token variants a pure length penalty. PPO variants,
-all from the same initial policy (the synthetic env's SFT policy) with identical batch sizes
-(configs/ppo-synthetic-cpu.yaml, plus any ``--ppo`` overrides; runs with overrides get their own
-directories, named by a hash of them):
+pairs, and the token RM on the rule-edited data (the annotator that also fixes global faults,
+configs/edit-rules-synthetic-global.yaml, by default), trained with Eq. 3 (``--finegrained-loss eq3``, the
+default; Eq. 4 is not invariant to a constant shift of the token rewards, BENCHMARKS.md Table 2). PPO arms,
+all from the same initial policy (the synthetic env's SFT policy) with the same hyper-parameters
+(configs/ppo-synthetic-cpu.yaml + the full/quick settings below + any ``--ppo`` overrides, for every arm):
 
-- ``sequence``: the sequence RM, reward at the last token (``ppo.reward_mode=sequence``; the paper's
-  PPO-RLHF baseline);
-- ``fine_grained_sequence``: the edited-data token RM's mean r_t used as a sequence reward;
-- ``token``: the edited-data token RM's per-token rewards (the paper's fine-grained PPO).
+- ``sequence``: the original-pair RM, reward at EOS (the paper's PPO-RLHF baseline);
+- ``fine_grained_sequence``: the edit RM's mean r_t as a sequence reward;
+- ``token``: the edit RM's per-token rewards (the paper's fine-grained PPO; centred on the batch);
+- ``oracle_sequence``: the env's gold reward at EOS;
+- ``oracle_token``: the gold telescoped over prefixes, r_t = g(y≤t) − g(y<t): the same return as
+  ``oracle_sequence`` with the credit spread over the tokens. With γ = λ = 1 (AlpacaFarm) the advantage
+  then differs from ``oracle_sequence``'s only by −g(y<t), a function of the state, i.e. a baseline;
+- ``oracle_sequence_lam095`` / ``oracle_token_lam095`` (opt-in through ``--variants``: the 90-minute
+  budget holds five arms): the same pair with GAE λ = 0.95, where dense rewards can change which tokens
+  get the credit.
+The oracle arms isolate what dense credit assignment buys, apart from RM quality (their critic starts from
+the sequence RM's backbone). KL: every arm, token arms included, is shaped by −β·KL_t with the config's
+estimator and β; the paper's literal [R1..Rn] would be β = 0 (not run: it doubles the budget).
 
-Runs go seed-major (seed 0: all three variants, then seed 1, ...) so machine load hits them alike. The
-gold reward of each step's rollouts (``gold_reward_mean`` in metrics.jsonl; step 1 samples the initial
-policy) is smoothed by a trailing moving average of ``--window`` steps. Target: ``--target``, else the
-initial policy's gold (mean of every run's step-1 gold) + ``--target-delta``. Time to target = the first
-step whose moving average reaches it, and the PPO loop seconds up to it (sum of ``step_seconds``; actor
-start-up excluded, identical for all variants). A run that never reaches it is censored at its last step:
-medians with half or more runs censored are lower bounds and are flagged, and a ratio of a bound is
-reported as a bound (or not at all when both sides are), never as a measurement.
+Rule, fixed before the comparison runs (the target must be known for the early stop):
+1. initial gold = mean gold of ``--initial-samples`` rollouts of the initial policy (the PPO prompts and
+   sampling settings); its per-response sd predicts the noise of the smoothed gold: sd / √(batch · window);
+2. calibration: ``oracle_sequence`` on a separate seed (``--calibration-seed``, never a comparison seed) for
+   ``--calibration-steps`` steps; plateau = mean gold of its last ``--plateau-steps`` steps;
+3. target = initial + ``--target-fraction`` × (plateau − initial) (``--target`` / ``--target-delta`` replace
+   steps 2-3). The settings determine the answer when the smoothed gold's noise is under a third of the
+   margin (target − initial) and every ``oracle_sequence`` seed reaches the target: both are printed.
+Runs go seed-major (seed 0: every arm, then seed 1, ...) so machine load hits the arms alike. Each run stops
+once the trailing ``--window``-step mean of its rollouts' gold reaches the target (``stop_at_gold``; step 1
+samples the initial policy); a run that never does is censored at ``--max-steps``. Time to target = that
+step, and the PPO loop seconds up to it (sum of ``step_seconds``; actor start-up excluded). Medians with
+half or more runs censored are lower bounds and flagged; a ratio of a bound is reported as a bound (or not
+at all when both sides are). Ratios are medians over seeds with a bootstrap CI over seeds (pairs kept).
+Table 1 from the same runs: each final policy answers the env's eval split (greedy) and the gold judge
+compares it with the env's reference (fgrlhf.winrate); win rates pool the seeds of an arm.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
+import math
+import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,6 +65,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     ROOT, SIZES, add_common_arguments, default_workdir, finish, fmt, prepare_data, pyplot, ray_session, read_jsonl,
     run_command, save_figure, stage, train_rm, write_json)
+
+log = logging.getLogger("benchmarks.training_hours")
 
 PPO_CONFIG = {"synthetic": ROOT / "configs/ppo-synthetic-cpu.yaml", "alpaca-sim": ROOT / "configs/ppo-smollm2-cpu.yaml"}
 GOLD_HOOK = {"synthetic": "fgrlhf.envs.synthetic:gold_reward", "alpaca-sim": "fgrlhf.envs.alpaca_sim:gold_reward"}
@@ -54,20 +76,55 @@ RMS = {"sequence-original": ("sequence", "pairs", (), "Bradley–Terry on pairs"
        "token-finegrained": ("token", "edits", (), "Eq. 4 on edits"),
        "token-finegrained_eq3": ("token", "edits", ("loss=eq3",), "Eq. 3 on edits")}
 FINEGRAINED_RM = {"eq3": "token-finegrained_eq3", "eq4": "token-finegrained"}
-# PPO variant -> (RM, or "finegrained" for the --finegrained-loss RM; ppo.reward_mode)
-VARIANTS = {"sequence": ("sequence-original", "sequence"),
-            "fine_grained_sequence": ("finegrained", "fine_grained_sequence"),
-            "token": ("finegrained", "token")}
+
+
+@dataclass(frozen=True)
+class Arm:
+    rm: str                          # RM name, or "finegrained" for the --finegrained-loss RM
+    mode: str                        # ppo.reward_mode
+    overrides: tuple[str, ...] = ()  # on top of the settings every arm shares
+
+
+LAMBDA_PAIR = ("ppo.lam=0.95",)
+VARIANTS = {"sequence": Arm("sequence-original", "sequence"),
+            "fine_grained_sequence": Arm("finegrained", "fine_grained_sequence"),
+            "token": Arm("finegrained", "token"),
+            # the oracle arms' reward is the gold; the sequence RM only initialises their critic
+            "oracle_sequence": Arm("sequence-original", "oracle_sequence"),
+            "oracle_token": Arm("sequence-original", "oracle_token"),
+            "oracle_sequence_lam095": Arm("sequence-original", "oracle_sequence", LAMBDA_PAIR),
+            "oracle_token_lam095": Arm("sequence-original", "oracle_token", LAMBDA_PAIR)}
+# ratio key -> (numerator arm, denominator arm)
+PAIRS = {"token_vs_sequence": ("token", "sequence"),
+         "oracle_token_vs_oracle_sequence": ("oracle_token", "oracle_sequence"),
+         "oracle_token_lam095_vs_oracle_sequence_lam095": ("oracle_token_lam095", "oracle_sequence_lam095")}
 PAPER_HOURS = {"rm": {"sequence": 0.2, "token": 0.3}, "ppo": {"sequence": 4.0, "token": 2.0}}
-QUICK_PPO = ("ppo.rollout_batch_size=8", "ppo.step_batch_size=4", "rollout.max_new_tokens=24", "save_every=0")
+
+DEFAULT_VARIANTS = ("sequence", "fine_grained_sequence", "token", "oracle_sequence", "oracle_token")
+# Settings every arm shares, on top of the config, planned by arithmetic for 2 idle CPU cores:
+# - noise: the initial policy's gold has a per-response sd of 0.12-0.19 (SFT policy rollouts; 0.23 for the
+#   generator), so a 32-rollout batch and a 5-step window give a smoothed-gold sd of ≤ 0.19 / √160 ≈ 0.015,
+#   under a third of margins ≥ 0.045 (checked and printed for every run);
+# - budget: calibration 36 + 3 seeds × 5 arms × ≤ 36 = ≤ 576 PPO steps at ~8 s a step (batch 32, estimated
+#   from 3.7-5.3 s at batch 16 on the idle machine) ≈ 77 min if every run were censored, ~62 min if the oracle
+#   arms stop halfway; plus ~11 min of data, RMs, actor start-up (~20 s a run) and win-rate evals. The λ = 0.95
+#   oracle pair (+6 runs) is opt-in (--variants ... oracle_sequence_lam095 oracle_token_lam095): with it the
+#   worst case is ~115 min.
+FULL = {"ppo": ("ppo.rollout_batch_size=32", "ppo.step_batch_size=16", "save_every=0"),
+        "max_steps": 36, "window": 5, "plateau_steps": 10, "initial_samples": 512, "eval_n": None}
+QUICK = {"ppo": ("ppo.rollout_batch_size=8", "ppo.step_batch_size=4", "rollout.max_new_tokens=24", "save_every=0"),
+         "max_steps": 3, "window": 2, "plateau_steps": 2, "initial_samples": 16, "eval_n": 8}
 
 
+# --- pure bookkeeping (unit-tested) ------------------------------------------------------------------------
 def moving_average(values: list[float], window: int) -> list[float | None]:
     """Trailing mean of ``window`` values; None until a full window exists."""
     return [statistics.fmean(values[i + 1 - window:i + 1]) if i + 1 >= window else None for i in range(len(values))]
 
 
 def time_to_target(records: list[dict], target: float, window: int) -> dict:
+    """First step whose trailing ``window``-step mean gold is ≥ ``target`` (else the last step, censored),
+    the PPO loop seconds up to it, and where the run ended (means over its last ``window`` steps)."""
     gold = [r["gold_reward_mean"] for r in records]
     seconds, total = [], 0.0
     for r in records:
@@ -76,20 +133,27 @@ def time_to_target(records: list[dict], target: float, window: int) -> dict:
     smoothed = moving_average(gold, window)
     hit = next((i for i, v in enumerate(smoothed) if v is not None and v >= target), None)
     last = len(records) - 1
+    tail = records[-window:]
     return {"reached": hit is not None, "steps": (hit if hit is not None else last) + 1,
             "seconds": seconds[hit if hit is not None else last], "max_steps": len(records),
             "initial_gold": gold[0], "final_gold_ma": smoothed[-1],
-            "curve": {"step": [r["step"] for r in records], "seconds": seconds, "gold": gold, "gold_ma": smoothed}}
+            "final_kl": statistics.fmean(r.get("kl_k1_seq_mean", r.get("kl_seq_mean", math.nan)) for r in tail),
+            "final_response_len": statistics.fmean(r["response_len_mean"] for r in tail),
+            "curve": {"step": [r["step"] for r in records], "seconds": seconds, "gold": gold, "gold_ma": smoothed,
+                      "kl": [r.get("kl_k1_seq_mean", r.get("kl_seq_mean")) for r in records],
+                      "response_len": [r["response_len_mean"] for r in records]}}
 
 
 def summarise_variant(runs: list[dict]) -> dict:
     out: dict = {"runs": len(runs), "reached": sum(r["reached"] for r in runs)}
-    censored = len(runs) - out["reached"]
+    out["censored"] = len(runs) - out["reached"]
     # The median is a censored value (a lower bound) once half or more runs never reached the target.
-    out["median_is_lower_bound"] = 2 * censored >= len(runs)
-    # Where each run ended (moving average over the last window): a run that over-optimises its RM shows
-    # up here even when no run reaches the target.
-    out["median_final_gold_ma"] = statistics.median(r["final_gold_ma"] for r in runs)
+    out["median_is_lower_bound"] = 2 * out["censored"] >= len(runs)
+    # Where each run ended: a run that over-optimises its RM shows up here even when none reaches the target.
+    for key in ("final_gold_ma", "final_kl", "final_response_len"):
+        values = [r[key] for r in runs if key in r]
+        if values:
+            out[f"median_{key}"] = statistics.median(values)
     for key in ("steps", "seconds"):
         values = sorted(r[key] for r in runs)
         out[f"median_{key}"] = statistics.median(values)
@@ -98,147 +162,351 @@ def summarise_variant(runs: list[dict]) -> dict:
 
 
 def ratio(token: dict, sequence: dict, key: str) -> tuple[float | None, str]:
-    """median token / median sequence, and whether that is exact or a bound (None when undetermined)."""
+    """median numerator / median denominator arm, and whether that is exact or a bound (None when undetermined)."""
     value = token[f"median_{key}"] / sequence[f"median_{key}"]
     token_bound, sequence_bound = token["median_is_lower_bound"], sequence["median_is_lower_bound"]
     if token_bound and sequence_bound:
         return None, "undetermined: both medians censored"
     if token_bound:
-        return value, "lower bound: token median censored"
+        return value, "lower bound: numerator median censored"
     if sequence_bound:
-        return value, "upper bound: sequence median censored"
+        return value, "upper bound: denominator median censored"
     return value, "exact"
 
 
-def run_ppo(args, prepared, workdir: Path, variant: str, seed: int, rm_dir: str) -> list[dict]:
-    # Cached runs are reused by directory name, so other settings must not share one.
-    tag = f"-{hashlib.sha256(' '.join(args.ppo_overrides).encode()).hexdigest()[:8]}" if args.ppo_overrides else ""
-    out = workdir / "ppo" / f"{variant}-s{seed}{tag}"
-    _, mode = VARIANTS[variant]
-    overrides = [f"policy.name={prepared.backbone}", f"reward.model={rm_dir}",
-                 f"prompts.path={prepared.prompts_train}", f"ppo.reward_mode={mode}", f"seed={seed}",
-                 f"steps={args.max_steps}", f"gold_reward={GOLD_HOOK[args.env]}"]
-    overrides += (*QUICK_PPO, *args.ppo_overrides) if args.quick else args.ppo_overrides
+def bootstrap_ratio_ci(numerator: list[float], denominator: list[float], resamples: int = 4000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of median(numerator) / median(denominator) with the seeds resampled with replacement;
+    both lists are indexed by seed, and a resample keeps each seed's pair together."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"paired samples needed, got {len(numerator)} and {len(denominator)}")
+    rng = random.Random(seed)
+    n = len(numerator)
+    stats = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        stats.append(statistics.median(numerator[i] for i in idx) / statistics.median(denominator[i] for i in idx))
+    stats.sort()
+    tail = (1.0 - level) / 2
+    return stats[int(tail * resamples)], stats[min(resamples - 1, int((1.0 - tail) * resamples))]
+
+
+def smoothed_noise(sd_response: float, batch: int, window: int) -> float:
+    """sd of a ``window``-step mean of batch-mean golds of a fixed policy: sd / √(batch · window)."""
+    return sd_response / math.sqrt(batch * window)
+
+
+def calibrated_target(initial: float, plateau: float, fraction: float) -> float:
+    return initial + fraction * (plateau - initial)
+
+
+# --- stages --------------------------------------------------------------------------------------------------
+def run_ppo(workdir: Path, name: str, config: str, overrides: list[str]) -> tuple[Path, list[dict]]:
+    """One ``fgrlhf ppo`` run, cached by its settings (a hash of the config and every override names the
+    directory, so a changed target or budget never reuses a run)."""
+    out = workdir / "ppo" / f"{name}-{hashlib.sha256(' '.join([config, *overrides]).encode()).hexdigest()[:8]}"
 
     def build() -> None:
         began = time.perf_counter()
-        run_command("ppo", "--config", PPO_CONFIG[args.env], "--out", out, "--resume", *overrides)
-        write_json(out / "timing.json", {"variant": variant, "seed": seed,
-                                          "wall_seconds_with_startup": round(time.perf_counter() - began, 2)})
+        run_command("ppo", "--config", config, "--out", out, "--resume", *overrides)
+        write_json(out / "timing.json", {"name": name, "wall_seconds_with_startup": round(time.perf_counter() - began, 2)})
 
     stage(out / "timing.json", build)
-    return read_jsonl(out / "metrics.jsonl")
+    return out, read_jsonl(out / "metrics.jsonl")
+
+
+def initial_gold(args, prepared, cfg, workdir: Path, n: int) -> dict:
+    """Gold of ``n`` rollouts of the initial policy on the PPO prompts, sampled like PPO's rollouts."""
+    from fgrlhf.config import ModelConfig
+    from fgrlhf.data import load_prompts
+    from fgrlhf.policy_eval import GenerationSettings, generate_responses, load_gold
+
+    settings = GenerationSettings(max_prompt_tokens=cfg.prompts.max_prompt_tokens,
+                                  max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                  top_p=cfg.rollout.top_p, batch_size=32, seed=12_345)
+    out = workdir / "initial_gold" / f"n{n}-{hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:8]}.json"
+
+    def build() -> None:
+        records = load_prompts(str(prepared.prompts_train))
+        prompts = [records[i % len(records)]["prompt"] for i in range(n)]
+        responses = generate_responses(ModelConfig(name=prepared.backbone, prompt_format=cfg.policy.prompt_format),
+                                       prompts, settings, desc="initial policy")
+        scores = load_gold(GOLD_HOOK[args.env])(prompts, responses)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, {"n": n, "mean": statistics.fmean(scores), "sd": statistics.stdev(scores),
+                         "settings": settings.model_dump()})
+
+    stage(out, build)
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg) -> dict:
+    """The policy's greedy answers on the env's eval split (prompt format and lengths of the PPO config
+    ``cfg``) judged against the references by the gold."""
+    def build() -> None:
+        from fgrlhf.judges import build_judge
+        from fgrlhf.winrate import generate_outputs, judge_outputs, load_eval_records
+
+        records = load_eval_records(env, None, n)
+        prompts = [r["prompt"] for r in records]
+        gen = argparse.Namespace(prompt_format=cfg.policy.prompt_format, max_prompt_tokens=cfg.prompts.max_prompt_tokens,
+                                 max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, top_p=1.0,
+                                 batch_size=32, seed=0)
+        outputs = generate_outputs(policy, prompts, gen)
+        result, rows = judge_outputs(prompts, outputs, [r["reference"] for r in records], build_judge("gold", env), env)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, {**result, "policy": policy, "preferences": [row["preference"] for row in rows]})
+
+    stage(out, build)
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def run(args: argparse.Namespace) -> dict:
+    from fgrlhf.algorithms.winrate import win_rate
+    from fgrlhf.config import load_config
+    from fgrlhf.ppo_trainer import PPOTrainConfig
+
     sizes = SIZES[(args.env, args.quick)]
+    preset = QUICK if args.quick else FULL
     workdir = args.workdir or default_workdir(args.env, args.quick)
+    config = str(PPO_CONFIG[args.env])
+    rm_of = {v: FINEGRAINED_RM[args.finegrained_loss] if VARIANTS[v].rm == "finegrained" else VARIANTS[v].rm
+             for v in args.variants}
+    if args.target is None and args.target_delta is None:
+        rm_of.setdefault("oracle_sequence", VARIANTS["oracle_sequence"].rm)  # the calibration arm
     metrics: dict[tuple[str, int], list[dict]] = {}
+    run_dirs: dict[tuple[str, int], Path] = {}
     with ray_session(args.num_cpus):
         prepared = prepare_data(args.env, workdir, sizes, args.edit_rules)
         data = {"pairs": prepared.pairs, "edits": prepared.edits}
-        rm_of = {v: FINEGRAINED_RM[args.finegrained_loss] if VARIANTS[v][0] == "finegrained" else VARIANTS[v][0]
-                 for v in args.variants}
         rms = {name: train_rm(prepared, workdir, name, RMS[name][0], data[RMS[name][1]], 0,
                               sizes.rm_overrides + RMS[name][2])
                for name in dict.fromkeys(rm_of.values())}
+
+        def overrides(variant: str, seed: int, steps: int, stop: tuple[float, int] | None) -> list[str]:
+            arm = VARIANTS[variant]
+            out = [f"policy.name={prepared.backbone}", f"reward.model={rms[rm_of[variant]]['final_dir']}",
+                   f"prompts.path={prepared.prompts_train}", f"ppo.reward_mode={arm.mode}", f"seed={seed}",
+                   f"steps={steps}", f"gold_reward={GOLD_HOOK[args.env]}", *preset["ppo"], *args.ppo_overrides,
+                   *arm.overrides]
+            if stop is not None:
+                out += [f"stop_at_gold.target={stop[0]!r}", f"stop_at_gold.window={stop[1]}"]
+            return out
+
+        shared = load_config(PPOTrainConfig, config, overrides("sequence", 0, 1, None))
+        batch = shared.ppo.rollout_batch_size
+        initial = initial_gold(args, prepared, shared, workdir, args.initial_samples)
+        calibration = None
+        if args.target is not None:
+            target, rule = args.target, "--target"
+        elif args.target_delta is not None:
+            target, rule = initial["mean"] + args.target_delta, f"initial gold + {args.target_delta}"
+        else:
+            _, cal = run_ppo(workdir, f"calibration-oracle_sequence-s{args.calibration_seed}", config,
+                          overrides("oracle_sequence", args.calibration_seed, args.calibration_steps, None))
+            golds = [r["gold_reward_mean"] for r in cal]
+            plateau = statistics.fmean(golds[-args.plateau_steps:])
+            target = calibrated_target(initial["mean"], plateau, args.target_fraction)
+            rule = (f"initial + {args.target_fraction:g} × (plateau − initial); plateau = mean gold of the last "
+                    f"{args.plateau_steps} of {args.calibration_steps} oracle_sequence steps, seed {args.calibration_seed}")
+            calibration = {"seed": args.calibration_seed, "steps": args.calibration_steps, "plateau": plateau,
+                           "plateau_steps": args.plateau_steps, "gold": golds,
+                           "step_seconds_median": statistics.median(r["step_seconds"] for r in cal)}
+        margin = target - initial["mean"]
+        noise = smoothed_noise(initial["sd"], batch, args.window)
+        plan = {"runs": len(args.seeds) * len(args.variants), "max_steps_per_run": args.max_steps,
+                "worst_case_steps": len(args.seeds) * len(args.variants) * args.max_steps,
+                "calibration_steps": args.calibration_steps if calibration is not None else 0}
+        if calibration is not None:
+            plan["seconds_per_step_measured"] = calibration["step_seconds_median"]
+            plan["worst_case_ppo_minutes"] = plan["worst_case_steps"] * calibration["step_seconds_median"] / 60
+        log.info("target %.4f (%s); initial %.4f; noise %.4f vs margin/3 %.4f; plan %s",
+                 target, rule, initial["mean"], noise, margin / 3, plan)
+
         for seed in args.seeds:
             for variant in args.variants:
-                metrics[(variant, seed)] = run_ppo(args, prepared, workdir, variant, seed,
-                                                   rms[rm_of[variant]]["final_dir"])
+                run_dirs[(variant, seed)], metrics[(variant, seed)] = run_ppo(
+                    workdir, f"{variant}-s{seed}", config, overrides(variant, seed, args.max_steps, (target, args.window)))
+        evals = {("initial", None): win_rate_of(prepared.backbone, workdir / "winrate" / (
+            f"initial-n{preset['eval_n'] or 'all'}-t{shared.rollout.max_new_tokens}.json"),
+                                                args.env, preset["eval_n"], shared)}
+        for key, run_dir in run_dirs.items():
+            evals[key] = win_rate_of(str(run_dir / "final"), run_dir / "winrate.json", args.env, preset["eval_n"], shared)
 
-    initial = statistics.fmean(records[0]["gold_reward_mean"] for records in metrics.values())
-    target = args.target if args.target is not None else initial + args.target_delta
     per_run: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     for (variant, seed), records in metrics.items():
-        per_run[variant].append({"seed": seed, **time_to_target(records, target, args.window)})
+        per_run[variant].append({"seed": seed, **time_to_target(records, target, args.window),
+                                 "stopped_at_gold": bool(records[-1].get("stopped_at_gold")),
+                                 "win_rate": evals[(variant, seed)]["win_rate"]})
     variants = {v: summarise_variant(runs) for v, runs in per_run.items()}
+    # Every run's step 1 samples the same initial policy: their spread / √window measures the smoothed noise.
+    step1 = [records[0]["gold_reward_mean"] for records in metrics.values()]
+    table1 = {"initial": {k: evals[("initial", None)][k] for k in ("win_rate", "stderr", "n", "gold_model_mean",
+                                                                   "gold_reference_mean")}}
+    for variant in args.variants:
+        prefs = [p for seed in args.seeds for p in evals[(variant, seed)]["preferences"]]
+        pooled = win_rate(prefs)
+        table1[variant] = {"win_rate": pooled["win_rate"], "stderr": pooled["stderr"], "n": pooled["n"],
+                           "per_seed": [evals[(variant, seed)]["win_rate"] for seed in args.seeds],
+                           "gold_model_mean": statistics.fmean(evals[(variant, s)]["gold_model_mean"] for s in args.seeds),
+                           "gold_reference_mean": evals[(variant, args.seeds[0])]["gold_reference_mean"]}
     result = {
         "benchmark": "training_hours", "env": args.env, "quick": args.quick, "workdir": str(workdir),
         "data": prepared.summary, "seeds": args.seeds, "max_steps": args.max_steps, "window": args.window,
-        "initial_gold": initial, "target": target,
-        "target_rule": "--target" if args.target is not None else f"initial gold + {args.target_delta}",
-        "ppo_config": str(PPO_CONFIG[args.env]), "ppo_overrides": args.ppo_overrides,
-        "finegrained_loss": args.finegrained_loss, "variant_rm": rm_of,
+        "rollout_batch_size": batch, "initial_gold": initial["mean"], "initial_gold_sd": initial["sd"],
+        "initial_samples": initial["n"], "target": target, "target_rule": rule, "target_margin": margin,
+        "calibration": calibration,
+        "noise": {"smoothed_gold_sd_predicted": noise, "limit_margin_third": margin / 3,
+                  "determined": noise < margin / 3,
+                  "smoothed_gold_sd_from_step1_spread": (statistics.stdev(step1) / math.sqrt(args.window)
+                                                         if len(step1) > 1 else None)},
+        "budget": {**plan, "oracle_sequence_reached_every_seed":
+                   variants["oracle_sequence"]["censored"] == 0 if "oracle_sequence" in variants else None},
+        "ppo_config": config, "shared_settings": [*preset["ppo"], *args.ppo_overrides],
+        "kl": {"estimator": shared.ppo.kl_estimator, "kl_coef": shared.ppo.kl_coef,
+               "token_mode": "kept: r_t = R_t − β·KL_t in every arm (β = 0 is the paper's literal [R1..Rn])"},
+        "finegrained_loss": args.finegrained_loss, "variant_rm": {v: rm_of[v] for v in args.variants},
         "rm_training": {name: {**{k: t[k] for k in ("kind", "steps", "wall_seconds", "loop_seconds")},
                                "loss": RMS[name][3]} for name, t in rms.items()},
-        "variants": variants, "runs": per_run,
-        "paper_hours": PAPER_HOURS,
+        "variants": variants, "runs": per_run, "table1": table1, "paper_hours": PAPER_HOURS,
     }
     for variant, summary in variants.items():
         result[f"median_steps_{variant}"] = summary["median_steps"]
         result[f"median_seconds_{variant}"] = summary["median_seconds"]
-    for key, name in (("seconds", "wallclock"), ("steps", "steps")):
-        value, note = ratio(variants["token"], variants["sequence"], key)
-        result[f"ratio_{name}_token_vs_sequence"] = value
-        result[f"ratio_{name}_note"] = note
+    for pair, (num, den) in PAIRS.items():
+        if num not in variants or den not in variants:
+            continue
+        by_seed = {v: {r["seed"]: r for r in per_run[v]} for v in (num, den)}
+        for key, name in (("seconds", "wallclock"), ("steps", "steps")):
+            value, note = ratio(variants[num], variants[den], key)
+            full = f"ratio_{name}_{pair}"
+            result[full], result[f"{full}_note"] = value, note
+            result[f"{full}_ci"] = (None if value is None else bootstrap_ratio_ci(
+                [by_seed[num][s][key] for s in args.seeds], [by_seed[den][s][key] for s in args.seeds]))
+            result[f"{full}_censored"] = {num: variants[num]["censored"], den: variants[den]["censored"]}
+            if pair == "token_vs_sequence":
+                result[f"ratio_{name}_note"] = note  # the pre-oracle key, kept for readers of older JSON
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = [(f"Target: moving-average ({result['window']} steps) gold reward >= {result['target']:.3f} "
-              f"({result['target_rule']}; initial policy gold {result['initial_gold']:.3f}); "
-              f"{len(result['seeds'])} seed(s), at most {result['max_steps']} PPO steps."), "",
-             "| RM | loss | steps | train s (wall / loop) | paper h |", "| --- | --- | ---: | ---: | ---: |"]
+    noise, budget = result["noise"], result["budget"]
+    lines = [f"Target: {result['window']}-step moving average of the rollouts' gold ≥ **{result['target']:.3f}** "
+             f"({result['target_rule']}); initial policy gold {result['initial_gold']:.3f} "
+             f"(sd {result['initial_gold_sd']:.3f}, {result['initial_samples']} rollouts); margin "
+             f"{result['target_margin']:.3f}.",
+             f"Noise: predicted sd of the smoothed gold {noise['smoothed_gold_sd_predicted']:.4f} (batch "
+             f"{result['rollout_batch_size']} × window {result['window']}) vs margin / 3 = "
+             f"{noise['limit_margin_third']:.4f}: {'determined' if noise['determined'] else 'NOT determined (raise the batch or window)'}; "
+             f"measured: sd of the runs' step-1 gold / √window = {fmt(noise['smoothed_gold_sd_from_step1_spread'], 4)}.",
+             f"Budget: calibration {budget['calibration_steps']} steps, then {len(result['seeds'])} seed(s) × "
+             f"{len(result['variants'])} arms × ≤ {result['max_steps']} PPO steps = ≤ {budget['worst_case_steps']} steps"
+             + (f" × {budget['seconds_per_step_measured']:.1f} s/step (calibration) ≈ "
+                f"{budget['worst_case_ppo_minutes']:.0f} min worst case" if "seconds_per_step_measured" in budget else "")
+             + "; oracle_sequence reached the target in every seed: "
+             + {True: "yes", False: "**no** (the budget does not determine the answer)", None: "not run"}[
+                 budget["oracle_sequence_reached_every_seed"]] + ".",
+             f"KL: {result['kl']['estimator']}, β = {result['kl']['kl_coef']}, {result['kl']['token_mode']}.",
+             "", "| RM | loss | steps | train s (wall / loop) | paper h |", "| --- | --- | ---: | ---: | ---: |"]
     for name, t in result["rm_training"].items():
         lines.append(f"| {name} | {t['loss']} | {t['steps']} | {t['wall_seconds']:.0f} / {t['loop_seconds']:.1f} | "
                      f"{result['paper_hours']['rm'][t['kind']]} |")
-    lines += ["", ("| PPO variant | reached target | steps median [min–max] | PPO seconds median [min–max] | "
-                   "final gold (moving avg., median) | paper h |"),
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", ("| PPO arm | reached | steps to target, median [min–max] | PPO s, median [min–max] | "
+                   "final gold (moving avg.) | final KL (k1, per response) | final response tokens | paper h |"),
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for variant, s in result["variants"].items():
         bound = "≥ " if s["median_is_lower_bound"] else ""
         lines.append(f"| {variant} | {s['reached']}/{s['runs']} | {bound}{s['median_steps']:g} "
                      f"[{s['min_steps']}–{s['max_steps']}] | {bound}{s['median_seconds']:.0f} "
                      f"[{s['min_seconds']:.0f}–{s['max_seconds']:.0f}] | {s['median_final_gold_ma']:.3f} | "
+                     f"{fmt(s.get('median_final_kl'), 2)} | {fmt(s.get('median_final_response_len'), 1)} | "
                      f"{result['paper_hours']['ppo'].get(variant, '–')} |")
-    for name in ("wallclock", "steps"):
-        lines.append(f"\nratio token / sequence ({name}): {fmt(result[f'ratio_{name}_token_vs_sequence'], 2)} "
-                     f"({result[f'ratio_{name}_note']}); paper 2 h / 4 h = 0.50")
+    lines.append("")
+    for pair in PAIRS:
+        for name in ("wallclock", "steps"):
+            key = f"ratio_{name}_{pair}"
+            if key in result:
+                ci = result[f"{key}_ci"]
+                ci_text = f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+                censored = ", ".join(f"{k} {v}" for k, v in result[f"{key}_censored"].items())
+                lines.append(f"- {key}: {fmt(result[key], 2)}{ci_text} ({result[f'{key}_note']}; censored runs: "
+                             f"{censored})" + ("; paper 2 h / 4 h = 0.50" if pair == "token_vs_sequence" else ""))
+    lines += ["", "Table 1 in the simulation: win rate vs the env's references on the eval split, gold judge, "
+              "greedy answers (seeds pooled; runs that reached the target stopped there).", "",
+              "| policy | win rate % ± s.e. | n | per seed | gold mean (policy / reference) |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, row in result["table1"].items():
+        per_seed = ", ".join(f"{v:.1f}" for v in row.get("per_seed", []))
+        lines.append(f"| {name} | {row['win_rate']:.1f} ± {row['stderr']:.1f} | {row['n']} | {per_seed} | "
+                     f"{row['gold_model_mean']:.3f} / {row['gold_reference_mean']:.3f} |")
     return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
+    """Mean over seeds with a min–max band per arm (at each step, over the runs still going)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    styles = ["-", "--", ":", "-."]
+    panels = (("gold_ma", f"gold, {result['window']}-step moving average"), ("kl", "KL to reference (k1, per response)"),
+              ("response_len", "response tokens"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
     for k, (variant, runs) in enumerate(result["runs"].items()):
-        for j, run in enumerate(runs):
-            curve = run["curve"]
-            points = [(s, t, v) for s, t, v in zip(curve["step"], curve["seconds"], curve["gold_ma"]) if v is not None]
-            label = variant if j == 0 else None
-            for ax, x in zip(axes, (1, 0)):
-                ax.plot([p[x] for p in points], [p[2] for p in points], styles[j % len(styles)], color=f"C{k}",
-                        label=label)
-    for ax, xlabel in zip(axes, ("PPO seconds (loop, start-up excluded)", "PPO step")):
-        ax.axhline(result["target"], color="black", lw=0.8, ls="--", label="target")
-        ax.set_xlabel(xlabel)
-    axes[0].set_ylabel(f"gold reward, {result['window']}-step moving average")
-    axes[1].legend(fontsize=8)
-    fig.suptitle(f"PPO time to target, {result['env']} (line style = seed)")
+        for ax, (key, label) in zip(axes, panels):
+            by_step: dict[int, list[float]] = {}
+            for run in runs:
+                for step, value in zip(run["curve"]["step"], run["curve"][key]):
+                    if value is not None:
+                        by_step.setdefault(step, []).append(value)
+            steps = sorted(by_step)
+            ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], color=f"C{k}", label=variant)
+            ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
+                            color=f"C{k}", alpha=0.15)
+            ax.set_xlabel("PPO step")
+            ax.set_ylabel(label)
+    axes[0].axhline(result["target"], color="black", lw=0.8, ls="--", label="target")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"PPO learning curves, {result['env']} ({len(result['seeds'])} seeds: mean, band = min–max)")
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "training_hours")
-    parser.add_argument("--seeds", type=int, nargs="+", help="PPO seeds (default 0 1 2; --quick: 0)")
-    parser.add_argument("--max-steps", type=int, help="PPO steps per run (default 20; --quick: 3)")
-    parser.add_argument("--window", type=int, help="moving-average window in steps (default 5; --quick: 2)")
-    parser.add_argument("--target", type=float, help="absolute gold target (default: initial + --target-delta)")
-    parser.add_argument("--target-delta", type=float, default=0.05, help="target above the initial gold")
+    parser.add_argument("--seeds", type=int, nargs="+", help="PPO seeds of the comparison (default 0 1 2; --quick: 0)")
+    parser.add_argument("--max-steps", type=int, help=f"PPO step budget per run (default {FULL['max_steps']}; "
+                                                      f"--quick: {QUICK['max_steps']})")
+    parser.add_argument("--window", type=int, help=f"moving-average window in steps (default {FULL['window']}; "
+                                                    f"--quick: {QUICK['window']})")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--target", type=float, help="absolute gold target (skips the calibration)")
+    target.add_argument("--target-delta", type=float, help="target = initial gold + D (skips the calibration)")
+    parser.add_argument("--target-fraction", type=float, default=0.5,
+                        help="calibration rule: target = initial + F × (plateau − initial) (default 0.5)")
+    parser.add_argument("--calibration-seed", type=int, default=100, help="oracle_sequence calibration seed")
+    parser.add_argument("--calibration-steps", type=int, help="calibration run length (default: --max-steps)")
+    parser.add_argument("--plateau-steps", type=int, help="calibration steps averaged as the plateau "
+                                                          f"(default {FULL['plateau_steps']}; --quick: {QUICK['plateau_steps']})")
+    parser.add_argument("--initial-samples", type=int, help="rollouts of the initial policy for its gold and sd "
+                                                            f"(default {FULL['initial_samples']})")
     parser.add_argument("--ppo", dest="ppo_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="PPO config override for every variant, e.g. --ppo ppo.kl_coef=0.05 (repeatable)")
+                        help="PPO config override for every arm, e.g. --ppo ppo.kl_coef=0.05 (repeatable)")
     parser.add_argument("--finegrained-loss", choices=list(FINEGRAINED_RM), default="eq3",
-                        help="loss of the edited-data token RM behind the fine-grained variants (default eq3)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="PPO variants (the token/sequence ratios need both of those)")
+                        help="loss of the edited-data token RM behind the fine-grained arms (default eq3)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
+                        help=f"PPO arms (default: {' '.join(DEFAULT_VARIANTS)}; the token/sequence ratios need "
+                             "both of those)")
     args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.max_steps = args.max_steps or (3 if args.quick else 20)
-    args.window = args.window or (2 if args.quick else 5)
+    args.max_steps = args.max_steps or preset["max_steps"]
+    args.window = args.window or preset["window"]
+    args.calibration_steps = args.calibration_steps or args.max_steps
+    args.plateau_steps = args.plateau_steps or preset["plateau_steps"]
+    args.initial_samples = args.initial_samples or preset["initial_samples"]
     if args.window > args.max_steps:
         parser.error(f"--window {args.window} exceeds --max-steps {args.max_steps}")
+    if args.plateau_steps > args.calibration_steps:
+        parser.error(f"--plateau-steps {args.plateau_steps} exceeds --calibration-steps {args.calibration_steps}")
+    if args.calibration_seed in args.seeds:
+        parser.error(f"--calibration-seed {args.calibration_seed} is also a comparison seed")
     if not {"token", "sequence"} <= set(args.variants):
         parser.error("--variants must include token and sequence (the ratios compare them)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,7 @@ compares every answer with the reference (text-davinci-003 on AlpacaEval; the ge
 win rate = 100 · mean(pref − 1) ± its standard error (AlpacaEval's formula, draws count half).
 
 The eval set defaults to the env's held-out split (alpaca-sim: the eval part of the 805 AlpacaEval
-instructions); ``--eval-set /work/shared/data/alpaca_eval/eval_set.jsonl`` is the paper's full 805. The
+instructions); ``--eval-set alpaca_eval/eval_set.jsonl`` (packaged) is the paper's full 805. The
 paper's numbers (LLaMA-7B on AlpacaFarm, Claude judge) are printed beside ours for reference: with the
 gold judge, small models and another eval split they are not the same measurement.
 """

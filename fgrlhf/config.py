@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -53,7 +53,21 @@ class DeepSpeedConfig(StrictModel):
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)
     bf16: bool = False
+    grad_accum_dtype: Literal["fp32", "bf16"] | None = Field(
+        None, description="gradient accumulation dtype (DeepSpeed data_types.grad_accum_dtype); None = the "
+                          "model's. fp32 keeps many bf16 micro-steps from rounding away small gradients")
     gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check_grad_accum_dtype(self) -> DeepSpeedConfig:
+        # DeepSpeed accumulates bf16 gradients in fp32 only in its ZeRO optimizers (stage >= 1); at stage 0 it
+        # raises NotImplementedError for the mix, so say so here, before any rank starts.
+        if self.grad_accum_dtype == "bf16" and not self.bf16:
+            raise ValueError("grad_accum_dtype=bf16 needs bf16=true")
+        if self.grad_accum_dtype == "fp32" and self.bf16 and self.zero_stage == 0:
+            raise ValueError("grad_accum_dtype=fp32 with bf16=true needs zero_stage >= 1 (DeepSpeed's ZeRO "
+                             "optimizers accumulate in fp32; stage 0 does not support the mix)")
+        return self
 
     @property
     def global_batch_size(self) -> int:
@@ -93,13 +107,22 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(exc: ValidationError, source: str) -> str:
+    """One line per error naming the dotted key, never pydantic's dump of the input."""
     lines = [f"invalid config ({source}):"]
     for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}'")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        if isinstance(got, (dict, list)):
+            # A check across keys (a section's validator): its message names the keys, and its input is the
+            # whole section (for the top level, the whole config), so it is not shown.
+            lines.append(f"  {key}: {message}" if key else f"  {message}")
         else:
-            lines.append(f"  key '{key}': {err['msg']} (got {err.get('input')!r})")
+            shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
+            lines.append(f"  key '{key}': {message} (got {shown})")
     return "\n".join(lines)
 
 
@@ -111,9 +134,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM is allowed
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config {path}: is a directory, expected a YAML file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -14,6 +14,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,29 +29,59 @@ ALPACA_EVAL_SET = "alpaca_eval/eval_set.jsonl"
 ALPACA_EVAL_PAIRS = "alpaca_eval/preferences_alpaca7b_vs_davinci003.jsonl"
 
 
-def shared_data_dir() -> Path:
-    """The project's shared data: ``$FGRLHF_DATA_DIR``, else ``shared/data`` beside the repository.
+def packaged_data_dir() -> Path:
+    """The data shipped inside the package (what and from where: resources/data/README.md)."""
+    return Path(str(resources.files("fgrlhf").joinpath("resources", "data")))
 
-    A Ray job runs from a temporary copy of the working directory, where the sibling directory is
-    missing; pass ``FGRLHF_DATA_DIR`` in its runtime environment (docs/ray_job_submit.md).
-    """
-    if "FGRLHF_DATA_DIR" in os.environ:
-        return Path(os.environ["FGRLHF_DATA_DIR"])
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def data_dirs() -> list[Path]:
+    """Folders that relative data names resolve under, in order: ``$FGRLHF_DATA_DIR`` when set (a folder
+    of the same layout, e.g. a newer copy of the data), then the packaged data."""
+    override = os.environ.get("FGRLHF_DATA_DIR")
+    return ([Path(override).expanduser()] if override else []) + [packaged_data_dir()]
 
 
 def resolve_data_path(path: str | Path) -> Path:
-    """``path`` as given if it exists (absolute or relative to the working directory), else relative to
-    :func:`shared_data_dir`, so configs can name ``alpaca_eval/eval_set.jsonl`` on any machine."""
+    """``path`` as given if it exists (absolute or relative to the working directory), else under the first
+    of :func:`data_dirs` that holds it, so configs can name ``alpaca_eval/eval_set.jsonl`` on any
+    installation; else ``path`` unchanged, for the caller to report missing."""
     path = Path(path).expanduser()
     if path.is_absolute() or path.exists():
         return path
-    shared = shared_data_dir() / path
-    return shared if shared.exists() else path
+    for folder in data_dirs():
+        if (folder / path).exists():
+            return folder / path
+    return path
 
 
 class DataError(ValueError):
     """A record is malformed; the message starts with ``file:line`` and names the field."""
+
+
+# Per text field, in UTF-8 bytes: a few hundred times a long answer. Beyond it a record is refused at load
+# time, so one runaway response cannot stall the editors, the token diff or the tokenizers downstream.
+DEFAULT_MAX_FIELD_BYTES = 256 * 1024
+MAX_FIELD_BYTES_ENV = "FGRLHF_MAX_FIELD_BYTES"
+
+
+def max_field_bytes() -> int:
+    """The size limit of one text field: ``$FGRLHF_MAX_FIELD_BYTES`` (set by ``--max-field-bytes``; 0 = no
+    limit), else :data:`DEFAULT_MAX_FIELD_BYTES`. An environment variable, so Ray workers inherit it."""
+    raw = os.environ.get(MAX_FIELD_BYTES_ENV)
+    if raw is None:
+        return DEFAULT_MAX_FIELD_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DataError(f"{MAX_FIELD_BYTES_ENV}={raw!r}: expected a number of bytes (0 = no limit)")
+    return value
+
+
+def is_datasets_dir(path: Path) -> bool:
+    """A directory written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    return any((path / name).is_file() for name in ("state.json", "dataset_info.json", "dataset_dict.json"))
 
 
 @dataclass
@@ -66,6 +97,9 @@ class LoadReport:
 def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
     """Yield ``(location, parsed-or-DataError)`` for each record of a JSONL/JSON file or datasets dir."""
     if path.is_dir():
+        if not is_datasets_dir(path):
+            raise DataError(f"{path}: is a directory; expected a JSONL or JSON file (or a directory written "
+                            "by datasets' save_to_disk)")
         from datasets import load_from_disk
 
         for index, row in enumerate(load_from_disk(str(path))):
@@ -73,7 +107,7 @@ def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
         return
     if path.suffix == ".json":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM is allowed
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"{path}: not a valid JSON file: {exc}") from None
         if not isinstance(rows, list):
@@ -85,7 +119,7 @@ def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM may open the file
             except UnicodeDecodeError as exc:
                 yield where, DataError(f"{where}: line is not valid UTF-8 ({exc.reason} at byte {exc.start})")
                 continue
@@ -97,7 +131,8 @@ def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
                 yield where, DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
 
 
-def _check(where: str, record: object, required: tuple[str, ...], allow_empty: tuple[str, ...]) -> dict:
+def _check(where: str, record: object, required: tuple[str, ...], allow_empty: tuple[str, ...],
+           max_bytes: int) -> dict:
     if isinstance(record, DataError):
         raise record
     if not isinstance(record, dict):
@@ -110,7 +145,15 @@ def _check(where: str, record: object, required: tuple[str, ...], allow_empty: t
             raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
         if not value.strip() and name not in allow_empty:
             raise DataError(f"{where}: field '{name}' is empty")
+        _check_size(where, name, value, max_bytes)
     return record
+
+
+def _check_size(where: str, name: str, value: str, max_bytes: int) -> None:
+    # A character is at most 4 UTF-8 bytes: only long strings need encoding to measure.
+    if max_bytes and len(value) * 4 > max_bytes and (size := len(value.encode("utf-8"))) > max_bytes:
+        raise DataError(f"{where}: field '{name}' is larger than {max_bytes} bytes ({size} bytes); raise the "
+                        f"limit with --max-field-bytes or {MAX_FIELD_BYTES_ENV} (0 = no limit)")
 
 
 def load_records(
@@ -121,16 +164,19 @@ def load_records(
     skip_invalid: bool = False,
     limit: int | None = None,
     report: LoadReport | None = None,
+    max_bytes: int | None = None,
 ) -> list[dict]:
-    """Load and validate records that must carry the non-empty string fields ``required``."""
+    """Load and validate records that must carry the non-empty string fields ``required``, each at most
+    ``max_bytes`` long in UTF-8 (default :func:`max_field_bytes`; 0 = no limit)."""
     path = resolve_data_path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     report = report if report is not None else LoadReport()
+    max_bytes = max_field_bytes() if max_bytes is None else max_bytes
     records = []
     for where, raw in _raw_records(path):
         try:
-            records.append(_check(where, raw, required, allow_empty))
+            records.append(_check(where, raw, required, allow_empty, max_bytes))
         except DataError as exc:
             if not skip_invalid:
                 raise

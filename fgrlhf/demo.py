@@ -1,6 +1,6 @@
 """The main job: the fine-grained pipeline on the embedded default model, end to end on this machine.
 
-  fgrlhf demo [--out runs/demo] [--config configs/demo-smollm2-cpu.yaml] [--fresh] [key=value ...]
+  fgrlhf demo [--out runs/demo] [--config configs/demo-smollm2-cpu.yaml] [--fresh] [--until STAGE] [key=value ...]
 
 Each stage is an ``fgrlhf`` command run in-process against one local Ray instance (dashboard address
 printed at the start), so the demo exercises exactly what users run by hand:
@@ -14,8 +14,9 @@ printed at the start), so the demo exercises exactly what users run by hand:
   6. winrate   gold reward and win rate vs text-davinci-003 (offline gold judge) before and after PPO
 
 A stage whose output exists is skipped, and an interrupted training stage resumes from its checkpoint,
-so re-running the same command continues where it stopped. Writes DIR/report.md, DIR/report.json and
-plots under DIR/plots/.
+so re-running the same command continues where it stopped. ``--until STAGE`` stops after that stage (to
+inspect its output first; the same command without it continues). Writes DIR/report.md, DIR/report.json
+and plots under DIR/plots/.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ from fgrlhf.config import StrictModel
 
 log = logging.getLogger(__name__)
 
+# What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
+RESUME_HINT = "finished stages are kept; re-run the same command to continue from the next one"
+
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ("pairs", "edits", "rm", "rm-eval", "ppo", "winrate-before", "winrate-after")
 DEFAULT_CONFIG = REPO / "configs" / "demo-smollm2-cpu.yaml"
 
 
@@ -68,23 +73,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with DemoConfig keys")
     parser.add_argument("--fresh", action="store_true", help="delete DIR first instead of resuming")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    parser.add_argument("--until", choices=STAGES, help="stop after this stage (default: run them all)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+class StoppedAfter(Exception):
+    """``--until``'s stage is done: the stages after it do not run."""
 
 
 class Stages:
     """Runs ``fgrlhf`` commands in-process, timing each and skipping those whose output exists."""
 
-    def __init__(self, console, timings: Path):
+    def __init__(self, console, timings: Path, until: str | None = None):
         self.console = console
+        self.until = until
         self.timings = timings  # kept on disk so a resumed demo still reports the stages done earlier
         self.seconds: dict[str, float] = json.loads(timings.read_text()) if timings.exists() else {}
 
     def run(self, name: str, done: Path, argv: list[str]) -> None:
+        # Done = finished with exit 0 (timed) and its output present: a stage that wrote its output but failed,
+        # e.g. `fgrlhf edit` with some items failed (exit 3), runs again and retries only what failed.
+        if name in self.seconds and done.exists():
+            self.console.print(f"[dim]stage {name}: done earlier ({done}), skipped[/dim]")
+        else:
+            self._run(name, done, argv)
+        if name == self.until:
+            raise StoppedAfter(name)
+
+    def _run(self, name: str, done: Path, argv: list[str]) -> None:
         from fgrlhf.cli import build_parser
 
-        if done.exists():
-            self.console.print(f"[dim]stage {name}: done earlier ({done}), skipped[/dim]")
-            return
         self.console.rule(f"stage {name}: fgrlhf {' '.join(argv)}")
         began = time.perf_counter()
         args = build_parser().parse_args(argv)
@@ -206,13 +224,13 @@ def mean_phase_seconds(ppo_metrics: Path) -> dict[str, float]:
     return {phase: sum(r.get(phase, 0.0) for r in rows) / len(rows) for phase in rows[0]}
 
 
-def run(cfg: DemoConfig, out: Path, console) -> dict:
+def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
     from fgrlhf.config import ConfigError
 
     editor = cfg.editor
     if editor == "auto":
         editor = "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "rule"
-    stages = Stages(console, out / "stage_seconds.json")
+    stages = Stages(console, out / "stage_seconds.json", until)
     data_dir = out / "pairs"
     stages.run("pairs", data_dir / "pairs.jsonl",
                ["env-data", "--env", "alpaca-sim", "--out", str(data_dir), "--n-prompts", str(cfg.pair_prompts),
@@ -230,7 +248,7 @@ def run(cfg: DemoConfig, out: Path, console) -> dict:
     rm_dir = out / "rm"
     stages.run("rm", rm_dir / "final" / "config.json",
                ["train-rm", "--config", repo_file(cfg.rm_config), "--data", str(edits), "--kind", "token", "--model", cfg.model,
-                "--out", str(rm_dir), *(["--resume"] if rm_dir.exists() else []), "eval_fraction=0",
+                "--out", str(rm_dir), "--resume", "eval_fraction=0",
                 *cfg.rm_overrides])
     rm_report, heatmap = out / "rm_eval.json", out / "rm_heatmap.html"
     stages.run("rm-eval", rm_report, ["eval-rm", "--rm", str(rm_dir / "final"), "--data", str(heldout_pairs),
@@ -238,7 +256,7 @@ def run(cfg: DemoConfig, out: Path, console) -> dict:
 
     ppo_dir = out / "ppo"
     stages.run("ppo", ppo_dir / "final" / "config.json",
-               ["ppo", "--config", repo_file(cfg.ppo_config), "--out", str(ppo_dir), *(["--resume"] if ppo_dir.exists() else []),
+               ["ppo", "--config", repo_file(cfg.ppo_config), "--out", str(ppo_dir), "--resume",
                 f"policy.name={cfg.model}", f"reward.model={rm_dir / 'final'}",
                 f"prompts.path={data_dir / 'prompts_train.jsonl'}", "ppo.reward_mode=token",
                 "gold_reward=fgrlhf.envs.alpaca_sim:gold_reward", *cfg.ppo_overrides])
@@ -285,7 +303,11 @@ def main(args: argparse.Namespace) -> int:
     with ray_instance(args.num_cpus, dashboard=True) as dashboard:
         if dashboard:
             console.print(f"Ray dashboard: [bold]http://{dashboard}[/bold]")
-        run(cfg, args.out, console)
+        try:
+            run(cfg, args.out, console, args.until)
+        except StoppedAfter as stop:
+            console.print(f"stopped after stage {stop} (--until); the same command without --until continues")
+            return 0
     console.print(Markdown((args.out / "report.md").read_text()))
     console.print(f"this run: {time.perf_counter() - began:.0f} s; report: {args.out / 'report.md'}")
     return 0

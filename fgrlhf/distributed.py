@@ -6,8 +6,11 @@ and each calls :func:`init_rank` before building its engine. CPU runs use gloo, 
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -15,11 +18,87 @@ import torch
 
 from fgrlhf.config import DeepSpeedConfig
 
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def ray_on_loopback():
+    """Ray nodes started by this process inside the context (``ray.init(address="local")``, or
+    ``ray.cluster_utils.Cluster``) bind every port to 127.0.0.1 instead of the machine's outward address.
+
+    Ray binds its GCS, raylet, object manager, workers and agents to the node IP, by default the machine's
+    outward address, so they would be open to the network (unauthenticated with ``RAY_AUTH_MODE=disabled``).
+    Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` back into that address; it keeps a node on loopback only
+    when multi-node clusters are switched off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on
+    macOS/Windows). The switch is read when ray is imported, which has usually happened already, so it is set
+    both in Ray's constant (this process) and in the environment (the processes Ray starts, which keep it),
+    and both are restored on leaving: a later ``ray.init`` in this process may join a real cluster.
+    """
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
+
+
+def init_local_ray(num_cpus: float | None = None, dashboard: bool = False, **kwargs):
+    """Start a Ray instance for this machine alone, every port on 127.0.0.1 (:func:`ray_on_loopback`);
+    returns ``ray.init``'s context. Joining a cluster (``ray.init(address="auto")``) never comes here."""
+    import ray
+
+    with ray_on_loopback():
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+    if ray.util.get_node_ip_address() != LOOPBACK:
+        log.warning("local Ray bound to %s, not %s: its ports are reachable from the network",
+                    ray.util.get_node_ip_address(), LOOPBACK)
+    return context
+
+
+@contextmanager
+def exit_on_termination():
+    """SIGTERM and SIGHUP (a closed terminal or SSH session) end the command through ``SystemExit`` (exit
+    status 128 + signal), so ``finally`` blocks run and the local Ray instance is shut down. Without this
+    SIGHUP kills the driver at once and Ray's dashboard and runtime-env agents outlive it by a minute or
+    more, and under Ray's own SIGTERM handling the driver aborts (exit 134, a C++ stack dump). SIGKILL cannot
+    be caught: docs/ray_job_submit.md shows how to clean up after one. Signal handlers can only be set from
+    the main thread; elsewhere this is a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    received: list[int] = []
+
+    def leave(signum, frame):
+        received.append(signum)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except SystemExit:
+        if received:  # raised inside ray.get, Ray re-raises it as SystemExit(1)
+            raise SystemExit(128 + received[0]) from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
 
 @contextmanager
 def ray_instance(num_cpus: float | None = None, dashboard: bool = False):
     """Ray for one command: reuse an initialised instance (tests, ``fgrlhf demo``), join the cluster that
-    ``RAY_ADDRESS`` names (under ``ray job submit``), or start a local one for the command's duration.
+    ``RAY_ADDRESS`` names (under ``ray job submit``), or start a local one on 127.0.0.1 for the command's
+    duration (:func:`init_local_ray`). SIGTERM and SIGHUP end it cleanly too (:func:`exit_on_termination`).
 
     Yields the dashboard URL when this call started or joined Ray and the dashboard runs, else None.
     """
@@ -28,12 +107,10 @@ def ray_instance(num_cpus: float | None = None, dashboard: bool = False):
     if ray.is_initialized():
         yield None
         return
-    if os.environ.get("RAY_ADDRESS"):
-        context = ray.init(address="auto")
-    else:
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard)
+    context = ray.init(address="auto") if os.environ.get("RAY_ADDRESS") else init_local_ray(num_cpus, dashboard)
     try:
-        yield context.dashboard_url or None
+        with exit_on_termination():
+            yield context.dashboard_url or None
     finally:
         ray.shutdown()
 
@@ -74,8 +151,14 @@ def init_rank(rank: int, world_size: int, master_addr: str, master_port: int, ba
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
-def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None) -> dict[str, Any]:
-    """The ``config`` dict for ``deepspeed.initialize``; the optimizer is passed in as a torch object."""
+def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_model: bool = False) -> dict[str, Any]:
+    """The ``config`` dict for ``deepspeed.initialize``; the optimizer is passed in as a torch object.
+
+    ``tiny_model``: the random-init test model, whose parameters are all below DeepSpeed's ZeRO-3
+    persistence threshold; it gets threshold 0 so that tests partition and gather every parameter as a
+    real model's large ones are. Real models keep DeepSpeed's default (1e5 elements): small parameters
+    (norms, biases) stay whole on every rank instead of being re-gathered on every forward and backward.
+    """
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
@@ -86,9 +169,10 @@ def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None) -> di
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if cfg.zero_stage == 3:
-        # Keep small (tiny) models' parameters whole on each rank instead of partitioning 64-wide rows.
+    if cfg.zero_stage == 3 and tiny_model:
         config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    if cfg.grad_accum_dtype is not None:
+        config["data_types"] = {"grad_accum_dtype": cfg.grad_accum_dtype}
     if cfg.warmup_steps:
         config["scheduler"] = {
             "type": "WarmupLR",
@@ -97,7 +181,29 @@ def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None) -> di
     return config
 
 
-def build_engine(model: torch.nn.Module, cfg: DeepSpeedConfig, total_steps: int | None = None):
+@contextmanager
+def zero3_init(cfg: DeepSpeedConfig, tiny_model: bool = False):
+    """Load a learner's model inside this context: under ZeRO-3, transformers' ``from_pretrained`` then builds
+    it in ``deepspeed.zero.Init`` (each rank allocates only its partition) and copies the checkpoint in module
+    by module from rank 0, instead of every rank materialising the whole model on the host first.
+
+    ``HfDeepSpeedConfig`` is transformers' switch for this (it is looked up through a weak reference, so it
+    lives exactly as long as the context). Models built directly from a config (``tiny``) are unaffected.
+    """
+    if cfg.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    switch = HfDeepSpeedConfig(deepspeed_config(cfg, tiny_model=tiny_model))
+    try:
+        yield
+    finally:
+        del switch
+
+
+def build_engine(model: torch.nn.Module, cfg: DeepSpeedConfig, total_steps: int | None = None,
+                 tiny_model: bool = False):
     """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW (no fused-op compilation on CPU)."""
     import deepspeed
 
@@ -106,7 +212,7 @@ def build_engine(model: torch.nn.Module, cfg: DeepSpeedConfig, total_steps: int 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg, total_steps)
+        model=model, optimizer=optimizer, config=deepspeed_config(cfg, total_steps, tiny_model)
     )
     return engine, optimizer, scheduler
 

@@ -1,9 +1,14 @@
-"""Token-reward PPO on Ray: ``fgrlhf ppo --config FILE --out DIR [--resume] [key=value ...]``.
+"""Token-reward PPO on Ray: ``fgrlhf ppo --config FILE --out DIR [--resume | --overwrite] [key=value ...]``.
 
 Writes DIR/metrics.jsonl (one JSON object per step), DIR/tb (TensorBoard), DIR/checkpoints/step_N
 (DeepSpeed states of policy and critic + state.json) and DIR/final (the policy as an HF checkpoint).
 Connects to the running Ray cluster when RAY_ADDRESS is set (e.g. under ``ray job submit``), else starts
 a local one.
+
+A used DIR is refused unless --resume or --overwrite (fgrlhf.run_dir), before Ray starts. --resume may change
+only steps, stop_at_gold, save_every, keep_checkpoints, max_actor_restarts, placement.*, weight_sync.* and
+CPUs/GPUs/backends; prompts.path is compared by content. A finished run resumed with the same settings is not
+redone: its result is printed.
 """
 
 from __future__ import annotations
@@ -11,23 +16,38 @@ from __future__ import annotations
 import argparse
 import json
 
+from fgrlhf.plan_cli import add_capacity_arguments, check_before_run
+from fgrlhf.run_dir import add_run_arguments
+
+# What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
+RESUME_HINT = "checkpoints written so far are kept; re-run the same command with --resume to continue"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/ppo-*.yaml)")
     parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    add_run_arguments(parser)
     parser.add_argument("--num-cpus", type=float, default=None,
                         help="CPUs of the local Ray instance started when RAY_ADDRESS is unset")
+    parser.add_argument("--force", action="store_true", help="run even if `fgrlhf plan` says the job does not fit")
+    add_capacity_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. ppo.kl_coef=0.02")
 
 
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.config import load_config
     from fgrlhf.distributed import ray_instance
-    from fgrlhf.ppo_trainer import PPOTrainConfig, train
+    from fgrlhf.ppo_trainer import PPO_RUN, PPOTrainConfig, PPOTrainer, check_paths
+    from fgrlhf.run_dir import open_run
 
     cfg = load_config(PPOTrainConfig, args.config, args.overrides)
-    with ray_instance(args.num_cpus):
-        record = train(cfg, args.out, resume=args.resume)
+    check_paths(cfg)  # before Ray: a missing RM was found ~50 s later inside an actor
+    check_before_run(args, "ppo", args.config, list(args.overrides))  # before Ray: a job that cannot fit stops here
+    run = open_run(args.out, PPO_RUN, cfg, resume=args.resume, overwrite=args.overwrite)
+    if run.done:
+        record = run.result
+    else:
+        with ray_instance(args.num_cpus):
+            record = PPOTrainer(cfg, run).run()
     print(json.dumps({k: v for k, v in record.items() if k != "phase_seconds"}))
     return 0

@@ -28,30 +28,29 @@ over equal-sized micro-batches, the averaged gradient is the global batch's mean
 (1 rank x 4 accumulation steps == 2 ranks x 2 == 4 ranks x 1). A trailing partial global batch of an epoch
 is dropped for the same reason.
 
-Outputs in ``out_dir``: ``metrics.jsonl`` (one JSON object per step: step, epoch, loss, lr, examples_per_s,
-the task's metrics, and ``eval_*`` on eval steps), ``tb/`` (TensorBoard), ``checkpoints/step_N/``
-(DeepSpeed engine states of all ranks under tag ``ds``, with each rank's torch RNG, plus
-``trainer_state.json`` written last: a checkpoint without it is incomplete and ignored on resume) and
-``final/`` (``task.save_pretrained``). ``resume=True`` restarts from the newest complete checkpoint at the
-same step and data order; the metric lines after it are dropped and redone. DeepSpeed writes each rank's
-shards itself, so a multi-node run needs ``out_dir`` on a shared file system.
+Outputs in the run directory (:mod:`fgrlhf.run_dir`, which also decides whether ``--out`` may be used):
+``metrics.jsonl`` (one JSON object per step: step, epoch, loss, lr, examples_per_s, the task's metrics, and
+``eval_*`` on eval steps), ``tb/`` (TensorBoard), ``checkpoints/step_N/`` (DeepSpeed engine states of all
+ranks under tag ``ds``, with each rank's torch RNG, plus ``trainer_state.json`` written last: a checkpoint
+without it is incomplete and ignored on resume) and ``final/`` (``task.save_pretrained``). A resumed run
+restarts from the newest complete checkpoint at the same step and data order; the metric lines after it are
+dropped and redone. DeepSpeed writes each rank's shards itself, so a multi-node run needs the run directory
+on a shared file system.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-import shutil
 import time
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from pydantic import Field
 
-from fgrlhf.config import ConfigError, DeepSpeedConfig, StrictModel, dump_config
+from fgrlhf.config import ConfigError, DeepSpeedConfig, StrictModel
+from fgrlhf.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,13 @@ class SupervisedConfig(StrictModel):
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: only the final export)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     seed: int = 0
+
+
+# What --resume may change (fgrlhf.run_dir): run length, eval/checkpoint cadence and resources. Every other key
+# (seed, model, data, loss, batch sizes, learning rate, ...) changes what the run computes.
+SUPERVISED_CHANGEABLE = ("epochs", "max_steps", "eval_every", "save_every", "keep_checkpoints",
+                         "deepspeed.num_cpus_per_rank", "deepspeed.num_gpus_per_rank", "deepspeed.backend")
+SUPERVISED_EXTENDS = ("epochs", "max_steps")  # a finished run continues when these change
 
 
 # --- data order -------------------------------------------------------------------------------------------
@@ -128,43 +134,10 @@ def weighted_mean(parts: list[tuple[dict[str, float], float]]) -> dict[str, floa
     return {key: sum(m.get(key, 0.0) * c for m, c in parts) / total for key in sorted(keys)} if total else {}
 
 
-# --- metrics and checkpoints ------------------------------------------------------------------------------
-class MetricsLog:
-    """DIR/metrics.jsonl + DIR/tb; on resume, lines past the checkpoint are dropped (they are redone)."""
-
-    def __init__(self, out_dir: Path, resume_step: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = out_dir / "metrics.jsonl"
-        if self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1)
-
-    def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                group = "eval" if key.startswith("eval_") else "train"
-                self.writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, record["step"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest complete ``checkpoints/step_N`` (one whose trainer_state.json was written)."""
-    complete = [p for p in (out_dir / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file()]
-    return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
-
-
-def _prune_checkpoints(out_dir: Path, keep: int) -> None:
-    steps = sorted((out_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    for path in steps[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    """TensorBoard tags: ``train/KEY`` and ``eval/KEY`` (for ``eval_KEY``)."""
+    return {f"{'eval' if k.startswith('eval_') else 'train'}/{k.removeprefix('eval_')}": v
+            for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -173,21 +146,17 @@ class _Ranks:
 
     def __init__(self, task: SupervisedTask, ds: DeepSpeedConfig, seed: int, total_steps: int):
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from fgrlhf.distributed import placement_group_for
+        from fgrlhf.placement import actor_options, supervised_placement
         from fgrlhf.workers.train_worker import SupervisedTrainWorker
 
-        bundle = {"CPU": ds.num_cpus_per_rank, **({"GPU": ds.num_gpus_per_rank} if ds.num_gpus_per_rank else {})}
-        self.group = placement_group_for([dict(bundle) for _ in range(ds.world_size)])
+        plan = supervised_placement(ds)  # the same plan `fgrlhf plan` prints
+        self.group = placement_group_for(plan.bundles, plan.strategy)
         actor = ray.remote(SupervisedTrainWorker)
-        self.actors = [
-            actor.options(
-                num_cpus=ds.num_cpus_per_rank, num_gpus=ds.num_gpus_per_rank,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=rank),
-            ).remote(task, rank, ds.world_size, ds, seed)
-            for rank in range(ds.world_size)
-        ]
+        self.actors = [actor.options(**actor_options(self.group, slot)).remote(task, slot.index, ds.world_size,
+                                                                                ds, seed)
+                       for slot in plan.slots]
         try:
             addr, port = ray.get(self.actors[0].rendezvous_address.remote())
             self.all("setup", addr, port, total_steps)
@@ -226,13 +195,12 @@ def run_supervised_training(
     train_records: list[dict],
     eval_records: list[dict],
     cfg: SupervisedConfig,
-    out_dir: str | Path,
-    resume: bool = False,
+    run: RunDir,
 ) -> dict[str, Any]:
-    """Train ``task`` on Ray (``ray.init`` must have run); returns the last step's metrics + ``final_dir``."""
+    """Train ``task`` into ``run`` (opened with :func:`fgrlhf.run_dir.open_run`; ``ray.init`` must have run);
+    returns the last step's metrics + ``final_dir``. The caller marks the run finished."""
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
     ds = cfg.deepspeed
     train = task.prepare(train_records)
     evals = task.prepare(eval_records) if eval_records else []
@@ -243,21 +211,16 @@ def run_supervised_training(
     per_epoch = len(train) // size
     total = cfg.max_steps or cfg.epochs * per_epoch
 
-    start, checkpoint = 0, None
-    if resume:
-        checkpoint = latest_checkpoint(out_dir)
-        if checkpoint is None:
-            log.warning("--resume: no complete checkpoint in %s; starting from step 0", out_dir / "checkpoints")
-        else:
-            state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-            if state["world_size"] != ds.world_size or state["global_batch_size"] != size:
-                raise ConfigError(f"{checkpoint} was written with world_size={state['world_size']}, global batch "
-                                 f"{state['global_batch_size']}; resume needs the same")
-            start = state["step"]
-    elif out_dir.exists() and any((out_dir / name).exists() for name in ("metrics.jsonl", "checkpoints", "final")):
-        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out_dir / "config.yaml")
+    start, checkpoint = 0, run.resume_checkpoint()
+    if checkpoint is not None:
+        state = checkpoint.state
+        if state["world_size"] != ds.world_size or state["global_batch_size"] != size:
+            raise ConfigError(f"{checkpoint.path} was written with world_size={state['world_size']}, global batch "
+                              f"{state['global_batch_size']}; resume needs the same")
+        start = checkpoint.step
+    elif run.mode == "resume":
+        log.warning("--resume: no complete checkpoint in %s; starting from step 0", run.path / "checkpoints")
+    run.start()  # after the data and the checks above: a refused start loses nothing
     log.info("DeepSpeed ZeRO stage %d, %d rank(s), global batch %d = micro %d x accumulation %d x ranks %d; "
              "%d examples (%d eval), %d steps/epoch, %d steps", ds.zero_stage, ds.world_size, size,
              ds.micro_batch_size, ds.gradient_accumulation_steps, ds.world_size, len(train), len(evals),
@@ -267,12 +230,12 @@ def run_supervised_training(
                  len(train) % size)
 
     ranks = _Ranks(task, ds, cfg.seed, total)
-    metrics_log = MetricsLog(out_dir, start)
+    metrics_log = run.metrics(start)
     record: dict[str, Any] = {}
     try:
         if checkpoint is not None:
-            ranks.all("load_checkpoint", str(checkpoint))
-            log.info("resumed from %s at step %d", checkpoint, start)
+            ranks.all("load_checkpoint", str(checkpoint.path))
+            log.info("resumed from %s at step %d", checkpoint.path, start)
         bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
         for step in range(start, total):
             began = time.perf_counter()
@@ -284,32 +247,24 @@ def run_supervised_training(
                       "examples_per_s": size / (time.perf_counter() - began)}
             if evals and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
                 record.update(_evaluate(ranks, evals, ds))
-            metrics_log.write(record)
+            metrics_log.write(record, _scalars(record))
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "eval_accuracy")})
             if cfg.save_every and done % cfg.save_every == 0 and done < total:
-                _save_checkpoint(ranks, out_dir, done, epoch, cfg)
+                _save_checkpoint(ranks, run, done, epoch, cfg)
         bar.close()
-        final = out_dir / "final"
-        staging = out_dir / ".final-staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        ranks.all("export", str(staging))
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)  # a crash mid-export never leaves a half-written final/
+        with run.staging_final() as staging:  # a crash mid-export never leaves a half-written final/
+            ranks.all("export", str(staging))
     finally:
         metrics_log.close()
         ranks.shutdown()
-    log.info("final model in %s", final)
-    return {**record, "final_dir": str(final)}
+    log.info("final model in %s", run.final)
+    return {**record, "final_dir": str(run.final)}
 
 
-def _save_checkpoint(ranks: _Ranks, out_dir: Path, step: int, epoch: int, cfg: SupervisedConfig) -> None:
-    path = out_dir / "checkpoints" / f"step_{step}"
-    shutil.rmtree(path, ignore_errors=True)  # a leftover incomplete one from a crash
+def _save_checkpoint(ranks: _Ranks, run: RunDir, step: int, epoch: int, cfg: SupervisedConfig) -> None:
+    path = run.checkpoint_dir(step)
     ranks.all("save_checkpoint", str(path))
     state = {"step": step, "epoch": epoch, "seed": cfg.seed, "world_size": cfg.deepspeed.world_size,
              "global_batch_size": cfg.deepspeed.global_batch_size}
-    tmp = path / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    tmp.replace(path / STATE_FILE)  # written last: marks the checkpoint complete
-    _prune_checkpoints(out_dir, cfg.keep_checkpoints)
+    run.commit_checkpoint(path, state, cfg.keep_checkpoints)

@@ -14,8 +14,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-# AlpacaFarm's template (shared/data/alpaca_farm/prompt_template.json), kept here so the package needs
-# no data files at run time; load_alpaca_template() reads a custom one.
+# AlpacaFarm's template, the same as the packaged resources/data/alpaca_farm/prompt_template.json
+# (tests/test_packaged_data.py checks they agree); load_alpaca_template() reads a custom one.
 ALPACA_TEMPLATE = {
     "prompt_noinputs": (
         "Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -74,9 +74,33 @@ class EncodedExample:
         return self.prompt_ids + self.response_ids
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt_text: str, max_tokens: int) -> list[int]:
-    """Prompt ids, keeping the *end* of an over-long prompt (the generation cue must survive)."""
+def default_bos_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """BOS id when the tokenizer puts one in front of a text by default (LLaMA-style ``add_bos_token``),
+    else None (GPT-2/SmolLM2-style tokenizers add nothing)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt_text: str) -> list[int]:
+    """Prompt ids as the model saw them in training: BOS first if the tokenizer adds one by default (once,
+    also when a chat template already writes it). Only BOS: an EOS appended by the tokenizer would end the
+    prompt, so special tokens are not added wholesale. Responses never get BOS (:func:`encode_response`)."""
     ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    bos = default_bos_id(tokenizer)
+    return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt_text: str, max_tokens: int) -> list[int]:
+    """Prompt ids, keeping the *end* of an over-long prompt (the generation cue must survive), and BOS."""
+    ids = tokenize_prompt(tokenizer, prompt_text)
+    if len(ids) <= max_tokens:
+        return ids
+    bos = default_bos_id(tokenizer)
+    if bos is not None and max_tokens > 1:
+        return [bos, *ids[len(ids) - max_tokens + 1:]]
     return ids[-max_tokens:]
 
 

@@ -5,6 +5,10 @@ touches the learners' default DeepSpeed world: rank 0 is policy learner rank 0, 
 actors. Tensors travel in flat same-dtype buckets of ``bucket_mb`` (one broadcast per bucket, not per
 parameter); receivers learn names/shapes/dtypes from a ``layout`` the driver passes over Ray, so only raw
 bytes cross the group. A restarted rollout actor joins a fresh group (new port and tag).
+
+The backend is decided by the members themselves (:func:`choose_backend` over what each reports), never by
+the driver, which may be a CPU-only head node. ``timeout_s`` bounds the rendezvous and every broadcast, so
+a receiver that stops taking part makes the push fail instead of hanging the sender.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import torch
 import torch.distributed as dist
 
 Layout = list[tuple[str, tuple[int, ...], str]]  # (name, shape, dtype name) in push order
+
+
+class WeightPushError(RuntimeError):
+    """A push failed for a reason other than a rollout actor's death: fatal to the run, which --resume continues."""
 
 
 def layout_of(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Layout:
@@ -37,6 +45,21 @@ def buckets(layout: Layout, bucket_mb: float) -> list[list[int]]:
     return groups
 
 
+def choose_backend(configured: str, members_have_cuda: list[bool]) -> str:
+    """The push group's backend from what every member (sender first) reports about its own process.
+
+    ``auto``: NCCL only when every member sees a GPU, else gloo over TCP. ``nccl`` where a member has no
+    GPU is an error naming it (NCCL cannot run there).
+    """
+    if configured == "gloo":
+        return "gloo"
+    without = [rank for rank, cuda in enumerate(members_have_cuda) if not cuda]
+    if configured == "nccl" and without:
+        raise ValueError(f"weight_sync.backend=nccl, but push-group rank(s) {without} (0 = policy learner "
+                         "rank 0, then the rollout actors) see no GPU; use weight_sync.backend=gloo or auto")
+    return "gloo" if without else "nccl"
+
+
 def checksums(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
     """float64 sum of |x| + x·position-weight per tensor: cheap, order-sensitive fingerprints."""
     out = {}
@@ -51,7 +74,7 @@ class WeightSyncGroup:
     """One member of the push group; rank 0 hosts the store and sends, the others receive."""
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str,
-                 timeout_s: float = 600.0):
+                 timeout_s: float):
         timeout = timedelta(seconds=timeout_s)
         store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout,
                               wait_for_workers=False)
@@ -59,7 +82,9 @@ class WeightSyncGroup:
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.device = torch.device("cuda" if backend == "nccl" else "cpu")
         if backend == "nccl":
-            self.group = dist.ProcessGroupNCCL(store, rank, world_size, dist.ProcessGroupNCCL.Options())
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timeout  # the watchdog's limit per collective (torch's default: 10 min)
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
         else:
             self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
         self._store = store  # keep the master store alive as long as the group
@@ -69,12 +94,12 @@ class WeightSyncGroup:
         options.rootRank = 0
         self.group.broadcast([flat], options).wait()
 
-    def send(self, named_tensors: list[tuple[str, torch.Tensor]], bucket_mb: float) -> None:
-        """Rank 0: broadcast ``named_tensors`` in the order of ``layout_of(named_tensors)``."""
-        layout = layout_of(named_tensors)
-        for group in buckets(layout, bucket_mb):
-            parts = [named_tensors[i][1].detach().to(self.device).reshape(-1) for i in group]
-            self._broadcast(torch.cat(parts))
+    def send_bucket(self, tensors: list[torch.Tensor]) -> None:
+        """Rank 0: broadcast one bucket, the tensors of one ``buckets(layout, bucket_mb)`` group in order.
+
+        The sender walks the buckets itself, so a ZeRO-3 learner gathers one bucket's parameters at a time.
+        """
+        self._broadcast(torch.cat([t.detach().to(self.device).reshape(-1) for t in tensors]))
 
     def receive(self, layout: Layout, bucket_mb: float) -> Iterator[tuple[str, torch.Tensor]]:
         """Ranks >= 1: yield ``(name, tensor)`` as each bucket arrives (consume fully: the sender blocks)."""

@@ -58,7 +58,9 @@ def load_eval_records(env: str, eval_set: Path | None, n: int | None) -> list[di
 
     module = load_env(env)
     if eval_set is not None:
-        records = load_records(eval_set, ("prompt", "reference"), allow_empty=("reference",))
+        # An empty reference would lose every comparison by default: refused (file:line:field). The packaged
+        # AlpacaEval set keeps its two empty davinci-003 outputs, which are real outputs of that model.
+        records = load_records(eval_set, ("prompt", "reference"))
     elif env == "synthetic":
         records = module.eval_records(module.split_prompts()[1], seed=0)
     else:
@@ -136,6 +138,11 @@ def main(args: argparse.Namespace) -> int:
     from fgrlhf.editing.retry import FatalError
     from fgrlhf.judges import JudgeError
 
+    from fgrlhf.preflight import check_data, check_model
+
+    check_model(args.model, "--model")
+    if args.eval_set is not None:
+        check_data(args.eval_set, "--eval-set")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per judge request otherwise
     try:
         result, rows = evaluate(args)

@@ -14,4 +14,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="ray_jobs/figa.py", description=train.__doc__)
     train.add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(train.main(parser.parse_args()))
+    sys.exit(train.main(parser.parse_intermixed_args()))  # overrides before or after --resume

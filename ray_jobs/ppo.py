@@ -14,4 +14,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="ray_jobs/ppo.py", description=ppo_cli.__doc__)
     ppo_cli.add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(ppo_cli.main(parser.parse_args()))
+    sys.exit(ppo_cli.main(parser.parse_intermixed_args()))  # overrides before or after --resume

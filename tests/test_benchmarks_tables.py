@@ -14,11 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.training_hours import ratio, summarise_variant, time_to_target  # noqa: E402
+from benchmarks.training_hours import (  # noqa: E402
+    bootstrap_ratio_ci, calibrated_target, ratio, smoothed_noise, summarise_variant, time_to_target)
 
 
 def _records(gold: list[float], seconds: float = 2.0) -> list[dict]:
-    return [{"step": i + 1, "gold_reward_mean": g, "step_seconds": seconds} for i, g in enumerate(gold)]
+    return [{"step": i + 1, "gold_reward_mean": g, "step_seconds": seconds, "kl_k1_seq_mean": 0.1 * i,
+             "response_len_mean": 20.0 + i} for i, g in enumerate(gold)]
 
 
 def test_time_to_target_uses_the_trailing_moving_average():
@@ -32,6 +34,24 @@ def test_time_to_target_uses_the_trailing_moving_average():
 def test_a_run_that_never_reaches_the_target_is_censored_at_its_last_step():
     miss = time_to_target(_records([0.1, 0.2, 0.3]), target=0.9, window=2)
     assert not miss["reached"] and miss["steps"] == 3 and miss["seconds"] == pytest.approx(6.0)
+    # where it ended: means over the last window (steps 2 and 3)
+    assert miss["final_gold_ma"] == pytest.approx(0.25) and miss["final_kl"] == pytest.approx(0.15)
+    assert miss["final_response_len"] == pytest.approx(21.5)
+
+
+def test_bootstrap_ratio_ci_over_seeds():
+    assert bootstrap_ratio_ci([2.0, 2.0, 2.0], [1.0, 1.0, 1.0]) == (2.0, 2.0)
+    # median of a resample of (1, 2, 3) is 1 or 3 with probability 7/27 each: both ends are in the 95% CI
+    assert bootstrap_ratio_ci([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) == (1.0, 3.0)
+    # pairs stay together: every resample's ratio is 2 (unpaired, 10 / 10 or 20 / 5 would occur)
+    assert bootstrap_ratio_ci([10.0, 20.0], [5.0, 10.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="paired"):
+        bootstrap_ratio_ci([1.0], [1.0, 2.0])
+
+
+def test_target_rule_and_noise_arithmetic():
+    assert calibrated_target(0.30, 0.50, 0.5) == pytest.approx(0.40)
+    assert smoothed_noise(0.24, batch=32, window=5) == pytest.approx(0.24 / math.sqrt(160))
 
 
 def test_censored_medians_are_flagged_and_ratios_become_bounds():
@@ -93,6 +113,14 @@ def test_rm_accuracy_quick(workdir):
     assert result["accuracy_finegrained"]["rm_data_records"] == result["data"]["edit_statuses"]["edited"]
     assert result["accuracy_finegrained_eq3"]["rm_data_records"] == result["data"]["edit_statuses"]["edited"]
     assert result["accuracy_original"]["rm_data_records"] == result["data"]["pairs"]
+    # Length-only scorers on the same pairs, in the same table; the global annotator's fixes by fault.
+    for name, baseline in result["length_baselines"].items():
+        assert baseline["n"] == result["accuracy_original"]["by_eval_set"][name]["n"]
+        assert baseline["longer_wins"] + baseline["shorter_wins"] == pytest.approx(1.0)
+    assert "| longer wins (length only" in stdout and "| shorter wins (length only" in stdout
+    assert "edit-rules-synthetic-global.yaml" in result["data"]["edit_rules"]
+    fixes = result["data"]["edit_fixes"]
+    assert fixes and all(f["fixed"] + f["rejected"] > 0 for f in fixes.values()) and "| fault |" in stdout
     assert Path(result["plot"]).stat().st_size > 0
 
 
@@ -100,8 +128,16 @@ def test_training_hours_quick(workdir):
     out = workdir / "training_hours.json"
     stdout = _run("training_hours.py", "--workdir", workdir, "--json", out, "--variants", "sequence", "token")
     result = json.loads(out.read_text())
-    assert 0.0 <= result["initial_gold"] <= 1.0
-    assert result["target"] == pytest.approx(result["initial_gold"] + 0.05)
+    assert 0.0 <= result["initial_gold"] <= 1.0 and result["initial_samples"] == 16
+    # The target rule: halfway from the initial gold to the calibration (oracle_sequence, seed 100) plateau.
+    cal = result["calibration"]
+    assert cal["seed"] == 100 and len(cal["gold"]) == cal["steps"] == result["max_steps"]
+    assert cal["plateau"] == pytest.approx(sum(cal["gold"][-cal["plateau_steps"]:]) / cal["plateau_steps"])
+    assert result["target"] == pytest.approx((result["initial_gold"] + cal["plateau"]) / 2)
+    assert result["noise"]["determined"] == (result["noise"]["smoothed_gold_sd_predicted"]
+                                             < result["noise"]["limit_margin_third"])
+    assert result["budget"]["worst_case_steps"] == 2 * result["max_steps"]
+    assert result["kl"]["estimator"] == "k1_nonneg"
     # Eq. 3 on edits by default (Eq. 4 collapses on edits that shorten): rm_accuracy's RM of that name.
     assert result["finegrained_loss"] == "eq3" and result["variant_rm"]["token"] == "token-finegrained_eq3"
     assert set(result["rm_training"]) == {"sequence-original", "token-finegrained_eq3"}
@@ -110,11 +146,20 @@ def test_training_hours_quick(workdir):
         assert 1 <= result[f"median_steps_{variant}"] <= result["max_steps"]
         assert _finite(result[f"median_seconds_{variant}"]) and result[f"median_seconds_{variant}"] > 0
         (run,) = result["runs"][variant]
-        assert len(run["curve"]["gold"]) == result["max_steps"]
+        # a run ends at the budget, or earlier exactly when its moving average reached the target
+        assert len(run["curve"]["gold"]) == (run["steps"] if run["stopped_at_gold"] else result["max_steps"])
+        assert run["stopped_at_gold"] == run["reached"]
         assert all(0.0 <= g <= 1.0 for g in run["curve"]["gold"])
         assert f"| {variant} |" in stdout
+        table1 = result["table1"][variant]
+        assert 0.0 <= table1["win_rate"] <= 100.0 and table1["n"] == 8 and _finite(table1["stderr"])
+    assert result["table1"]["initial"]["n"] == 8
     for name in ("wallclock", "steps"):
-        value, note = result[f"ratio_{name}_token_vs_sequence"], result[f"ratio_{name}_note"]
-        assert (value is None) == note.startswith("undetermined")
+        key = f"ratio_{name}_token_vs_sequence"
+        value, note = result[key], result[f"ratio_{name}_note"]
+        assert (value is None) == note.startswith("undetermined") and result[f"{key}_note"] == note
         assert value is None or (_finite(value) and value > 0)
+        assert (result[f"{key}_ci"] is None) == (value is None)
+        assert set(result[f"{key}_censored"]) == {"token", "sequence"}
+    assert "ratio_steps_oracle_token_vs_oracle_sequence" not in result  # those arms were not run
     assert Path(result["plot"]).stat().st_size > 0

@@ -9,12 +9,10 @@ from fgrlhf.data import (
     load_edit_inputs,
     load_pairs,
     load_records,
+    packaged_data_dir,
     resolve_data_path,
-    shared_data_dir,
     write_jsonl,
 )
-
-SHARED = shared_data_dir()
 
 
 def _write(tmp_path, lines: list[bytes]):
@@ -90,22 +88,21 @@ def test_write_jsonl_roundtrip_is_atomic(tmp_path):
     assert not out.with_name("o.jsonl.tmp").exists()
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared/ data folder is not beside this checkout")
-def test_shared_alpaca_data_loads():
-    assert len(load_pairs(ALPACA_EVAL_PAIRS)) == 789  # a relative name resolves into the shared data
-    eval_set = SHARED / "alpaca_eval" / "eval_set.jsonl"
+def test_packaged_alpaca_data_loads():
+    assert len(load_pairs(ALPACA_EVAL_PAIRS)) == 789  # a relative name resolves into the packaged data
+    eval_set = packaged_data_dir() / "alpaca_eval" / "eval_set.jsonl"
     # The real eval set has one empty davinci-003 reference (line 248): strict loading must say so.
     with pytest.raises(DataError, match="eval_set.jsonl:248: field 'reference' is empty"):
         load_records(eval_set, ("prompt", "reference"))
     assert len(load_records(eval_set, ("prompt", "reference"), allow_empty=("reference",))) == 805
 
 
-def test_data_paths_resolve_cwd_first_then_shared_data(tmp_path, monkeypatch):
-    (tmp_path / "shared" / "sub").mkdir(parents=True)
-    (tmp_path / "shared" / "sub" / "p.jsonl").write_text('{"prompt": "from shared"}\n')
-    monkeypatch.setenv("FGRLHF_DATA_DIR", str(tmp_path / "shared"))
+def test_data_paths_resolve_cwd_first_then_data_dir(tmp_path, monkeypatch):
+    (tmp_path / "override" / "sub").mkdir(parents=True)
+    (tmp_path / "override" / "sub" / "p.jsonl").write_text('{"prompt": "from the override"}\n')
+    monkeypatch.setenv("FGRLHF_DATA_DIR", str(tmp_path / "override"))
     monkeypatch.chdir(tmp_path)
-    assert resolve_data_path("sub/p.jsonl") == tmp_path / "shared" / "sub" / "p.jsonl"
+    assert resolve_data_path("sub/p.jsonl") == tmp_path / "override" / "sub" / "p.jsonl"
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "p.jsonl").write_text('{"prompt": "from cwd"}\n')
     assert load_records("sub/p.jsonl", ("prompt",))[0]["prompt"] == "from cwd"

@@ -47,3 +47,23 @@ def test_demo_refuses_to_resume_under_other_settings(tmp_path, capsys):
     dump_config(DemoConfig(pair_prompts=8), tmp_path / "config.yaml")
     assert fgrlhf(["demo", "--out", str(tmp_path), "pair_prompts=16"]) == 2
     assert "pair_prompts" in capsys.readouterr().err
+
+
+def test_stage_that_failed_after_writing_its_output_runs_again(tmp_path, monkeypatch):
+    """`fgrlhf edit` writes its records and exits 3 when some items failed: a re-run must retry that stage,
+    not take the output file as proof that it finished."""
+    from rich.console import Console
+
+    from fgrlhf.demo import Stages
+
+    done = tmp_path / "edits.jsonl"
+    done.write_text("{}\n")
+    stages = Stages(Console(quiet=True), tmp_path / "timings.json")
+    calls = []
+    monkeypatch.setattr(stages, "_run", lambda name, path, argv: calls.append(name))
+    stages.run("edits", done, ["edit"])
+    assert calls == ["edits"]
+
+    stages.seconds["edits"] = 1.0  # what a successful _run records
+    stages.run("edits", done, ["edit"])
+    assert calls == ["edits"]

@@ -51,6 +51,21 @@ def test_clean_generator_beats_faulty_generator_on_gold():
     assert mean(synthetic.CLEAN) > mean(synthetic.FaultRates()) + 0.2
 
 
+def test_random_token_text_earns_no_length_credit():
+    # Length credit is gated by relevance: well-sized text unrelated to the prompt (a random-init policy's
+    # output) earned ~0.4 from the length term alone before; on-topic text keeps its credit.
+    from fgrlhf.models import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    rng = random.Random(0)
+    prompts = synthetic.split_prompts()[0][:20]
+    noise = [tok.decode([rng.randrange(tok.vocab_size) for _ in range(40)], skip_special_tokens=True)
+             for _ in prompts]
+    assert max(synthetic.gold_reward(prompts, noise)) < 0.1
+    assert synthetic.gold_reward([PROMPT], [OFF_TOPIC]) == [0.0]
+    assert synthetic.gold_reward([PROMPT], [ON_TOPIC])[0] > 0.8
+
+
 def test_bt_labels_deterministic_without_noise_and_large_gap():
     assert bt_prob(1.0, 0.0, 0.0) == 1.0 and bt_prob(0.0, 0.0, 0.0) == 0.5
     assert bt_prob(0.3, 0.1, 0.1) == pytest.approx(1 / (1 + 2.718281828459045 ** -2))

@@ -15,7 +15,8 @@ from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.envs import in_eval_split
 from fgrlhf.figa.collect import collect, load_prompt_list
-from fgrlhf.figa.config import FigaCollectConfig, PromptSourceConfig
+from fgrlhf.figa.config import FIGA_DATA_RUN, FigaCollectConfig, PromptSourceConfig
+from fgrlhf.run_dir import open_run
 
 RULES = str(Path(__file__).resolve().parents[1] / "configs" / "edit-rules-alpaca-sim.yaml")
 PROMPTS = [f"Describe the {thing} in two sentences." for thing in
@@ -77,7 +78,7 @@ def test_collect_rollouts_band_and_edits(sources):
     cfg = load_config(FigaCollectConfig, sources["config"])
 
     # No band: every response is scored, resumed rollouts are kept and only the missing ones generated.
-    first = collect(cfg, out, progress=False)
+    first = collect(cfg, open_run(out, FIGA_DATA_RUN, cfg, resume=True), progress=False)
     truncated = first["rollouts"].pop("truncated")
     assert first["rollouts"] == {"total": 6, "generated": 2, "resumed": 4, "empty": 0}
     selected = _lines(out / "selected.jsonl")
@@ -91,8 +92,8 @@ def test_collect_rollouts_band_and_edits(sources):
     # A band between two scores: nothing is regenerated or rescored, each bound's drops are counted.
     scores = sorted(r["rm_score"] for r in scored)
     low, high = (scores[0] + scores[1]) / 2, (scores[-2] + scores[-1]) / 2
-    banded = collect(cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"low": low, "high": high})}),
-                     out, progress=False)
+    banded_cfg = cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"low": low, "high": high})})
+    banded = collect(banded_cfg, open_run(out, FIGA_DATA_RUN, banded_cfg, resume=True), progress=False)
     assert banded["rollouts"]["generated"] == 0 and banded["filter"]["scored_now"] == 0
     assert (banded["filter"]["below_low"], banded["filter"]["above_high"], banded["filter"]["kept"]) == (1, 1, 4)
 
@@ -131,8 +132,12 @@ def test_changed_settings_do_not_extend_existing_rollouts(sources, capsys):
     assert cli_main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rollouts"]["generated"] == 2
     assert cli_main(args + ["generation.max_new_tokens=8"]) == 2
-    err = capsys.readouterr().err
-    assert "rollouts.jsonl was made with other settings (generation.max_new_tokens)" in err
+    assert f"{out} already holds a figa-data run (finished); pass --resume" in capsys.readouterr().err
+    assert cli_main(args + ["generation.max_new_tokens=8", "--resume"]) == 2
+    assert "  generation.max_new_tokens: 64 -> 8" in capsys.readouterr().err
+    # A longer prompt list extends the rollouts: only the new prompts are generated.
+    assert cli_main(args + ["--resume", "prompts.limit=3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rollouts"]["generated"] == 1
 
 
 def test_truncated_rollout_trains_no_eos():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,14 @@ def test_figa_cli_trains_exports_resumes_and_evaluates(ray_session, tmp_path):
     assert all(row["n"] == 3 and 0.0 <= row["gold_mean"] <= 1.0 for row in report["summary"])
     assert report["gold_delta"] == pytest.approx(report["summary"][1]["gold_mean"] - report["summary"][0]["gold_mean"])
 
-    # A crash after step 2: resume redoes steps 3-4 from the step-2 checkpoint with the same data and weights.
+    # A finished run is not retrained on --resume.
+    assert main(args + ["--resume"]) == 0
+    assert _metrics(run) == first and json.loads((run / "run.json").read_text())["status"] == "finished"
+    # A crash after step 2 (status running, no final/): resume redoes steps 3-4 from the step-2 checkpoint with
+    # the same data and weights.
+    shutil.rmtree(run / "final")
+    manifest = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
     assert main(args + ["--resume"]) == 0
     resumed = _metrics(run)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]

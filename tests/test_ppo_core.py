@@ -12,6 +12,7 @@ from fgrlhf.algorithms.ppo_core import (
     last_token_index,
     logprobs_from_logits,
     masked_mean,
+    masked_rescale,
     masked_var,
     masked_whiten,
     policy_loss,
@@ -35,6 +36,12 @@ def test_kl_k1_k2_k3_hand_computed():
     # d = logπref − logπ = [−0.5, 1]: e^−0.5 − 1 + 0.5 = 0.10653, e − 1 − 1 = 0.71828
     expected = t([math.exp(-0.5) - 0.5, math.e - 2.0])
     assert torch.allclose(kl_penalty(LOGP, REF, "k3"), expected, atol=1e-6)
+
+
+def test_kl_k1_nonneg_hand_computed():
+    # AlpacaFarm's shaping max(0, logπ − logπref): 0.5 stays, −1.0 (π less likely than π_ref) becomes 0
+    assert torch.allclose(kl_penalty(LOGP, REF, "k1_nonneg"), t([0.5, 0.0]))
+    assert torch.allclose(kl_penalty(LOGP, REF, "k1_nonneg", clamp=0.3), t([0.3, 0.0]))
 
 
 def test_kl_clamp_and_unknown_estimator():
@@ -126,9 +133,39 @@ def test_masked_whiten_hand_computed():
     # (x − 7/3)/std: −0.8729, −0.2182, 1.0911; 0 outside the mask
     expected = t([(1 - 7 / 3) / std, (2 - 7 / 3) / std, 0.0], [(4 - 7 / 3) / std, 0.0, 0.0])
     assert torch.allclose(masked_whiten(VALUES, VMASK), expected, atol=1e-5)
-    # shift_mean=False rescales but keeps the mean: add 7/3 back on masked positions
-    kept = (expected + 7 / 3) * VMASK
-    assert torch.allclose(masked_whiten(VALUES, VMASK, shift_mean=False), kept, atol=1e-5)
+
+
+def test_masked_rescale_hand_computed():
+    # x / std with std = √(7/3) = 1.5275: 1 → 0.6547, 2 → 1.3093, 4 → 2.6186; no shift, 0 outside the mask
+    std = math.sqrt(7 / 3)
+    expected = t([1 / std, 2 / std, 0.0], [4 / std, 0.0, 0.0])
+    assert torch.allclose(masked_rescale(VALUES, VMASK), expected, atol=1e-5)
+
+
+def _normalised_returns(lengths: list[int], sequence_rewards: list[float]) -> torch.Tensor:
+    """Return at t = 0 through compute_rewards → masked_rescale → compute_gae (γ = λ = 1, V = 0, no KL)."""
+    width = max(lengths)
+    mask = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths])
+    rewards = compute_rewards("sequence", torch.zeros_like(mask), mask, kl_coef=0.1,
+                              sequence_reward=torch.tensor(sequence_rewards))
+    _, returns = compute_gae(masked_rescale(rewards, mask), torch.zeros_like(mask), mask, 1.0, 1.0)
+    return returns[:, 0]
+
+
+def test_reward_normalisation_is_length_neutral():
+    # Equal R = 0.3 at 10/20/30/40 tokens: equal returns (the shifted whitening gave +3.17 … −2.57).
+    returns = _normalised_returns([10, 20, 30, 40], [0.3] * 4)
+    assert torch.allclose(returns, returns[0].expand(4), atol=1e-6)
+    assert returns[0] > 0  # sign of R kept
+    # R rising with length: the better, longer response gets the higher return.
+    rising = _normalised_returns([10, 20, 30, 40], [0.30, 0.35, 0.40, 0.45])
+    assert torch.all(rising[1:] > rising[:-1])
+
+
+def test_reward_normalisation_small_case_hand_computed():
+    # lengths 1 and 2, R = 2 and 4: real-token rewards {2, 0, 4}, mean 2, unbiased var (0 + 4 + 4)/2 = 4,
+    # std 2 → rewards {1, 0, 2}; γ = λ = 1, V = 0 → returns at t = 0 are 1 and 0 + 2 = 2, exactly R / 2.
+    assert torch.allclose(_normalised_returns([1, 2], [2.0, 4.0]), t(1.0, 2.0), atol=1e-6)
 
 
 # ---------------------------------------------------------------- GAE

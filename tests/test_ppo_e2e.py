@@ -64,10 +64,12 @@ def test_ppo_runs_each_reward_mode(ray_session, tmp_path, mode, rm):
 
 @pytest.mark.slow
 def test_run_survives_killed_actors(ray_session, tmp_path):
-    from fgrlhf.ppo_trainer import PPOTrainer
+    from fgrlhf.ppo_trainer import PPO_RUN, PPOTrainer
+    from fgrlhf.run_dir import open_run
 
     ray = ray_session
-    trainer = PPOTrainer(_config("steps=4"), tmp_path)
+    cfg = _config("steps=4")
+    trainer = PPOTrainer(cfg, open_run(tmp_path, PPO_RUN, cfg))
     killed = []
 
     def killer():

@@ -1,4 +1,5 @@
-"""--resume continues at the checkpointed step with the same data order and reproduces the uninterrupted run."""
+"""--resume continues at the checkpointed step with the same data order and reproduces the uninterrupted run;
+a used --out is refused, a finished run is not redone, and a longer run continues it."""
 
 import json
 import shutil
@@ -24,21 +25,25 @@ def _metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_resume_continues_at_same_step_and_data(ray_session, tmp_path):
+def test_resume_continues_at_same_step_and_data(ray_session, tmp_path, capsys):
+    from fgrlhf.cli import main as fgrlhf
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig, _latest_checkpoint, train
+    from fgrlhf.ppo_trainer import PPOTrainConfig, train
+    from fgrlhf.run_dir import latest_checkpoint
 
     cfg = load_config(PPOTrainConfig, CONFIG, ["steps=4", "save_every=2", "rollout.max_new_tokens=8"])
     full = tmp_path / "full"
     train(cfg, full)
-    # Simulate a crash after step 3: keep only the step-2 checkpoint and metrics up to step 3.
+    # Simulate a crash after step 3: keep only the step-2 checkpoint and metrics up to step 3, status running.
     crashed = tmp_path / "crashed"
     shutil.copytree(full, crashed)
     shutil.rmtree(crashed / "checkpoints" / "step_4")
     shutil.rmtree(crashed / "final")
     lines = (crashed / "metrics.jsonl").read_text().splitlines()
     (crashed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
-    assert _latest_checkpoint(crashed)[0] == 2
+    manifest = json.loads((crashed / "run.json").read_text())
+    (crashed / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
+    assert latest_checkpoint(crashed).step == 2
 
     train(cfg, crashed, resume=True)
     want, got = _metrics(full), _metrics(crashed)
@@ -49,3 +54,18 @@ def test_resume_continues_at_same_step_and_data(ray_session, tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
     state = json.loads((crashed / "checkpoints" / "step_4" / "state.json").read_text())
     assert state["step"] == 4 and state["data_position"] == 4 * cfg.ppo.rollout_batch_size
+
+    # The reported splice: a second run into the finished run's --out used to truncate its metrics and keep
+    # its checkpoints, and a later --resume continued behind them (steps 1, 2, 7, 8). Now it is refused
+    # before Ray, --resume with the same settings is a no-op, and a longer --resume continues the run.
+    args = ["ppo", "--config", str(CONFIG), "--out", str(full), "save_every=2", "rollout.max_new_tokens=8"]
+    assert fgrlhf([*args, "steps=2"]) == 2
+    assert f"{full} already holds a ppo run (finished); pass --resume" in capsys.readouterr().err
+    assert fgrlhf([*args, "steps=4", "--resume"]) == 0
+    assert _metrics(full) == want
+    assert fgrlhf(["ppo", "steps=5", "--resume", *args[1:]]) == 0  # overrides before --resume work too
+    assert [r["step"] for r in _metrics(full)] == [1, 2, 3, 4, 5] and _metrics(full)[:4] == want
+    assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["step_4", "step_5"]
+    (resume,) = [json.loads(line) for line in (full / "resumes.jsonl").read_text().splitlines()]
+    assert resume["status_before"] == "finished" and resume["changes"] == {"steps": [4, 5]}
+

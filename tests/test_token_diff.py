@@ -85,3 +85,20 @@ def test_tensor_ids_compare_by_value():
     # regression: 0-d tensor elements hash by identity; unconverted, everything looked changed
     a = align_tokens(torch.tensor([1, 2, 3]), torch.tensor([1, 7, 3]))
     assert a.original_changed == (F, T, F) and a.edited_changed == (F, T, F) and a.edit_distance == 1
+
+
+def test_long_inputs_with_edits_at_both_ends_are_near_linear():
+    # 200k tokens edited at the start, the middle and the end: the common prefix/suffix cannot be trimmed
+    # away, so an unbanded O(n·m) alignment takes about a minute; a banded one, well under a second.
+    import random
+    import time
+
+    rng = random.Random(0)
+    original = [rng.randrange(50_000) for _ in range(200_000)]
+    edited = [1, 2, *original[3:100_000], 7, 7, *original[100_003:-4], 9]
+    start = time.perf_counter()
+    a = align_tokens(original, edited)
+    assert time.perf_counter() - start < 5.0
+    assert a.edit_distance == 3 + 3 + 4  # 2 substitutions + 1 deletion, 2 subst. + 1 del., 1 subst. + 3 del.
+    assert sum(a.original_changed) == 3 + 3 + 4 and sum(a.edited_changed) == 2 + 2 + 1
+    assert not any(a.original_changed[3:100_000]) and not any(a.original_changed[100_003:-4])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,13 @@ def test_token_rm_trains_and_evaluates(token_run, data, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_same_step_and_data_order(token_run, data, caplog):
+def test_resume_continues_at_the_same_step_and_data_order(token_run, data, caplog, capsys):
     caplog.set_level(logging.INFO)
     before = _metrics(token_run)
+    # A crash after the step-2 checkpoint: status running, no final/.
+    shutil.rmtree(token_run / "final")
+    manifest = json.loads((token_run / "run.json").read_text())
+    (token_run / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
     code = fgrlhf(["train-rm", "--data", str(data["edits"]), "--kind", "token", "--model", "tiny",
                    "--out", str(token_run), "--resume", *TRAIN, "deepspeed.gradient_accumulation_steps=2",
                    "save_every=2", "eval_every=2"])
@@ -104,6 +109,15 @@ def test_resume_continues_at_the_same_step_and_data_order(token_run, data, caplo
         assert new["loss"] == pytest.approx(old["loss"], rel=1e-5)
         assert new["eval_loss" if "eval_loss" in old else "loss"] == pytest.approx(
             old["eval_loss" if "eval_loss" in old else "loss"], rel=1e-5)
+
+    # Finished now: --resume with other data is refused and retrains nothing.
+    capsys.readouterr()
+    final = (token_run / "final" / "model.safetensors").stat().st_mtime_ns
+    code = fgrlhf(["train-rm", "--data", str(data["pairs"]), "--kind", "token", "--model", "tiny",
+                   "--out", str(token_run), "--resume", *TRAIN, "deepspeed.gradient_accumulation_steps=2",
+                   "save_every=2", "eval_every=2"])
+    assert code == 2 and "data (content sha256)" in capsys.readouterr().err
+    assert _metrics(token_run) == after and (token_run / "final" / "model.safetensors").stat().st_mtime_ns == final
 
 
 @pytest.mark.slow
@@ -138,6 +152,11 @@ def test_sequence_rm_on_plain_pairs(ray_session, data, tmp_path, capsys, caplog)
     result = _last_json(capsys.readouterr().out)
     assert result["kind"] == "sequence" and result["n"] == 20 and result["data_kind"] == "edit records"
     assert "token_reward_by_position" not in result  # a sequence RM has one reward per response
+    # "longer wins" on these edits: "lively & fun" and "dull & boring" are 18 tokens alike, so every pair
+    # ties and length alone scores chance, with no untied pair to score.
+    baseline = result["length_baseline"]
+    assert result["length_baseline_accuracy"] == baseline["longer_wins"] == baseline["shorter_wins"] == 0.5
+    assert baseline["n"] == baseline["tied"] == 20 and baseline["longer_wins_untied"] is None
     assert json.loads(report.read_text())["ci_high"] == result["ci_high"]
 
 

@@ -8,13 +8,17 @@ depend strongly on the context, so stale prefix-cached KV from the old weights w
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 pytest.importorskip("vllm", reason="vllm is not installed (main venv); run scripts/test_vllm_cpu.sh or use a GPU")
 
 from fgrlhf.config import ModelConfig  # noqa: E402
+from fgrlhf.distributed import free_port  # noqa: E402
 from fgrlhf.models import load_causal_lm, load_tokenizer  # noqa: E402
+from fgrlhf.weight_sync import WeightSyncGroup, buckets, checksums, layout_of  # noqa: E402
 from fgrlhf.workers.rollout_worker import strip_after_eos  # noqa: E402
 from fgrlhf.workers.vllm_engine import VLLMEngine  # noqa: E402
 
@@ -100,3 +104,73 @@ def test_sampling_is_seeded_per_prompt(engine, prompts):
     # Same prompt three times in one batch: three different samples (each prompt gets seed + index).
     assert len({tuple(row) for row in first[:3]}) == 3
     assert all(1 <= len(row) <= MAX_NEW for row in first)
+
+
+SMALL_BUCKET_MB = 0.05  # ~50 KiB: the tiny model's weights travel in several buckets
+
+
+def assert_same_weights(served: dict[str, float], learner: dict[str, float]) -> None:
+    """Every learner tensor is served with the same fingerprint (vLLM may also hold extra tensors)."""
+    missing = set(learner) - set(served)
+    assert not missing, f"not served: {sorted(missing)[:5]}"
+    for name, value in learner.items():
+        assert served[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+
+
+def test_served_weights_read_back_as_the_checkpoint(engine, tokenizer):
+    # The read-back (fused q/k/v and gate/up split, CPU-packed linears read through their kernels) is what
+    # the push tests below rely on, so check it against the model the engine was built from.
+    engine.load_weights(tiny_model(0, 1.0, tokenizer).state_dict().items())
+    assert_same_weights(engine.weights_checksum(), checksums(tiny_model(0, 1.0, tokenizer).state_dict().items()))
+
+
+def test_multi_bucket_push_through_the_group_lands_every_parameter(engine, tokenizer, prompts):
+    """The real push path: the engine's worker joins the push group (gloo here, NCCL on GPU) and loads the
+    buckets as they arrive; the sender is this process, like policy learner rank 0."""
+    pushed = tiny_model(1, ATTENTION_SCALE, tokenizer)
+    named = list(pushed.named_parameters())  # what a learner sends: the tied lm_head only once, by name
+    layout = layout_of(named)
+    groups = buckets(layout, SMALL_BUCKET_MB)
+    assert len(groups) > 5
+    port, errors = free_port(), []
+
+    def sender():
+        try:
+            group = WeightSyncGroup("127.0.0.1", port, 0, 2, "gloo", "vllm-test", timeout_s=120)
+            for indices in groups:
+                group.send_bucket([named[i][1] for i in indices])
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    engine.join_weight_sync("127.0.0.1", port, 1, 2, "gloo", "vllm-test", 120)
+    engine.receive_weights(layout, SMALL_BUCKET_MB)
+    thread.join()
+    assert not errors
+    assert_same_weights(engine.weights_checksum(), checksums(pushed.state_dict().items()))
+    assert engine.generate(prompts, MAX_NEW, 0.0, 1.0, seed=0) == hf_greedy(pushed, tokenizer, prompts)
+
+
+def test_load_weights_keeps_tensors_whose_buckets_reuse_memory(engine, tokenizer):
+    """Buckets arrive one after another and a freed bucket's memory is reused by the next, so the first
+    tensors of different buckets share a data_ptr: none of them may be taken for a duplicate."""
+    pushed = tiny_model(2, ATTENTION_SCALE, tokenizer)
+    named = list(pushed.named_parameters())
+    layout = layout_of(named)
+    groups = buckets(layout, SMALL_BUCKET_MB)
+    arena = torch.empty(max(sum(named[i][1].numel() for i in g) for g in groups))  # one buffer, reused
+
+    def reused_buckets():
+        for indices in groups:
+            offset = 0
+            for i in indices:
+                name, param = named[i]
+                view = arena[offset:offset + param.numel()].view(param.shape)
+                view.copy_(param.detach())
+                yield name, view
+                offset += param.numel()
+
+    assert len({v.data_ptr() for _, v in reused_buckets()}) < len(named)  # pointers do repeat
+    engine.load_weights(reused_buckets())
+    assert_same_weights(engine.weights_checksum(), checksums(pushed.state_dict().items()))

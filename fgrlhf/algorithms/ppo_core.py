@@ -1,6 +1,7 @@
 """PPO building blocks on right-padded ``[B, T]`` response tensors (mask: 1 = real token, EOS included).
 
-KL estimators, per-token reward shaping (sequence / token / fine_grained_sequence), masked statistics,
+KL estimators, per-token reward shaping (sequence / token / fine_grained_sequence / oracle_sequence /
+oracle_token, with the gold telescoped over prefixes for the last), masked statistics,
 GAE, the clipped policy and value losses, and log-prob / entropy from logits. AlpacaFarm defaults:
 γ = λ = 1, ε = 0.2 for both clipped losses.
 """
@@ -11,8 +12,10 @@ from typing import Literal
 
 import torch
 
-KLEstimator = Literal["k1", "k2", "k3"]
-RewardMode = Literal["sequence", "token", "fine_grained_sequence"]
+KLEstimator = Literal["k1", "k2", "k3", "k1_nonneg"]
+RewardMode = Literal["sequence", "token", "fine_grained_sequence", "oracle_sequence", "oracle_token"]
+SEQUENCE_MODES = ("sequence", "fine_grained_sequence", "oracle_sequence")  # a scalar R at the last token
+TOKEN_MODES = ("token", "oracle_token")                                    # a reward on every token
 
 
 def kl_penalty(
@@ -21,19 +24,22 @@ def kl_penalty(
     """Per-token estimate of KL(π ‖ π_ref) from log-probs of tokens sampled from π.
 
     k1 = logπ − logπref (unbiased, can be negative); k2 = ½(logπ − logπref)²; k3 = e^d − 1 − d with
-    d = logπref − logπ (unbiased and ≥ 0). ``clamp`` bounds the estimate to [−clamp, clamp] so one
-    off-distribution token cannot dominate the reward.
+    d = logπref − logπ (unbiased and ≥ 0); k1_nonneg = max(0, logπ − logπref), AlpacaFarm's reward
+    shaping (a token π finds likelier than π_ref is penalised, never rewarded). ``clamp`` bounds the
+    estimate to [−clamp, clamp] so one off-distribution token cannot dominate the reward.
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         kl = log_ratio
+    elif estimator == "k1_nonneg":
+        kl = log_ratio.clamp(min=0.0)
     elif estimator == "k2":
         kl = 0.5 * log_ratio.square()
     elif estimator == "k3":
         d = -log_ratio
         kl = torch.expm1(d) - d
     else:
-        raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1', 'k2' or 'k3'")
+        raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1', 'k2', 'k3' or 'k1_nonneg'")
     if clamp is not None:
         kl = kl.clamp(-clamp, clamp)
     return kl
@@ -64,19 +70,39 @@ def compute_rewards(
 
     - ``sequence``: r_t = −β·KL_t, plus the scalar R at the last real token (index mask.sum − 1).
     - ``fine_grained_sequence``: the same arithmetic; R comes from the RM trained on edited data.
+    - ``oracle_sequence``: the same arithmetic; R is the env's gold reward of the response.
     - ``token``: r_t = R_t − β·KL_t (β = 0 gives the paper's literal [R_1, ..., R_n]).
+    - ``oracle_token``: the same arithmetic; R_t is the gold telescoped over prefixes
+      (:func:`telescoped_rewards`).
     """
-    if mode in ("sequence", "fine_grained_sequence"):
+    if mode in SEQUENCE_MODES:
         if sequence_reward is None or token_rewards is not None:
             raise ValueError(f"reward mode {mode!r} needs sequence_reward [B] and no token_rewards")
         score = _reward_at_last_token(sequence_reward, response_mask)
-    elif mode == "token":
+    elif mode in TOKEN_MODES:
         if token_rewards is None or sequence_reward is not None:
-            raise ValueError("reward mode 'token' needs token_rewards [B, T] and no sequence_reward")
+            raise ValueError(f"reward mode {mode!r} needs token_rewards [B, T] and no sequence_reward")
         score = token_rewards
     else:
-        raise ValueError(f"unknown reward mode {mode!r}; expected 'sequence', 'token' or 'fine_grained_sequence'")
+        raise ValueError(f"unknown reward mode {mode!r}; expected one of {SEQUENCE_MODES + TOKEN_MODES}")
     return (score - kl_coef * kl) * response_mask.to(kl.dtype)
+
+
+def telescoped_rewards(prefix_scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token rewards r_t = g(y≤t) − g(y<t) from a sequence score g of every prefix, 0 outside the mask.
+
+    ``prefix_scores`` ``[B, T + 1]``: column 0 holds g of the empty response, column t the score of the
+    first t tokens (columns past a row's length are ignored). Σ_t r_t = g(y) − g(empty): the sequence
+    score itself wherever the empty response scores 0 (the envs' gold does, for any prompt with a content
+    word), so a telescoped arm has the same return as its sequence arm with the credit spread over tokens.
+    With γ = λ = 1 the advantage then differs from the sequence arm's only by −g(y<t), a function of the
+    state: a baseline, which leaves the expected policy gradient unchanged; with λ < 1 the dense rewards
+    also change which tokens GAE credits.
+    """
+    if prefix_scores.size(-1) != response_mask.size(-1) + 1:
+        raise ValueError(f"prefix_scores {tuple(prefix_scores.shape)} must have one column more than the "
+                         f"response mask {tuple(response_mask.shape)} (the empty prefix)")
+    return (prefix_scores[:, 1:] - prefix_scores[:, :-1]) * response_mask.to(prefix_scores.dtype)
 
 
 def center_token_rewards(token_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -108,16 +134,22 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
     return var
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x − mean) / std over masked elements, 0 outside the mask.
-
-    ``shift_mean=False`` only rescales (the mean is added back): used for rewards, whose sign matters.
-    """
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x − mean) / std over masked elements, 0 outside the mask (advantages)."""
     mean = masked_mean(values, mask)
     whitened = (values - mean) * torch.rsqrt(masked_var(values, mask) + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
     return whitened * mask.to(values.dtype)
+
+
+def masked_rescale(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x / std over masked elements, 0 outside the mask: normalises rewards by one positive scalar.
+
+    A pure rescaling keeps every return's sign and the order of returns, so equal rewards at different
+    lengths stay equal. Shifting instead ((x − μ)/σ + μ, AlpacaFarm's ``shift_mean=False``) adds the
+    constant μ − μ/σ to every real token; over a ragged mask that is a per-token length penalty or bonus
+    (AlpacaFarm's padded tensors spread it over every position alike, which a ragged mask cannot).
+    """
+    return values * torch.rsqrt(masked_var(values, mask) + 1e-8) * mask.to(values.dtype)
 
 
 @torch.no_grad()

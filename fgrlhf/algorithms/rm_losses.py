@@ -73,6 +73,18 @@ def mean_by_position(values: torch.Tensor, mask: torch.Tensor, bin_size: int) ->
     return out
 
 
+def length_baseline(chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor) -> dict:
+    """Accuracy of scorers that know only length, on the same pairs: "longer wins" (ties ½, the
+    complement of "shorter wins") over every pair, and both rules over the pairs whose lengths differ."""
+    chosen, rejected = chosen_lengths.double(), rejected_lengths.double()
+    untied = chosen != rejected
+    longer_untied = float(pairwise_accuracy(chosen[untied], rejected[untied])) if untied.any() else None
+    longer = float(pairwise_accuracy(chosen, rejected))
+    return {"longer_wins": longer, "shorter_wins": 1.0 - longer, "n": int(chosen.numel()),
+            "tied": int((~untied).sum()), "longer_wins_untied": longer_untied,
+            "shorter_wins_untied": None if longer_untied is None else 1.0 - longer_untied}
+
+
 def pearson_correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
     """Pearson correlation of two 1-D tensors; None when either is constant (no correlation is defined)."""
     if x.numel() < 2 or x.std() == 0 or y.std() == 0:

@@ -4,6 +4,10 @@ One row per completed item, committed the moment it completes, so a crash, Ctrl-
 at most the requests in flight. Only replies the editor produced are stored (the edited text and the
 tokens it cost); the status filters are applied on every run, so changing a bound needs no new request.
 Failures are never stored: a re-run retries them. Nothing secret is stored (no headers, no key).
+
+Batch mode (:mod:`fgrlhf.editing.batch`) also records each Message Batch the moment it is created, with
+the custom_id (= content hash) of every request in it, until its results are stored: a run that was
+interrupted while batches were processing re-attaches to them instead of paying for the items again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +33,20 @@ CREATE TABLE IF NOT EXISTS edits (
     output_tokens INTEGER NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (editor, model, prompt_version, content_hash)
-)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    editor TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    created REAL NOT NULL,
+    collected REAL
+);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    custom_id TEXT NOT NULL,
+    PRIMARY KEY (batch_id, custom_id)
+);
 """
 
 
@@ -61,7 +79,7 @@ class EditCache:
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
 
     def get(self, key: CacheKey) -> CachedEdit | None:
         row = self._db.execute(
@@ -77,6 +95,43 @@ class EditCache:
             (key.editor, key.model, key.prompt_version, key.content_hash, edit.edited,
              edit.usage.input_tokens, edit.usage.output_tokens, time.time()),
         )
+
+    @contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def add_batch(self, batch_id: str, scope: CacheKey, custom_ids: list[str]) -> None:
+        """Record a created batch (``scope`` gives its editor, model and prompt version) and its requests."""
+        with self._transaction():
+            self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, NULL)",
+                             (batch_id, scope.editor, scope.model, scope.prompt_version, time.time()))
+            self._db.executemany("INSERT INTO batch_items VALUES (?, ?)", [(batch_id, c) for c in custom_ids])
+
+    def open_batches(self, scope: CacheKey) -> dict[str, list[str]]:
+        """Batches of this editor, model and prompt version whose results are not stored yet -> custom_ids."""
+        rows = self._db.execute(
+            "SELECT b.batch_id, i.custom_id FROM batches b JOIN batch_items i ON i.batch_id = b.batch_id "
+            "WHERE b.collected IS NULL AND b.editor=? AND b.model=? AND b.prompt_version=? ORDER BY b.created",
+            (scope.editor, scope.model, scope.prompt_version),
+        ).fetchall()
+        batches: dict[str, list[str]] = {}
+        for batch_id, custom_id in rows:
+            batches.setdefault(batch_id, []).append(custom_id)
+        return batches
+
+    def close_batch(self, batch_id: str, edits: list[tuple[CacheKey, CachedEdit]]) -> None:
+        """Store a batch's successful edits and mark it collected, in one transaction: a crash in between
+        leaves it open, and the next run downloads its results again."""
+        with self._transaction():
+            for key, edit in edits:
+                self.put(key, edit)
+            self._db.execute("UPDATE batches SET collected=? WHERE batch_id=?", (time.time(), batch_id))
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM edits").fetchone()[0]

@@ -22,6 +22,9 @@ class RetryConfig(StrictModel):
     max_backoff_s: float = Field(60.0, ge=0.0)
     jitter: float = Field(0.5, ge=0.0, le=1.0, description="fraction of each backoff that is randomised")
     max_retry_after_s: float = Field(300.0, ge=0.0, description="cap on a server's retry-after")
+    max_initial_connect_failures: int = Field(
+        16, ge=0, description="stop the run when this many requests fail to connect before any connects "
+                              "(a wrong ANTHROPIC_BASE_URL or no network); 0 = never")
     seed: int = 0
 
 
@@ -34,6 +37,21 @@ class AnthropicEditorConfig(StrictModel):
     timeout_s: float = Field(300.0, gt=0.0, description="per request")
     input_usd_per_mtok: float = Field(2.0, ge=0.0)
     output_usd_per_mtok: float = Field(10.0, ge=0.0)
+
+
+class BatchConfig(StrictModel):
+    """The Message Batches API (``--batch``, Claude only): half the price, no rate limits, results within 24 h.
+
+    Items that come back errored (except invalid requests), expired or malformed are resubmitted in a new
+    batch, up to ``retry.max_attempts`` / ``retry.malformed_attempts`` batches per item in one run.
+    """
+
+    enabled: bool = Field(False, description="edit through Message Batches (the --batch flag)")
+    chunk_size: int = Field(10_000, ge=1, le=100_000, description="requests per batch (the API allows 100,000)")
+    max_batch_bytes: int = Field(256_000_000, ge=1, le=256_000_000,
+                                 description="JSON size of a batch's requests (the API allows 256 MB)")
+    poll_interval_s: float = Field(60.0, gt=0.0, description="seconds between status checks of open batches")
+    price_factor: float = Field(0.5, ge=0.0, description="batch price / list price, for the cost estimate")
 
 
 class HFEditorConfig(StrictModel):
@@ -64,6 +82,7 @@ class EditConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="edit only the first N valid records")
     retry: RetryConfig = Field(default_factory=RetryConfig)
     anthropic: AnthropicEditorConfig = Field(default_factory=AnthropicEditorConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     hf: HFEditorConfig = Field(default_factory=HFEditorConfig)
     rule: RuleEditorConfig = Field(default_factory=RuleEditorConfig)
 
@@ -71,6 +90,9 @@ class EditConfig(StrictModel):
     def _backoff_bounds(self) -> EditConfig:
         if self.retry.initial_backoff_s > self.retry.max_backoff_s:
             raise ValueError("retry.initial_backoff_s must not exceed retry.max_backoff_s")
+        if self.batch.enabled and self.editor != "anthropic":
+            raise ValueError(f"batch.enabled (--batch) needs editor=anthropic, not {self.editor}: "
+                             "only Claude has a batch API")
         return self
 
     def set_model(self, name: str) -> None:

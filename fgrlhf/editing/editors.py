@@ -7,17 +7,22 @@ of :mod:`fgrlhf.editing.retry`; it never retries itself (the pipeline's retry po
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import importlib
+import inspect
 import itertools
 import json
 import re
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from fgrlhf.config import ConfigError, ModelConfig, StrictModel
 from fgrlhf.editing.config import AnthropicEditorConfig, EditConfig, HFEditorConfig, RuleEditorConfig
@@ -51,6 +56,10 @@ class Editor(ABC):
     @abstractmethod
     async def edit(self, instruction: str, text: str) -> EditReply: ...
 
+    def explain(self, instruction: str, text: str) -> dict[str, dict[str, int]] | None:
+        """What an edit of ``text`` fixes, per fault kind, if the editor knows (deterministic rule editors)."""
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -65,31 +74,49 @@ class ClaudeEditor(Editor):
         self.model = cfg.model
         # max_retries=0: the pipeline's policy retries (counted by cause, retry-after honoured, testable).
         # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself, so the key never passes through us.
-        self._client = anthropic.AsyncAnthropic(max_retries=0, timeout=cfg.timeout_s)
+        self.client = anthropic.AsyncAnthropic(max_retries=0, timeout=cfg.timeout_s)
 
     def fingerprint(self) -> str:
         return f"{PROMPT_VERSION}|max_tokens={self.cfg.max_tokens}"
 
-    async def edit(self, instruction: str, text: str) -> EditReply:
-        reply, usage = await create_message(
-            self._client, model=self.cfg.model, max_tokens=self.cfg.max_tokens, system=SYSTEM_PROMPT,
-            messages=[{"role": "user", "content": user_message(instruction, text)}])
-        edited = parse_reply(reply)
+    def request(self, instruction: str, text: str) -> dict:
+        """Messages API parameters of one edit: sent at once by :meth:`edit`, or in a Message Batch."""
+        return {"model": self.cfg.model, "max_tokens": self.cfg.max_tokens, "system": SYSTEM_PROMPT,
+                "messages": [{"role": "user", "content": user_message(instruction, text)}]}
+
+    @staticmethod
+    def reply(text: str, usage: Usage) -> EditReply:
+        """The edit in a reply's text; MalformedReply (its tokens were still spent) without the tags."""
+        edited = parse_reply(text)
         if edited is None:
             raise MalformedReply(usage)
         return EditReply(edited, usage)
 
+    async def edit(self, instruction: str, text: str) -> EditReply:
+        return self.reply(*await create_message(self.client, **self.request(instruction, text)))
+
     async def aclose(self) -> None:
-        await self._client.close()
+        await self.client.close()
 
 
 async def create_message(client, **request) -> tuple[str, Usage]:
     """``client.messages.create(**request)`` -> (reply text, usage), with SDK errors classified into the
     exceptions of :mod:`fgrlhf.editing.retry` (shared by the Claude editor and the Claude judge)."""
+    return message_reply(await call_api(client.messages.create(**request)))
+
+
+def message_reply(message) -> tuple[str, Usage]:
+    """The text blocks of a Messages API reply, and its usage."""
+    usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
+    return "".join(block.text for block in message.content if block.type == "text"), usage
+
+
+async def call_api(awaitable):
+    """Await one SDK call, with its errors classified into the exceptions of :mod:`fgrlhf.editing.retry`."""
     import anthropic as sdk
 
     try:
-        message = await client.messages.create(**request)
+        return await awaitable
     except sdk.APITimeoutError:
         raise TransientError("timeout") from None
     except sdk.APIConnectionError as exc:
@@ -97,21 +124,17 @@ async def create_message(client, **request) -> tuple[str, Usage]:
     except (sdk.AuthenticationError, sdk.PermissionDeniedError) as exc:
         raise FatalError(f"HTTP {exc.status_code} {exc.type or ''}: check ANTHROPIC_API_KEY") from None
     except sdk.APIStatusError as exc:
-        raise _classify_status(exc) from None
-    usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
-    return "".join(block.text for block in message.content if block.type == "text"), usage
+        raise classify_status(exc.status_code, exc.type, exc.response.headers) from None
 
 
-def _classify_status(exc) -> Exception:
+def classify_status(status: int, error_type: str | None, headers: Mapping[str, str]) -> Exception:
     """Map an HTTP error of the Messages API to transient (retry) or permanent (fail the item)."""
-    status = exc.status_code
-    headers = exc.response.headers
     retry_after = parse_retry_after(headers)
     should_retry = headers.get("x-should-retry")  # the API's own hint overrides the status code
     causes = {429: "rate_limit", 529: "overloaded", 408: "timeout", 409: "conflict"}
     if should_retry == "true" or (should_retry != "false" and (status in causes or status >= 500)):
         return TransientError(causes.get(status, "server_error"), retry_after, detail=f"HTTP {status}")
-    return PermanentError(f"HTTP {status} {exc.type or ''}".rstrip())
+    return PermanentError(f"HTTP {status} {error_type or ''}".rstrip())
 
 
 class HFEditor(Editor):
@@ -137,12 +160,15 @@ class HFEditor(Editor):
         return f"{PROMPT_VERSION}|max_new={self.cfg.max_new_tokens}|{sampling if self.cfg.do_sample else 'greedy'}"
 
     def _generate(self, instruction: str, text: str) -> tuple[str, Usage]:
+        from fgrlhf.tokenization import tokenize_prompt  # transformers only when an HF editor runs
+
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": user_message(instruction, text)},
         ]
         prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self._tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        prompt_ids = self._torch.tensor([tokenize_prompt(self._tokenizer, prompt)])
+        ids = {"input_ids": prompt_ids, "attention_mask": self._torch.ones_like(prompt_ids)}
         sampling = (
             {"do_sample": True, "temperature": self.cfg.temperature, "top_p": self.cfg.top_p}
             if self.cfg.do_sample
@@ -165,33 +191,68 @@ class HFEditor(Editor):
 
 
 class Rule(StrictModel):
+    """A regex rewrite; every match is one fault."""
+
     name: str
     pattern: str
     replacement: str
+    recall: float | None = Field(None, ge=0.0, le=1.0, description="this fault's recall (× the editor's)")
+
+
+class FixerRule(StrictModel):
+    """A prompt-aware rule: ``fixer`` names a ``module:function`` hook called as
+    ``fixer(instruction, text, **options)`` that returns one ``(start, end, replacement)`` span of ``text``
+    per fault it finds (non-overlapping). Faults that need the instruction (off-topic content, a missing
+    aspect, a wrong length) cannot be written as a regex."""
+
+    name: str
+    fixer: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    recall: float | None = Field(None, ge=0.0, le=1.0, description="this fault's recall (× the editor's)")
+
+
+Fix = tuple[int, int, str]
+Fixer = Callable[..., list[Fix]]
 
 
 def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def load_rules(path: str | Path) -> list[tuple[Rule, re.Pattern]]:
-    """A YAML list of {name, pattern, replacement}; errors name the file, the rule and the field."""
+@functools.lru_cache(maxsize=16)
+def _digest(text: str) -> str:
+    """The draws of one response share this; the cache hits by identity, so each call after the first is O(1)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_rules(path: str | Path) -> list[tuple[Rule | FixerRule, re.Pattern | Fixer]]:
+    """A YAML list of regex rules {name, pattern, replacement[, recall]} and fixer rules
+    {name, fixer, options[, recall]}; errors name the file, the rule and the field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM is allowed
     except FileNotFoundError:
         raise ConfigError(f"rules file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"rules {path}: is a directory, expected a YAML file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: expected a non-empty list of rules {{name, pattern, replacement}}")
     rules = []
     for index, raw in enumerate(data):
+        kind = FixerRule if isinstance(raw, dict) and "fixer" in raw else Rule
         try:
-            rule = Rule.model_validate(raw)
+            rule = kind.model_validate(raw)
         except ValidationError as exc:
             fields = ", ".join(f"{'.'.join(map(str, e['loc'])) or '<rule>'}: {e['msg']}" for e in exc.errors())
             raise ConfigError(f"{path}: rule {index}: {fields}") from None
+        if isinstance(rule, FixerRule):
+            try:
+                rules.append((rule, _load_fixer(rule)))
+            except ValueError as exc:
+                raise ConfigError(f"{path}: rule {index} ({rule.name}): {exc}") from None
+            continue
         try:
             compiled = re.compile(rule.pattern)
             _check_replacement(compiled, rule.replacement)
@@ -199,6 +260,22 @@ def load_rules(path: str | Path) -> list[tuple[Rule, re.Pattern]]:
             raise ConfigError(f"{path}: rule {index} ({rule.name}): bad regex: {exc}") from None
         rules.append((rule, compiled))
     return rules
+
+
+def _load_fixer(rule: FixerRule) -> Fixer:
+    """Import ``rule.fixer`` and check now that it accepts ``(instruction, text, **options)``."""
+    module_name, sep, attr = rule.fixer.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"fixer {rule.fixer!r}: expected 'module:function'")
+    try:
+        fixer = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"fixer {rule.fixer!r}: {exc}") from None
+    try:
+        inspect.signature(fixer).bind("", "", **rule.options)
+    except TypeError as exc:
+        raise ValueError(f"options {sorted(rule.options)} do not fit {rule.fixer}: {exc}") from None
+    return fixer
 
 
 def _check_replacement(pattern: re.Pattern, replacement: str) -> None:
@@ -209,10 +286,12 @@ def _check_replacement(pattern: re.Pattern, replacement: str) -> None:
 
 
 class RuleEditor(Editor):
-    """Deterministic regex rewrites that fix a ``recall`` fraction of the matched faults.
+    """Deterministic rewrites (regex and prompt-aware fixer rules) that fix a ``recall`` fraction of the faults.
 
-    Whether one match is fixed depends only on (seed, rule name, match ordinal, input text), so a run is
-    reproducible and independent of order and concurrency: a simulated annotator who misses some faults.
+    Rules apply in file order, each to the previous one's output. Whether one fault is fixed depends only on
+    (seed, rule name, fault ordinal, input text), so a run is reproducible and independent of order and
+    concurrency: a simulated annotator who misses some faults. A rule's own ``recall`` multiplies the
+    editor's, so ``rule.recall`` still scales every rule.
     """
 
     name = "rule"
@@ -222,30 +301,68 @@ class RuleEditor(Editor):
         self.cfg = cfg
         self.model = Path(cfg.rules).name
         self.rules = load_rules(cfg.rules)
-        rules_json = json.dumps([rule.model_dump() for rule, _ in self.rules], sort_keys=True)
+        # exclude_none: a rule without its own recall hashes as before the field existed (caches stay valid).
+        rules_json = json.dumps([rule.model_dump(exclude_none=True) for rule, _ in self.rules], sort_keys=True)
         self._rules_hash = hashlib.sha256(rules_json.encode("utf-8")).hexdigest()[:16]
 
     def fingerprint(self) -> str:
-        return f"rules={self._rules_hash}|recall={self.cfg.recall}|seed={self.cfg.seed}"
+        return f"rules={self._rules_hash}|recall={self.cfg.recall}|seed={self.cfg.seed}|draws=digest"
 
-    def _fixes(self, text: str, rule_name: str, ordinal: int) -> bool:
-        draw = _stable_int(f"{self.cfg.seed}\0{rule_name}\0{ordinal}\0{text}") / 2**64
-        return draw < self.cfg.recall
+    def _fixes(self, text: str, rule: Rule | FixerRule, ordinal: int) -> bool:
+        recall = self.cfg.recall * (1.0 if rule.recall is None else rule.recall)
+        # The response enters as its digest, hashed once per response, not once per match (k matches in an
+        # n-byte response would hash k·n bytes).
+        draw = _stable_int(f"{self.cfg.seed}\0{rule.name}\0{ordinal}\0{_digest(text)}") / 2**64
+        return draw < recall
 
-    def apply(self, text: str) -> str:
-        edited = text
-        for rule, pattern in self.rules:
-            ordinal = itertools.count()
+    def apply_traced(self, text: str, instruction: str = "") -> tuple[str, dict[str, dict[str, int]]]:
+        """The edited text and, per rule that fixed something, ``{"fixed": faults, "delta_words": Δ}``
+        (words added by that rule's fixes; negative when it shortens)."""
+        edited, trace = text, {}
+        for rule, compiled in self.rules:
+            before = edited
+            if isinstance(rule, FixerRule):
+                chosen = [fix for ordinal, fix in enumerate(compiled(instruction, edited, **rule.options))
+                          if self._fixes(text, rule, ordinal)]
+                edited = _splice(edited, chosen, rule.name)
+                fixed = len(chosen)
+            else:
+                ordinal, fixed = itertools.count(), 0
 
-            def replace(match: re.Match, rule: Rule = rule) -> str:
-                fixed = self._fixes(text, rule.name, next(ordinal))
-                return match.expand(rule.replacement) if fixed else match.group(0)
+                def replace(match: re.Match, rule: Rule = rule) -> str:
+                    nonlocal fixed
+                    if not self._fixes(text, rule, next(ordinal)):
+                        return match.group(0)
+                    fixed += 1
+                    return match.expand(rule.replacement)
 
-            edited = pattern.sub(replace, edited)
-        return edited
+                edited = compiled.sub(replace, edited)
+            if fixed:
+                trace[rule.name] = {"fixed": fixed, "delta_words": len(edited.split()) - len(before.split())}
+        return edited, trace
+
+    def apply(self, text: str, instruction: str = "") -> str:
+        return self.apply_traced(text, instruction)[0]
+
+    def explain(self, instruction: str, text: str) -> dict[str, dict[str, int]]:
+        return self.apply_traced(text, instruction)[1]
 
     async def edit(self, instruction: str, text: str) -> EditReply:
-        return EditReply(self.apply(text), Usage())
+        try:
+            return EditReply(self.apply(text, instruction), Usage())
+        except ValueError as exc:  # a fixer that cannot read this input: the item fails, the run goes on
+            raise PermanentError(str(exc)) from None
+
+
+def _splice(text: str, fixes: list[Fix], rule_name: str) -> str:
+    """Apply non-overlapping ``(start, end, replacement)`` spans of ``text``."""
+    out, position = [], 0
+    for start, end, replacement in sorted(fixes):
+        if start < position or end < start or end > len(text):
+            raise ValueError(f"rule {rule_name}: fixer returned overlapping or out-of-range span {(start, end)}")
+        out += [text[position:start], replacement]
+        position = end
+    return "".join(out) + text[position:]
 
 
 def build_editor(cfg: EditConfig) -> Editor:

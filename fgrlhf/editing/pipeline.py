@@ -2,7 +2,8 @@
 concurrency and retries, cache every completed item at once, filter, and write the edit records.
 
 Record layout (all input fields kept): prompt, original, edited, editor, model, prompt_version,
-source_field, original_tokens, edited_tokens, edit_distance, changed_fraction, status. Status is
+source_field, original_tokens, edited_tokens, edit_distance, changed_fraction, status, and for editors
+that know what they fixed (the rule editor) fixes = {fault: {fixed, delta_words}}. Status is
 ``edited`` (training data), ``unchanged``, ``rejected: <reason>`` (empty or too large an edit) or
 ``failed: <reason>`` (not cached, so a re-run retries it).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +32,24 @@ log = logging.getLogger(__name__)
 
 REJECT_EMPTY = "rejected: empty edit"
 REJECT_TOO_LARGE = "rejected: edit too large"
+# Exit status of `fgrlhf edit` when an item failed or the run stopped early (completed items are cached, so
+# re-running the same command retries only the rest); the filters' "rejected" items are not failures.
+EXIT_INCOMPLETE = 3
+
+
+def failure_causes(statuses: Counter) -> Counter:
+    """Failed items per cause: ``failed: connection: APIConnectionError (6 attempts)`` counts as
+    ``connection: APIConnectionError``."""
+    causes = Counter()
+    for status, n in statuses.items():
+        if status.startswith("failed: "):
+            causes[re.sub(r" \(\d+ attempts\)$", "", status.removeprefix("failed: "))] += n
+    return causes
+
+
+def exit_status(statuses: Counter) -> int:
+    """0 when every item completed (edited, unchanged or rejected by the filters), else EXIT_INCOMPLETE."""
+    return EXIT_INCOMPLETE if failure_causes(Counter(statuses)) else 0
 
 
 @dataclass
@@ -42,6 +62,17 @@ class EditSummary:
     cost_usd: float = 0.0
     skipped_invalid: int = 0
     skip_reasons: Counter = field(default_factory=Counter)
+    fixes: dict[str, dict[str, int]] = field(default_factory=dict)  # per fault, over "edited" records
+
+    def add_fixes(self, records: list[dict]) -> None:
+        """Sum each fault's fixes and the words they added over the records kept as training data."""
+        for record in records:
+            if record["status"] != "edited":
+                continue
+            for fault, done in (record.get("fixes") or {}).items():
+                total = self.fixes.setdefault(fault, {"fixed": 0, "delta_words": 0})
+                total["fixed"] += done["fixed"]
+                total["delta_words"] += done["delta_words"]
 
     @property
     def items_per_s(self) -> float:
@@ -62,6 +93,8 @@ class EditSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "items_per_s": round(self.items_per_s, 3),
             "skipped_invalid": self.skipped_invalid,
+            "fixes": {fault: {**t, "mean_delta_words": round(t["delta_words"] / t["fixed"], 3)}
+                      for fault, t in self.fixes.items()},
         }
 
     def render(self) -> str:
@@ -74,12 +107,17 @@ class EditSummary:
             f"requests {c.requests}, retries {sum(c.retries.values())} ({retries})",
             f"tokens: input {c.input_tokens:,}, output {c.output_tokens:,}; estimated cost ${self.cost_usd:.4f}",
         ]
+        if self.fixes:
+            lines.append("fixes in edited records (mean words added per fix): " + ", ".join(
+                f"{fault} {t['fixed']} ({t['delta_words'] / t['fixed']:+.1f})" for fault, t in self.fixes.items()))
         if self.skipped_invalid:
             reasons = ", ".join(f"{reason} {n}" for reason, n in self.skip_reasons.most_common())
             lines.append(f"skipped invalid input records: {self.skipped_invalid} ({reasons})")
-        failed = sum(n for status, n in self.statuses.items() if status.startswith("failed"))
-        if failed:
-            lines.append(f"{failed} items failed; re-run the same command to retry only those")
+        causes = failure_causes(self.statuses)
+        if causes:
+            by_cause = ", ".join(f"{cause} {n}" for cause, n in causes.most_common())
+            lines.append(f"{sum(causes.values())} items failed ({by_cause}); re-run the same command to retry "
+                         "only those")
         return "\n".join(lines)
 
 
@@ -179,6 +217,7 @@ def build_records(
                      "edit_distance": None, "changed_fraction": None}
         else:
             status, stats = classify(original_ids[index], edited_ids[index], texts[index], max_changed_fraction)
+        fixes = editor.explain(record["prompt"], originals[index]) if edited[index] is not None else None
         out.append({
             **record,
             "prompt": record["prompt"],
@@ -190,6 +229,7 @@ def build_records(
             "source_field": source_field,
             **stats,
             "status": status,
+            **({"fixes": fixes} if fixes is not None else {}),
         })
     return out
 
@@ -215,9 +255,14 @@ def run_edit(
     log.info("editing %d records (field %r) with %s/%s; cache %s", len(records), source_field,
              editor.name, editor.model, cache.path)
 
+    if cfg.batch.enabled:
+        from fgrlhf.editing.batch import collect_edits_batch as collect  # imports this module
+    else:
+        collect = collect_edits
+
     async def main() -> tuple[list[str | None], list[str | None]]:
         try:
-            return await collect_edits(records, source_field, editor, cache, cfg, summary, progress)
+            return await collect(records, source_field, editor, cache, cfg, summary, progress)
         finally:
             await editor.aclose()
 
@@ -230,9 +275,12 @@ def run_edit(
     out = build_records(records, source_field, edited, failures, editor, tokenizer, cfg.max_changed_fraction)
     write_jsonl(output_path, out)
     summary.statuses = Counter(record["status"] for record in out)
+    summary.add_fixes(out)
     if editor.name == "anthropic":
         price = cfg.anthropic
         summary.cost_usd = (summary.counters.input_tokens * price.input_usd_per_mtok
                             + summary.counters.output_tokens * price.output_usd_per_mtok) / 1e6
+        if cfg.batch.enabled:
+            summary.cost_usd *= cfg.batch.price_factor
     return summary
 

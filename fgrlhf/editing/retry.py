@@ -3,7 +3,9 @@
 Why our own retries instead of the SDK's: the SDK's are invisible (no count by cause) and not testable
 against a schedule; here every attempt is counted, a server's ``retry-after`` is a floor for the wait,
 backoff is exponential with seeded jitter, and a 429/529 pauses *all* callers (one shared gate) instead of
-letting the other in-flight workers keep hammering an overloaded endpoint.
+letting the other in-flight workers keep hammering an overloaded endpoint. When the first requests of a run
+all fail to connect (``retry.max_initial_connect_failures``), the run stops with a FatalError at once instead
+of backing off on every item.
 
 Callers classify failures into the exceptions below; :func:`call_with_retries` owns what happens next.
 """
@@ -93,6 +95,8 @@ class RetryPolicy:
         self.cfg = cfg
         self._rng = random.Random(cfg.seed)
         self._resume_at = 0.0  # monotonic time before which nobody sends (set by a server's retry-after)
+        self._connected = False  # any answer from the service, even an error, proves the endpoint works
+        self._connect_failures = 0
 
     def delay(self, retry_number: int, retry_after: float | None) -> float:
         """Wait before retry ``retry_number`` (1-based): exponential with jitter, never below retry-after."""
@@ -110,6 +114,20 @@ class RetryPolicy:
 
     def pause_all(self, seconds: float) -> None:
         self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+
+    def note_answer(self, error: TransientError | None = None) -> None:
+        """Record how one request ended; raise FatalError once the first ``max_initial_connect_failures``
+        requests have all failed to connect: retrying every item for minutes would not help."""
+        if error is None or error.cause != "connection":
+            self._connected = True
+            return
+        limit = self.cfg.max_initial_connect_failures
+        if self._connected or not limit:
+            return
+        self._connect_failures += 1
+        if self._connect_failures >= limit:
+            raise FatalError(f"the first {self._connect_failures} requests all failed to connect ({error}); "
+                             "check ANTHROPIC_BASE_URL and the network")
 
 
 async def call_with_retries(
@@ -130,14 +148,16 @@ async def call_with_retries(
         await policy.wait_gate()
         counters.requests += 1
         try:
-            return await call()
+            result = await call()
         except MalformedReply as exc:
+            policy.note_answer()
             counters.add_usage(exc.usage)
             malformed_failures += 1
             if malformed_failures >= malformed_limit:
                 raise ItemFailed("malformed reply") from None
             counters.retries["malformed"] += 1
         except TransientError as exc:
+            policy.note_answer(exc)
             transient_failures += 1
             if transient_failures >= policy.cfg.max_attempts:
                 raise ItemFailed(f"{exc} ({transient_failures} attempts)") from None
@@ -147,4 +167,8 @@ async def call_with_retries(
                 policy.pause_all(wait)
             await asyncio.sleep(wait)
         except PermanentError as exc:
+            policy.note_answer()
             raise ItemFailed(str(exc)) from None
+        else:
+            policy.note_answer()
+            return result

@@ -1,7 +1,7 @@
 """``alpaca-sim``: the 805 AlpacaEval instructions, SmolLM2 as the policy, a programmatic gold annotator.
 
-Prompts are the instructions of ``alpaca_eval/eval_set.jsonl`` (shared data, :func:`fgrlhf.data.shared_data_dir`) (each with its
-text-davinci-003 reference output), split deterministically into train (PPO/pair prompts) and eval by a
+Prompts are the instructions of the packaged ``alpaca_eval/eval_set.jsonl`` (:func:`fgrlhf.data.resolve_data_path`;
+each with its text-davinci-003 reference output), split deterministically into train (PPO/pair prompts) and eval by a
 hash of the instruction text. The gold annotator is :mod:`fgrlhf.envs.gold` over the real text:
 
 - disfavoured phrases: assistant boilerplate, hedges and filler (``DISFAVOURED`` below), each occurrence

@@ -7,7 +7,9 @@ For an instruction x and a response y (words = lower-cased alphanumeric runs, st
 - focus     F = share of y's sentences that mention at least one content stem of x
 - relevance R = (C + F) / 2
 - length    L = 1 inside [lo, hi] words, n/lo below, max(0, 1 - (n - hi)/hi) above
-- global    G = w_rel·R + (1 - w_rel)·L                                   ∈ [0, 1]
+- global    G = w_rel·R + (1 - w_rel)·L·R   (``length_needs_relevance``; else w_rel·R + (1 - w_rel)·L)  ∈ [0, 1]
+            Gated by R, the length credit cannot be earned by text unrelated to the instruction: ungated,
+            any well-sized random text collects (1 - w_rel)·L.
 - local     d = occurrences of the env's disfavoured phrases (word-bounded, case-insensitive)
                 + immediately doubled words ("the the")
             r = repeated word n-gram share, 1 - #distinct / #all n-grams   ∈ [0, 1] (n per env)
@@ -78,6 +80,18 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text.strip()) if words(s)]
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of :func:`sentences` in ``text`` itself (for edits that keep the rest)."""
+    spans, start = [], 0
+    for separator in [*_SENTENCE_END.finditer(text), None]:
+        end = separator.start() if separator else len(text)
+        piece = text[start:end]
+        if words(piece):
+            spans.append((start + len(piece) - len(piece.lstrip()), end))
+        start = separator.end() if separator else end
+    return spans
+
+
 def coverage(prompt_stems: set[str], response: str) -> float:
     if not prompt_stems:
         return 1.0
@@ -125,6 +139,7 @@ class GoldSpec:
     alpha: float = 0.5  # per local fault (disfavoured phrase or doubled word)
     beta: float = 3.0  # per unit of repeated n-gram share
     ngram: int = 3
+    length_needs_relevance: bool = False  # length credit L·R instead of L
 
     def __post_init__(self):
         object.__setattr__(self, "_pattern", phrase_pattern(self.disfavoured))
@@ -149,7 +164,9 @@ def gold_breakdown(spec: GoldSpec, prompt: str, response: str) -> GoldBreakdown:
     cov, foc = coverage(prompt_stems, response), focus(prompt_stems, response)
     tokens = words(response)
     length = length_score(len(tokens), spec.length_lo, spec.length_hi)
-    global_term = spec.w_relevance * (cov + foc) / 2 + (1 - spec.w_relevance) * length
+    relevance = (cov + foc) / 2
+    length_credit = length * relevance if spec.length_needs_relevance else length
+    global_term = spec.w_relevance * relevance + (1 - spec.w_relevance) * length_credit
     d = spec.local_fault_count(response)
     r = repeated_ngram_share(tokens, spec.ngram)
     gold = global_term * math.exp(-spec.alpha * d - spec.beta * r)

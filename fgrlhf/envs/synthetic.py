@@ -7,12 +7,14 @@ faults at known rates:
 
 - local (a minimal edit can fix them): filler phrases ("basically", "you know", "kind of", "honestly"),
   a sentence repeated right after itself, a stuttered word ("the the");
-- global (no local edit fixes them): off-topic sentences, prompt aspects never mentioned, too few or too
-  many sentences.
+- global (a fix needs the instruction): off-topic sentences, prompt aspects never mentioned, too few or
+  too many words. The fixer hooks below (``fix_*``) let the rule editor fix them minimally as well
+  (configs/edit-rules-synthetic-global.yaml).
 
 Gold reward: :mod:`fgrlhf.envs.gold` with the filler phrases as disfavoured phrases, a 15-45 word target
-length and repeated word 5-grams. ``sft_synthetic_policy`` trains the ``tiny`` Llama on generator
-samples (faults included) so PPO starts from a policy that speaks the grammar and makes its mistakes.
+length whose credit is gated by relevance, and repeated word 5-grams. ``sft_synthetic_policy`` trains the
+``tiny`` Llama on generator samples (faults included) so PPO starts from a policy that speaks the grammar
+and makes its mistakes.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from fgrlhf.envs import in_eval_split
-from fgrlhf.envs.gold import GoldSpec, content_stems, extract_instruction, gold_scores
+from fgrlhf.envs.gold import (
+    GoldSpec, content_stems, extract_instruction, gold_scores, sentence_spans, stem, words)
 
 NAME = "synthetic"
 TOPICS = {
@@ -43,8 +47,9 @@ ADVERBS = ("slowly", "softly", "quietly", "calmly", "proudly")
 PREPOSITIONS = ("near", "under", "beside", "above", "behind")
 FILLERS = ("basically", "you know", "kind of", "honestly")
 
-# 5-grams: with this tiny vocabulary distinct sentences share 3- and 4-grams by chance.
-GOLD = GoldSpec(disfavoured=FILLERS, length_lo=15, length_hi=45, ngram=5)
+# 5-grams: with this tiny vocabulary distinct sentences share 3- and 4-grams by chance. Length credit is
+# gated by relevance: ungated, random-token text earned ~0.4 from length alone, more than the references.
+GOLD = GoldSpec(disfavoured=FILLERS, length_lo=15, length_hi=45, ngram=5, length_needs_relevance=True)
 
 
 def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
@@ -144,6 +149,98 @@ def eval_records(prompts: list[str], seed: int) -> list[dict]:
         records.append({"prompt": prompt, "reference": sample_response(prompt, rng),
                         "reference_generator": "synthetic-grammar"})
     return records
+
+
+# ---------------------------------------------------------------- the global-fault annotator
+# Fixer hooks of the rule editor (fgrlhf.editing.editors.FixerRule, configs/edit-rules-synthetic-global.yaml):
+# each returns one (start, end, replacement) span of ``text`` per global fault it sees; the editor decides
+# (per-fault recall) which are fixed. They read the instruction, never the gold score, change as little as
+# the fault allows and write only words the grammar produces. The choices among prompt nouns and grammar
+# words are seeded by the text, so an edit is reproducible.
+NOUNS = frozenset(itertools.chain(TOPICS, *TOPICS.values()))
+_WORD_SPAN = re.compile(r"[A-Za-z]+")
+
+
+def _prompt_nouns(instruction: str) -> tuple[str, ...]:
+    topic, aspects = parse_prompt(instruction)
+    return (topic, *aspects)
+
+
+def _nouns_in(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, str]]:
+    """(start, end, stem) of every grammar noun in ``text[start:end]``, offsets into ``text``."""
+    return [(m.start(), m.end(), stem(m.group().lower())) for m in _WORD_SPAN.finditer(text, start, end or len(text))
+            if stem(m.group().lower()) in NOUNS]
+
+
+def _like(word: str, original: str) -> str:
+    return word.capitalize() if original[:1].isupper() else word
+
+
+def fix_off_topic_nouns(instruction: str, text: str) -> list[tuple[int, int, str]]:
+    """A sentence whose nouns all belong to other topics gets the prompt's nouns instead (same length)."""
+    nouns = _prompt_nouns(instruction)
+    family = {nouns[0], *TOPICS[nouns[0]]}
+    fixes = []
+    for index, (start, end) in enumerate(sentence_spans(text)):
+        found = _nouns_in(text, start, end)
+        if not found or any(noun in family for _, _, noun in found):
+            continue
+        rng = random.Random(f"{instruction}\0{index}\0{text[start:end]}")
+        pieces, position = [], found[0][0]
+        for a, b, _ in found:
+            pieces += [text[position:a], _like(rng.choice(nouns), text[a:b])]
+            position = b
+        fixes.append((found[0][0], found[-1][1], "".join(pieces)))
+    return fixes
+
+
+def fix_missing_aspect(instruction: str, text: str) -> list[tuple[int, int, str]]:
+    """Each prompt noun the response never mentions replaces one noun: preferably one the prompt does not
+    name, else a mention of a prompt noun that is mentioned again elsewhere (so no other one goes missing)."""
+    nouns = _prompt_nouns(instruction)
+    mentioned = content_stems(text)
+    found = _nouns_in(text)
+    counts = {noun: sum(n == noun for _, _, n in found) for noun in nouns}
+    rng = random.Random(f"{instruction}\0{text}")
+    fixes, used = [], set()
+    for missing in (n for n in nouns if n not in mentioned):
+        spare = [f for f in found if f[2] not in nouns and f[0] not in used]
+        spare = spare or [f for f in found if f[2] in nouns and counts[f[2]] > 1 and f[0] not in used]
+        if not spare:
+            continue
+        start, end, noun = rng.choice(spare)
+        if noun in counts:
+            counts[noun] -= 1
+        used.add(start)
+        fixes.append((start, end, _like(missing, text[start:end])))
+    return fixes
+
+
+def fix_too_short(instruction: str, text: str, min_words: int) -> list[tuple[int, int, str]]:
+    """Fewer than ``min_words`` words: one grammar sentence about the prompt's nouns is appended."""
+    if len(words(text)) >= min_words:
+        return []
+    nouns = _prompt_nouns(instruction)
+    rng = random.Random(f"{instruction}\0{text}")
+    sentence = (f"The {rng.choice(ADJECTIVES)} {rng.choice(nouns)} {rng.choice(VERBS)} {rng.choice(ADVERBS)} "
+                f"{rng.choice(PREPOSITIONS)} the {rng.choice(nouns)}.")
+    body = text.rstrip()
+    return [(len(body), len(text), f" {sentence}" if body else sentence)]
+
+
+def fix_too_long(instruction: str, text: str, max_words: int) -> list[tuple[int, int, str]]:
+    """More than ``max_words`` words: the trailing sentences are dropped, as few as bring it to
+    ``max_words`` (the first sentence always stays)."""
+    spans = sentence_spans(text)
+    if len(words(text)) <= max_words or len(spans) < 2:
+        return []
+    keep, total = 1, len(words(text[:spans[0][1]]))
+    for start, end in spans[1:-1]:
+        total += len(words(text[start:end]))
+        if total > max_words:
+            break
+        keep += 1
+    return [(spans[keep - 1][1], len(text), "")]
 
 
 def sft_synthetic_policy(out_dir: str | Path, steps: int = 200, seed: int = 0, batch_size: int = 8,

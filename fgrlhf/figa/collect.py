@@ -1,16 +1,18 @@
-"""FIGA's data path: ``fgrlhf figa-data --config FILE --out DIR [key=value ...]``.
+"""FIGA's data path: ``fgrlhf figa-data --config FILE --out DIR [--resume | --overwrite] [key=value ...]``.
 
 prompts (the alpaca-sim instructions or any prompts file; the gold evaluation's held-out split excluded)
 → rollouts of the policy being aligned (HF generate) → optionally FIGA's selection of responses worth
 revising: keep those whose reward-model score lies in [``filter.low``, ``filter.high``] → any editor of
 ``fgrlhf edit`` (rule / hf / anthropic) → DIR/edits.jsonl, which ``fgrlhf figa`` reads as ``data.edits_path``.
 
-Every stage keeps its output, so a re-run (same command, or a larger ``prompts.limit``) resumes:
+Every stage keeps its output, so a re-run with ``--resume`` (same settings, a larger ``prompts.limit``, another
+score band: see ``FIGA_DATA_RUN`` in fgrlhf.figa.config for what may change) resumes:
 DIR/rollouts.jsonl (prompt, response; saved every ``save_every`` generate batches; later stages add
 ``truncated``: cut by ``generation.max_new_tokens``), DIR/scored.jsonl (plus
 ``rm_score``; with ``filter.rm``), DIR/selected.jsonl (the edit input), DIR/edits.jsonl and its cache
-DIR/edits.jsonl.cache.sqlite (completed edits are never redone). DIR/stages.json records the settings each
-output was made with: a re-run that changes them for an existing output is an error, never a silent mix.
+DIR/edits.jsonl.cache.sqlite (completed edits are never redone). A used DIR is refused without --resume or
+--overwrite, and --resume refuses settings that would change what the kept outputs are (fgrlhf.run_dir), so
+a run never mixes outputs made with different settings.
 Prints one JSON line (counts per stage), also written to DIR/summary.json.
 """
 
@@ -25,17 +27,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fgrlhf.run_dir import add_run_arguments
+
 if TYPE_CHECKING:
     from fgrlhf.figa.config import FigaCollectConfig, PromptSourceConfig, RMFilterConfig
+    from fgrlhf.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-STAGES = "stages.json"
+# What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
+RESUME_HINT = "finished stages and completed edits are kept; re-run the same command with --resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/figa-data-*.yaml)")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (re-run to resume)")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    add_run_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no edit progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. prompts.limit=256 filter.low=-1 edit.rule.recall=0.8")
@@ -54,32 +61,6 @@ def load_prompt_list(cfg: PromptSourceConfig) -> list[str]:
     if cfg.shuffle_seed is not None:
         random.Random(cfg.shuffle_seed).shuffle(prompts)
     return prompts[: cfg.limit] if cfg.limit else prompts
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def record_settings(out: Path, stage: str, settings: dict) -> None:
-    """Refuse to extend ``out/<stage>.jsonl`` made with other settings; else record them in stages.json."""
-    from fgrlhf.config import ConfigError
-
-    path = out / STAGES
-    recorded = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    settings = _flat(settings)
-    before = recorded.get(stage)
-    if before is not None and before != settings and (out / f"{stage}.jsonl").exists():
-        changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
-        raise ConfigError(f"{out / stage}.jsonl was made with other settings ({', '.join(changed)}); "
-                          "use another --out or delete that file")
-    recorded[stage] = settings
-    path.write_text(json.dumps(recorded, indent=1) + "\n", encoding="utf-8")
 
 
 def resume(path: Path, planned: list[dict], keys: tuple[str, ...]) -> list[dict]:
@@ -167,21 +148,15 @@ def select_band(records: list[dict], low: float | None, high: float | None) -> t
     return kept, len(below), len(above)
 
 
-def collect(cfg: FigaCollectConfig, out: Path, progress: bool = True) -> dict:
-    """Run every stage (resuming what exists) and return the summary."""
-    from fgrlhf.config import dump_config
+def collect(cfg: FigaCollectConfig, run: RunDir, progress: bool = True) -> dict:
+    """Run every stage into ``run`` (resuming what exists), mark it finished and return the summary."""
     from fgrlhf.data import DataError, write_jsonl
     from fgrlhf.editing.pipeline import run_edit
 
     start_time = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    # prompts.limit only extends or shortens the list; the rest decides what each record is.
-    prompt_settings = cfg.prompts.model_dump(exclude={"limit"})
-    rollout_settings = {"model": cfg.model.model_dump(), "prompts": prompt_settings,
-                        "generation": cfg.generation.model_dump()}
-    record_settings(out, "rollouts", rollout_settings)
+    out = run.path
     prompts = load_prompt_list(cfg.prompts)
+    run.start()  # after the prompts load: bad input loses nothing
     rollouts, generated = rollouts_stage(cfg, prompts, out)
     mark_truncated(rollouts, cfg)
     # A response that is EOS at once has nothing to revise (and `fgrlhf edit` rejects empty fields).
@@ -195,9 +170,6 @@ def collect(cfg: FigaCollectConfig, out: Path, progress: bool = True) -> dict:
     }
     band = cfg.filter
     if band.rm is not None:
-        record_settings(out, "scored", {**rollout_settings,
-                                        "filter": band.model_dump(include={"rm", "max_prompt_tokens",
-                                                                           "max_response_tokens"})})
         candidates, scored_now = score_stage(band, candidates, out)
         kept, below, above = select_band(candidates, band.low, band.high)
         scores = [r["rm_score"] for r in candidates]
@@ -219,20 +191,28 @@ def collect(cfg: FigaCollectConfig, out: Path, progress: bool = True) -> dict:
     summary["edited"] = edit.statuses.get("edited", 0)
     summary["elapsed_s"] = round(time.perf_counter() - start_time, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    run.finish(summary)
     return summary
 
 
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.config import load_config
     from fgrlhf.editing.retry import FatalError
-    from fgrlhf.figa.config import FigaCollectConfig
+    from fgrlhf.figa.config import FIGA_DATA_RUN, FigaCollectConfig
+    from fgrlhf.preflight import check_data, check_model, check_reward_model
+    from fgrlhf.run_dir import open_run
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg = load_config(FigaCollectConfig, args.config, args.overrides)
+    check_model(cfg.model.name, "model.name")  # before any model loads
+    check_data(cfg.prompts.source, "prompts.source")
+    if cfg.filter.rm is not None:
+        check_reward_model(cfg.filter.rm, "filter.rm")
+    run = open_run(args.out, FIGA_DATA_RUN, cfg, resume=args.resume, overwrite=args.overwrite)
     try:
-        summary = collect(cfg, args.out, progress=not args.no_progress)
+        summary = collect(cfg, run, progress=not args.no_progress)
     except FatalError as exc:
-        print(f"error: {exc}; finished stages and completed edits are kept, re-run to resume", file=sys.stderr)
+        print(f"error: {exc}; finished stages and completed edits are kept, re-run with --resume", file=sys.stderr)
         return 3
     print(json.dumps(summary))
     return 0

@@ -15,7 +15,8 @@ from fgrlhf.editing.config import EditConfig
 from fgrlhf.figa.data import FigaDataConfig
 from fgrlhf.figa.task import FigaLossConfig
 from fgrlhf.policy_eval import GenerationSettings, PolicyEvalConfig
-from fgrlhf.supervised_trainer import SupervisedConfig
+from fgrlhf.run_dir import TRAINER_FILES, RunSpec
+from fgrlhf.supervised_trainer import STATE_FILE, SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, SupervisedConfig
 
 
 class FigaTrainConfig(SupervisedConfig):
@@ -24,6 +25,12 @@ class FigaTrainConfig(SupervisedConfig):
     figa: FigaLossConfig = Field(default_factory=FigaLossConfig)
     eval: PolicyEvalConfig | None = Field(None, description="gold-reward evaluation after training")
     method: str = Field("figa", description="the run's name in eval.json's summary rows (figa, sft, ...)")
+
+
+# The evaluation is part of the run's result, so eval.* may not change on --resume; the pairs file is compared
+# by content.
+FIGA_RUN = RunSpec("figa", SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, owned=(*TRAINER_FILES, "eval.json"),
+                   inputs=("data.edits_path",), state_file=STATE_FILE)
 
 
 class PromptSourceConfig(StrictModel):
@@ -66,3 +73,18 @@ class FigaCollectConfig(StrictModel):
     filter: RMFilterConfig = Field(default_factory=RMFilterConfig)
     edit: EditConfig = Field(default_factory=EditConfig, description="the `fgrlhf edit` settings; its tokenizer "
                                                                       "defaults to the policy's")
+
+
+# --resume may extend the prompts, move the RM score band (nothing is regenerated or rescored) and change how
+# edits are sent; the policy, prompts source, generation, scoring RM and editor are the run's meaning. A
+# finished run is re-run: its stages skip what is done and failed edits are retried.
+FIGA_DATA_RUN = RunSpec(
+    "figa-data",
+    changeable=("prompts.limit", "save_every", "filter.low", "filter.high", "filter.micro_batch_size",
+                "edit.concurrency", "edit.cache", "edit.limit", "edit.retry", "edit.anthropic.timeout_s",
+                "edit.anthropic.*_usd_per_mtok"),
+    rerun_finished=True,
+    # stages.json: written by versions before run.json, whose checks the config comparison replaced
+    owned=("rollouts.jsonl*", "scored.jsonl*", "selected.jsonl*", "edits.jsonl*", "summary.json*", "stages.json"),
+    inputs=("prompts.source",),
+)

@@ -5,6 +5,9 @@
 A pair counts as correct when the RM's sequence score (token RM: mean r_t; sequence RM: the EOS score)
 is higher for the chosen response; a tie counts ½. Edit records count edited as chosen. Prints one JSON
 line (accuracy, ci_low, ci_high, n, ...) and writes it as a report (default DIR/eval-<data name>.json).
+``length_baseline_accuracy`` is the accuracy of "the longer response wins" on the same pairs (ties ½;
+``length_baseline`` adds "shorter wins" and both on the pairs of unequal length): the score of an RM that
+learned nothing but length.
 Two length-bias diagnostics come with it: ``length_correlation`` (Pearson, RM score vs response length
 over every scored response) and, for a token RM, ``token_reward_by_position`` (mean r_t per 16-token
 bin of response positions); an RM that learned "shorter is better" shows a negative correlation and
@@ -98,11 +101,15 @@ Underlined: tokens the edit changed (U1).</p>
 
 
 def main(args: argparse.Namespace) -> int:
-    from fgrlhf.algorithms.rm_losses import bootstrap_ci, mean_by_position, pairwise_accuracy, pearson_correlation
+    from fgrlhf.algorithms.rm_losses import (
+        bootstrap_ci, length_baseline, mean_by_position, pairwise_accuracy, pearson_correlation)
     from fgrlhf.models import load_tokenizer
+    from fgrlhf.preflight import check_data, check_reward_model
     from fgrlhf.reward.data import encode_pairs, load_preference_records
     from fgrlhf.reward.model import load_reward_model, read_reward_info
 
+    check_reward_model(args.rm, "--rm")  # before torch loads anything
+    check_data(args.data, "--data")
     began = time.perf_counter()
     rm_dir = Path(args.rm)
     info = read_reward_info(rm_dir)
@@ -121,12 +128,22 @@ def main(args: argparse.Namespace) -> int:
     per_pair = torch.stack([pairwise_accuracy(c, r) for c, r in zip(chosen["sequence"], rejected["sequence"])])
     masks = _cat_padded(chosen["response_mask"], rejected["response_mask"])  # every scored response
     low, high = bootstrap_ci(per_pair, n_resamples=args.bootstrap)
+    # What length alone scores on these pairs (full responses, RM tokenizer): an RM near it may have
+    # learned only length.
+    def full_lengths(side: str) -> torch.Tensor:
+        ids = tokenizer([r[side] for r in records], add_special_tokens=False)["input_ids"]
+        return torch.tensor([len(row) for row in ids])
+
+    by_length = length_baseline(full_lengths("chosen"), full_lengths("rejected"))
     result = {
         "accuracy": float(per_pair.double().mean()), "ci_low": low, "ci_high": high, "n": len(examples),
         "margin": float((chosen["sequence"] - rejected["sequence"]).mean()),
         # Length bias: correlation of the RM's score with response length over every scored response.
         "length_correlation": pearson_correlation(torch.cat([chosen["sequence"], rejected["sequence"]]),
                                                   masks.sum(-1)),
+        "length_baseline_accuracy": by_length["longer_wins"],
+        "length_baseline": {"rule": "longer response wins, ties count half", "unit": "response tokens",
+                            **by_length},
         "kind": info["kind"], "rm": str(rm_dir), "data": str(args.data),
         "data_kind": "edit records" if from_edits else "pairs", "seconds": round(time.perf_counter() - began, 2),
     }

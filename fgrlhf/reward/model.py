@@ -93,11 +93,14 @@ class RewardModel(nn.Module):
     # --- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         """Write weights (safetensors), config.json with the ``fgrlhf_reward`` section, and the tokenizer."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(directory / WEIGHTS), metadata={"format": "pt"})
+        # Copies: under ZeRO-3 DeepSpeed may keep small (persistent) parameters as views of one flat buffer,
+        # which safetensors refuses as shared storage.
+        save_file({name: tensor.detach().cpu().contiguous().clone() for name, tensor in self.state_dict().items()},
+                  str(directory / WEIGHTS), metadata={"format": "pt"})
         config = self.backbone.config.to_dict()
         config["architectures"] = [type(self.backbone).__name__]
         config[SECTION] = {"kind": self.kind, **self.info}

