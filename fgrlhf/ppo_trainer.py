@@ -270,8 +270,8 @@ def check_paths(cfg: PPOTrainConfig) -> None:
 
     check_model(cfg.policy.name, "policy.name")
     check_reward_model(cfg.reward.model, "reward.model", also=tuple(TINY_RMS))
-    if cfg.critic_init is not None:
-        check_model(cfg.critic_init, "critic_init")
+    if cfg.critic_init is not None:  # the critic is read from a reward-model directory (load_critic)
+        check_reward_model(cfg.critic_init, "critic_init")
     check_data(cfg.prompts.path, "prompts.path")
 
 

@@ -82,6 +82,9 @@ def test_missing_models_are_found_before_ray(tmp_path, capsys):
     assert not Path(out).exists()  # refused before the run directory is made
     _fails_fast(capsys, ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out,
                          f"policy.name={missing}"], "policy.name")
+    # The critic is read from a reward-model directory: a policy name such as "tiny" is not one.
+    _fails_fast(capsys, ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out,
+                         "critic_init=tiny"], "critic_init: tiny: no such reward-model directory")
     _fails_fast(capsys, ["train-rm", "--data", pairs, "--out", out, "--model", missing, "--config",
                          str(ROOT / "configs/rm-token-tiny-cpu.yaml")], "model.name")
     _fails_fast(capsys, ["figa", "--config", str(ROOT / "configs/figa-tiny-cpu.yaml"), "--out", out,
