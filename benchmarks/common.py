@@ -21,17 +21,16 @@ import contextlib
 import hashlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from fgrlhf import stages
+from fgrlhf.data import read_jsonl
+from fgrlhf.envs.env_data import ENV_CHOICES
 
-from fgrlhf.envs.cli_env_data import ENV_CHOICES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("benchmarks")
 
@@ -40,48 +39,75 @@ log = logging.getLogger("benchmarks")
 class Sizes:
     """How much data and training a benchmark run uses (full or ``--quick``)."""
 
-    rounds: int                       # env-data repetitions (seeds 0..rounds-1) pooled into the training pairs
-    n_prompts: int | None             # pair prompts per round (None: the env-data default)
-    sft_steps: int                    # synthetic: SFT steps of the initial policy (RM backbone and PPO start)
-    heldout_prompts: int | None       # eval-split prompts used for held-out pairs (None: all)
-    heldout_per_prompt: int           # gold-labelled held-out pairs per eval prompt
-    real_pairs: int | None = None     # alpaca-sim: judged real pairs evaluated (None: all 789)
-    gen_tokens: int = 96              # alpaca-sim: SmolLM2's max new tokens per sampled response
+    rounds: int  # env-data repetitions (seeds 0..rounds-1) pooled into the training pairs
+    n_prompts: int | None  # pair prompts per round (None: the env-data default)
+    sft_steps: int  # synthetic: SFT steps of the initial policy (RM backbone and PPO start)
+    heldout_prompts: int | None  # eval-split prompts used for held-out pairs (None: all)
+    heldout_per_prompt: int  # gold-labelled held-out pairs per eval prompt
+    real_pairs: int | None = None  # alpaca-sim: judged real pairs evaluated (None: all 789)
+    gen_tokens: int = 96  # alpaca-sim: SmolLM2's max new tokens per sampled response
     rm_overrides: tuple[str, ...] = ()
 
 
 SIZES = {
-    ("synthetic", False): Sizes(rounds=8, n_prompts=None, sft_steps=200, heldout_prompts=None, heldout_per_prompt=8),
-    ("synthetic", True): Sizes(rounds=1, n_prompts=24, sft_steps=10, heldout_prompts=8, heldout_per_prompt=2,
-                               rm_overrides=("max_steps=4",)),
+    # 2000 SFT steps: the tiny policy learns to use the prompt only after a plateau (loss 1.75 until step ~800,
+    # then 1.44; sampled gold 0.07 -> 0.27-0.41 against the generator's 0.31, BENCHMARKS.md); 200 steps left it
+    # writing about random topics.
+    ("synthetic", False): Sizes(rounds=8, n_prompts=None, sft_steps=2000, heldout_prompts=None, heldout_per_prompt=8),
+    ("synthetic", True): Sizes(
+        rounds=1, n_prompts=24, sft_steps=10, heldout_prompts=8, heldout_per_prompt=2, rm_overrides=("max_steps=4",)
+    ),
     # SmolLM2 on CPU: a few dozen pairs, so a small global batch (the config's 16 would leave ~2 steps).
-    ("alpaca-sim", False): Sizes(rounds=1, n_prompts=64, sft_steps=0, heldout_prompts=24, heldout_per_prompt=1,
-                                 real_pairs=200, rm_overrides=("deepspeed.micro_batch_size=2",
-                                                               "deepspeed.gradient_accumulation_steps=1", "epochs=2")),
+    ("alpaca-sim", False): Sizes(
+        rounds=1,
+        n_prompts=64,
+        sft_steps=0,
+        heldout_prompts=24,
+        heldout_per_prompt=1,
+        real_pairs=200,
+        rm_overrides=("deepspeed.micro_batch_size=2", "deepspeed.gradient_accumulation_steps=1", "epochs=2"),
+    ),
     # The rules fire rarely on short SmolLM2 answers (1 edit in 16 pairs at 48 tokens): a code-path check only.
-    ("alpaca-sim", True): Sizes(rounds=1, n_prompts=16, sft_steps=0, heldout_prompts=4, heldout_per_prompt=1,
-                                real_pairs=8, gen_tokens=48,
-                                rm_overrides=("max_steps=2", "eval_fraction=0", "deepspeed.world_size=1",
-                                              "deepspeed.micro_batch_size=1", "deepspeed.gradient_accumulation_steps=1")),
+    ("alpaca-sim", True): Sizes(
+        rounds=1,
+        n_prompts=16,
+        sft_steps=0,
+        heldout_prompts=4,
+        heldout_per_prompt=1,
+        real_pairs=8,
+        gen_tokens=48,
+        rm_overrides=(
+            "max_steps=2",
+            "eval_fraction=0",
+            "deepspeed.world_size=1",
+            "deepspeed.micro_batch_size=1",
+            "deepspeed.gradient_accumulation_steps=1",
+        ),
+    ),
 }
 
 
 @dataclass(frozen=True)
 class EnvSetup:
-    rm_config: Path        # train-rm config (backbone overridden by ``backbone``)
+    rm_config: Path  # train-rm config (backbone overridden by ``backbone``)
     rm_overrides: tuple[str, ...]
-    edit_rules: Path       # the rule editor's rules for this env
-    tokenizer: str         # tokenizer of the edit statistics
+    edit_rules: Path  # the rule editor's rules for this env
+    tokenizer: str  # tokenizer of the edit statistics
 
 
 ENV_SETUP = {
     # Grammar responses run to ~130 tokens: the tiny config's 64 would cut off the faults and length they carry.
     # The annotator that also fixes global faults (the paper's premise); --edit-rules
     # configs/edit-rules-synthetic.yaml selects the local-only one.
-    "synthetic": EnvSetup(ROOT / "configs/rm-token-tiny-cpu.yaml", ("max_response_tokens=160",),
-                          ROOT / "configs/edit-rules-synthetic-global.yaml", "tiny"),
-    "alpaca-sim": EnvSetup(ROOT / "configs/rm-token-smollm2-cpu.yaml", (),
-                           ROOT / "configs/edit-rules-alpaca-sim.yaml", "smollm2"),
+    "synthetic": EnvSetup(
+        ROOT / "configs/rm-token-tiny-cpu.yaml",
+        ("max_response_tokens=160",),
+        ROOT / "configs/edit-rules-synthetic-global.yaml",
+        "tiny",
+    ),
+    "alpaca-sim": EnvSetup(
+        ROOT / "configs/rm-token-smollm2-cpu.yaml", (), ROOT / "configs/edit-rules-alpaca-sim.yaml", "smollm2"
+    ),
 }
 
 
@@ -93,8 +119,8 @@ class Prepared:
     pairs: Path
     edits: Path
     prompts_train: Path
-    backbone: str                   # RM backbone and PPO policy: the SFT policy dir (synthetic) or smollm2
-    eval_sets: dict[str, Path] = field(default_factory=dict)   # name -> pairs evaluated against
+    backbone: str  # RM backbone and PPO policy: the SFT policy dir (synthetic) or smollm2
+    eval_sets: dict[str, Path] = field(default_factory=dict)  # name -> pairs evaluated against
     summary: dict = field(default_factory=dict)
 
 
@@ -102,17 +128,23 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Flags both benchmarks take; ``name`` names the default plot."""
     parser.add_argument("--env", choices=ENV_CHOICES, default="synthetic")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CI smoke run)")
-    parser.add_argument("--workdir", type=Path,
-                        help="stage outputs, reused on a re-run and shared by both benchmarks (the fine-grained "
-                             "RM of seed 0 is the same): default runs/bench/tables-ENV[-quick], "
-                             "tables-ENV-RULES[-quick] for --edit-rules other than the env's")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="stage outputs, reused on a re-run and shared by both benchmarks (the fine-grained "
+        "RM of seed 0 is the same): default runs/bench/tables-ENV[-quick], "
+        "tables-ENV-RULES[-quick] for --edit-rules other than the env's",
+    )
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.add_argument("--plot", metavar="OUT.png", type=Path, help=f"plot path (default WORKDIR/{name}.png)")
     parser.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
-    parser.add_argument("--edit-rules", type=Path,
-                        help="rule-editor rules of the fine-grained data (default: the env's, e.g. "
-                             "configs/edit-rules-synthetic-global.yaml; configs/edit-rules-synthetic.yaml is the "
-                             "local-only annotator); a work dir serves one rule file and refuses another")
+    parser.add_argument(
+        "--edit-rules",
+        type=Path,
+        help="rule-editor rules of the fine-grained data (default: the env's, e.g. "
+        "configs/edit-rules-synthetic-global.yaml; configs/edit-rules-synthetic.yaml is the "
+        "local-only annotator); a work dir serves one rule file and refuses another",
+    )
 
 
 def default_workdir(env: str, quick: bool, edit_rules: Path | None = None) -> Path:
@@ -143,35 +175,17 @@ def ray_session(num_cpus: float) -> Iterator[None]:
 def run_command(*argv: object) -> None:
     """Run an ``fgrlhf`` subcommand in-process (sharing the Ray session); its JSON line goes to stderr so
     the benchmark's stdout holds only its table."""
-    from fgrlhf.cli import build_parser
-
-    args = build_parser().parse_args([str(a) for a in argv])
-    log.info("fgrlhf %s", " ".join(str(a) for a in argv))
-    with contextlib.redirect_stdout(sys.stderr):
-        code = args._module.main(args)
-    if code:
-        raise RuntimeError(f"fgrlhf {' '.join(str(a) for a in argv)} exited with status {code}")
+    stages.run_command(*argv, stdout_to_stderr=True)
 
 
-def stage(output: Path, build: Callable[[], None]) -> Path:
-    """Run ``build`` unless ``output`` exists (it must be written last, atomically, by ``build``)."""
-    if output.exists():
-        log.info("cached: %s", output)
-    else:
-        build()
-        if not output.exists():
-            raise RuntimeError(f"stage did not produce {output}")
-    return output
+# stage(output, build): run ``build`` unless ``output`` exists (``build`` writes it last, atomically).
+stage = stages.Stages().run
 
 
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _eval_prompts(env: str, limit: int | None) -> list[str]:
@@ -190,7 +204,7 @@ def heldout_pairs(env: str, sizes: Sizes, seed: int = 10_000) -> list[dict]:
     gold ties are dropped since neither side is right. Responses come from the same source as the training
     pairs (the grammar generator / SmolLM2), with a seed no training round uses."""
     from fgrlhf.envs import load_env
-    from fgrlhf.envs.cli_env_data import GenerationConfig, _responses_from_model
+    from fgrlhf.envs.env_data import GenerationConfig, responses_from_model
     from fgrlhf.envs.preferences import label_pairs
 
     module = load_env(env)
@@ -198,7 +212,7 @@ def heldout_pairs(env: str, sizes: Sizes, seed: int = 10_000) -> list[dict]:
     if env == "synthetic":
         responses = [tuple(r) for r in module.sample_responses(prompts, 2, seed)]
     else:
-        responses = _responses_from_model(GenerationConfig(max_new_tokens=sizes.gen_tokens), prompts, seed)
+        responses = responses_from_model(GenerationConfig(max_new_tokens=sizes.gen_tokens), prompts, seed)
     flat = module.gold_reward([p for p in prompts for _ in range(2)], [r for pair in responses for r in pair])
     scores = list(zip(flat[::2], flat[1::2]))
     records = label_pairs(prompts, responses, scores, temperature=0.0, label_noise=0.0, seed=seed)
@@ -217,8 +231,10 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
     rules_id = f"{edit_rules.name} sha256:{hashlib.sha256(edit_rules.read_bytes()).hexdigest()[:16]}"
     recorded = data / "edit_rules.txt"
     if recorded.exists() and recorded.read_text(encoding="utf-8").strip() != rules_id:
-        raise SystemExit(f"{workdir} holds edits made with {recorded.read_text(encoding='utf-8').strip()}, "
-                         f"not {rules_id}: choose another --workdir")
+        raise SystemExit(
+            f"{workdir} holds edits made with {recorded.read_text(encoding='utf-8').strip()}, "
+            f"not {rules_id}: choose another --workdir"
+        )
     data.mkdir(parents=True, exist_ok=True)
     recorded.write_text(f"{rules_id}\n", encoding="utf-8")
     for seed in range(sizes.rounds):
@@ -227,28 +243,54 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
         extra = [f"sft_steps={sizes.sft_steps}"] if env == "synthetic" and seed == 0 and sizes.sft_steps else []
         extra += [f"n_prompts={sizes.n_prompts}"] if sizes.n_prompts else []
         extra += [f"generation.max_new_tokens={sizes.gen_tokens}"] if env == "alpaca-sim" else []
-        stage(out / "env_data.json", lambda out=out, seed=seed, extra=extra: run_command(
-            "env-data", "--env", env, "--out", out, "--seed", seed, *extra))
+        stage(
+            out / "env_data.json",
+            lambda out=out, seed=seed, extra=extra: run_command(
+                "env-data", "--env", env, "--out", out, "--seed", seed, *extra
+            ),
+        )
     pairs = data / "pairs.jsonl"
-    stage(pairs, lambda: write_jsonl(pairs, [r for seed in range(sizes.rounds)
-                                             for r in read_jsonl(data / f"round_{seed}" / "pairs.jsonl")]))
+    stage(
+        pairs,
+        lambda: write_jsonl(
+            pairs, [r for seed in range(sizes.rounds) for r in read_jsonl(data / f"round_{seed}" / "pairs.jsonl")]
+        ),
+    )
     heldout = data / "heldout.jsonl"
     stage(heldout, lambda: write_jsonl(heldout, heldout_pairs(env, sizes)))
     edits, heldout_edits = data / "edits.jsonl", data / "heldout_edits.jsonl"
     for source, target in ((pairs, edits), (heldout, heldout_edits)):
-        stage(target, lambda source=source, target=target: run_command(
-            "edit", "--input", source, "--output", target, "--editor", "rule", "--rules", edit_rules,
-            "--no-progress", f"tokenizer={setup.tokenizer}"))
+        stage(
+            target,
+            lambda source=source, target=target: run_command(
+                "edit",
+                "--input",
+                source,
+                "--output",
+                target,
+                "--editor",
+                "rule",
+                "--rules",
+                edit_rules,
+                "--no-progress",
+                f"tokenizer={setup.tokenizer}",
+            ),
+        )
 
-    prepared = Prepared(env, pairs, edits, data / "round_0" / "prompts_train.jsonl",
-                        str(data / "round_0" / "policy") if env == "synthetic" else "smollm2",
-                        eval_sets={"heldout_gold": heldout})
+    prepared = Prepared(
+        env,
+        pairs,
+        edits,
+        data / "round_0" / "prompts_train.jsonl",
+        str(data / "round_0" / "policy") if env == "synthetic" else "smollm2",
+        eval_sets={"heldout_gold": heldout},
+    )
     edited = [r for r in read_jsonl(heldout_edits) if r["status"] == "edited"]
     if edited:  # eval-rm needs at least one; tiny quick runs may have none
         prepared.eval_sets["heldout_edits"] = heldout_edits
     if env == "alpaca-sim":
         real = data / "alpaca_real_pairs.jsonl"
-        stage(real, lambda: write_jsonl(real, read_jsonl(resolve_data_path(ALPACA_EVAL_PAIRS))[:sizes.real_pairs]))
+        stage(real, lambda: write_jsonl(real, read_jsonl(resolve_data_path(ALPACA_EVAL_PAIRS))[: sizes.real_pairs]))
         prepared.eval_sets["alpaca_gpt4_judged"] = real
     statuses: dict[str, int] = {}
     for record in read_jsonl(edits):
@@ -297,9 +339,10 @@ def _mean_length_change(edited: list[dict], tokenizer_name: str) -> float | None
     if not edited:
         return None
     tokenizer = load_tokenizer(tokenizer_name)
-    lengths = tokenizer([r["edited"] for r in edited] + [r["original"] for r in edited],
-                        add_special_tokens=False)["input_ids"]
-    return sum(len(e) - len(o) for e, o in zip(lengths[:len(edited)], lengths[len(edited):])) / len(edited)
+    lengths = tokenizer([r["edited"] for r in edited] + [r["original"] for r in edited], add_special_tokens=False)[
+        "input_ids"
+    ]
+    return sum(len(e) - len(o) for e, o in zip(lengths[: len(edited)], lengths[len(edited) :])) / len(edited)
 
 
 def _gold_prefers_edited(env: str, edited: list[dict]) -> float | None:
@@ -314,8 +357,9 @@ def _gold_prefers_edited(env: str, edited: list[dict]) -> float | None:
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)) / len(edited)
 
 
-def train_rm(prepared: Prepared, workdir: Path, name: str, kind: str, data: Path, seed: int,
-             overrides: tuple[str, ...]) -> dict:
+def train_rm(
+    prepared: Prepared, workdir: Path, name: str, kind: str, data: Path, seed: int, overrides: tuple[str, ...]
+) -> dict:
     """Train (or reuse) reward model ``NAME-sSEED``; returns its timing record (wall seconds include the
     Ray actors' and DeepSpeed's start-up, not Ray's)."""
     from fgrlhf.config import load_config
@@ -327,16 +371,41 @@ def train_rm(prepared: Prepared, workdir: Path, name: str, kind: str, data: Path
     def build() -> None:
         began = time.perf_counter()
         setup = ENV_SETUP[prepared.env]
-        run_command("train-rm", "--config", setup.rm_config, "--data", data, "--kind", kind, "--model",
-                    prepared.backbone, "--out", out, "--resume", f"seed={seed}", *setup.rm_overrides, *overrides)
+        run_command(
+            "train-rm",
+            "--config",
+            setup.rm_config,
+            "--data",
+            data,
+            "--kind",
+            kind,
+            "--model",
+            prepared.backbone,
+            "--out",
+            out,
+            "--resume",
+            f"seed={seed}",
+            *setup.rm_overrides,
+            *overrides,
+        )
         seconds = time.perf_counter() - began
         steps = read_jsonl(out / "metrics.jsonl")
         # examples_per_s times only the optimizer steps: their sum is the training loop without start-up.
         batch = load_config(RMTrainConfig, out / "config.yaml", []).deepspeed.global_batch_size
         loop = sum(batch / r["examples_per_s"] for r in steps)
-        write_json(timing, {"name": name, "kind": kind, "seed": seed, "data": str(data), "steps": len(steps),
-                            "wall_seconds": round(seconds, 2), "loop_seconds": round(loop, 2),
-                            "final_dir": str(out / "final")})
+        write_json(
+            timing,
+            {
+                "name": name,
+                "kind": kind,
+                "seed": seed,
+                "data": str(data),
+                "steps": len(steps),
+                "wall_seconds": round(seconds, 2),
+                "loop_seconds": round(loop, 2),
+                "final_dir": str(out / "final"),
+            },
+        )
 
     stage(timing, build)
     # final_dir from this work dir, not the cached record: a moved or copied work dir uses its own RMs.
@@ -367,16 +436,22 @@ def save_figure(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
-def finish(args: argparse.Namespace, result: dict, name: str, plot: Callable[[dict, Path], None],
-           markdown: Callable[[dict], str]) -> None:
+def finish(
+    args: argparse.Namespace,
+    result: dict,
+    name: str,
+    plot: Callable[[dict, Path], None],
+    markdown: Callable[[dict], str],
+) -> None:
     """Plot (``--plot`` or WORKDIR/NAME.png), print the Markdown table, write ``--json``."""
     args.plot = args.plot or Path(result["workdir"]) / f"{name}.png"
     result["plot"] = str(args.plot)
     publish(args, result, plot, markdown)
 
 
-def publish(args: argparse.Namespace, result: dict, plot: Callable[[dict, Path], None],
-            markdown: Callable[[dict], str]) -> None:
+def publish(
+    args: argparse.Namespace, result: dict, plot: Callable[[dict, Path], None], markdown: Callable[[dict], str]
+) -> None:
     """Print the Markdown table, write ``--json`` and, when ``--plot`` is given, the figure."""
     print(markdown(result))
     if args.json:

@@ -16,12 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: only benchmarks/ is on the path
+    from _as_module import run_as_module
 
-from fgrlhf.config import load_config  # noqa: E402
-from fgrlhf.editing.config import EditConfig  # noqa: E402
-from fgrlhf.editing.pipeline import run_edit  # noqa: E402
-from tests.fake_messages_server import FakeMessagesServer  # noqa: E402
+    run_as_module(__file__)
+
+from fgrlhf.config import load_config
+from fgrlhf.editing.config import EditConfig
+from fgrlhf.editing.pipeline import run_edit
+from tests.fake_messages_server import FakeMessagesServer
 
 KEY = "sk-ant-benchmark-not-a-key"
 
@@ -32,8 +35,16 @@ def measure(server: FakeMessagesServer, workdir: Path, concurrency: int, items: 
         for index in range(items):
             text = f"Response {index} (c={concurrency}) explains teh answer in two short sentences. It is fine."
             handle.write(json.dumps({"prompt": f"Question {index}?", "chosen": "ok", "rejected": text}) + "\n")
-    cfg = load_config(EditConfig, None, ["editor=anthropic", f"concurrency={concurrency}", "tokenizer=tiny",
-                                         f"cache={workdir / f'cache-{concurrency}.sqlite'}"])
+    cfg = load_config(
+        EditConfig,
+        None,
+        [
+            "editor=anthropic",
+            f"concurrency={concurrency}",
+            "tokenizer=tiny",
+            f"cache={workdir / f'cache-{concurrency}.sqlite'}",
+        ],
+    )
     before = server.count()
     summary = run_edit(cfg, pairs, workdir / f"edits-{concurrency}.jsonl", progress=False)
     assert summary.statuses == {"edited": items}, summary.statuses
@@ -68,8 +79,10 @@ def main() -> int:
     print("| concurrency | items | latency (s) | wall (s) | items/s | ideal items/s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['concurrency']} | {row['items']} | {row['latency_s']} | {row['elapsed_s']} | "
-              f"{row['items_per_s']} | {row['ideal_items_per_s']} |")
+        print(
+            f"| {row['concurrency']} | {row['items']} | {row['latency_s']} | {row['elapsed_s']} | "
+            f"{row['items_per_s']} | {row['ideal_items_per_s']} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"benchmark": "edit_throughput", "rows": rows}, indent=2) + "\n")
     return 0

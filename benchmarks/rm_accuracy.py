@@ -35,15 +35,32 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: only benchmarks/ is on the path
+    from _as_module import run_as_module
 
-from benchmarks.common import (  # noqa: E402
-    SIZES, add_common_arguments, default_workdir, eval_rm, finish, fmt, prepare_data, pyplot, ray_session, read_jsonl,
-    save_figure, train_rm)
+    run_as_module(__file__)
 
-PAPER = {"finegrained": (85.2, 1.8), "original": (58.2, 1.8)}   # accuracy %, ± (Table 2)
-LOSS = {"finegrained": "Eq. 4 on (edited, original)", "finegrained_eq3": "Eq. 3 on (edited, original)",
-        "original": "Eq. 3 on (chosen, rejected)"}
+from benchmarks.common import (
+    SIZES,
+    add_common_arguments,
+    default_workdir,
+    eval_rm,
+    finish,
+    fmt,
+    prepare_data,
+    pyplot,
+    ray_session,
+    read_jsonl,
+    save_figure,
+    train_rm,
+)
+
+PAPER = {"finegrained": (85.2, 1.8), "original": (58.2, 1.8)}  # accuracy %, ± (Table 2)
+LOSS = {
+    "finegrained": "Eq. 4 on (edited, original)",
+    "finegrained_eq3": "Eq. 3 on (edited, original)",
+    "original": "Eq. 3 on (chosen, rejected)",
+}
 LOSS_OVERRIDES = {"finegrained": (), "finegrained_eq3": ("loss=eq3",), "original": ()}
 PRIMARY = "heldout_gold"
 
@@ -79,8 +96,13 @@ def markdown(result: dict) -> str:
 
 
 def accuracy_table(result: dict) -> str:
-    lines = [("| RM training data | loss | eval set | accuracy % [95% CI] | seed sd | n | paper % | "
-              "RM train s (wall / loop) |"), "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        (
+            "| RM training data | loss | eval set | accuracy % [95% CI] | seed sd | n | paper % | "
+            "RM train s (wall / loop) |"
+        ),
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for variant in LOSS:
         summary = result[f"accuracy_{variant}"]
         paper = "{} ± {}".format(*PAPER[variant]) if variant in PAPER else "–"
@@ -90,28 +112,37 @@ def accuracy_table(result: dict) -> str:
                 f"| {variant} ({summary['rm_data_records']} records) | {LOSS[variant]} | {name} | "
                 f"{100 * row['accuracy']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] | {sd} | "
                 f"{row['n']} | {paper if name == PRIMARY else '–'} | "
-                f"{summary['rm_train_wall_seconds']:.0f} / {summary['rm_train_loop_seconds']:.1f} |")
+                f"{summary['rm_train_wall_seconds']:.0f} / {summary['rm_train_loop_seconds']:.1f} |"
+            )
     for rule in ("longer", "shorter"):
         for name, baseline in result["length_baselines"].items():
-            lines.append(f"| {rule} wins (length only, {baseline['tied']} ties ½) | – | {name} | "
-                         f"{100 * baseline[f'{rule}_wins']:.1f} | – | {baseline['n']} | – | – |")
+            lines.append(
+                f"| {rule} wins (length only, {baseline['tied']} ties ½) | – | {name} | "
+                f"{100 * baseline[f'{rule}_wins']:.1f} | – | {baseline['n']} | – | – |"
+            )
     return "\n".join(lines)
 
 
 def fixes_table(data: dict) -> str:
     """Faults fixed in the training edits and the held-out edits, with mean words added per fix."""
     faults = sorted({*data["edit_fixes"], *data["heldout_edit_fixes"]})
-    lines = [f"Edits by fault ({data['edit_rules']}; mean tokens added per held-out edit: "
-             f"{fmt(data['edit_token_length_change_mean'], 2)})", "",
-             "| fault | fixed, training edits | mean Δ words | in rejected edits (too large) | fixed, held-out edits "
-             "| mean Δ words |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Edits by fault ({data['edit_rules']}; mean tokens added per held-out edit: "
+        f"{fmt(data['edit_token_length_change_mean'], 2)})",
+        "",
+        "| fault | fixed, training edits | mean Δ words | in rejected edits (too large) | fixed, held-out edits "
+        "| mean Δ words |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for fault in faults:
         train, heldout = data["edit_fixes"].get(fault), data["heldout_edit_fixes"].get(fault)
-        cells = [str(train["fixed"]) if train else "0",
-                 f"{train['mean_delta_words']:+.2f}" if train and train["fixed"] else "–",
-                 str(train["rejected"]) if train else "0",
-                 str(heldout["fixed"]) if heldout else "0",
-                 f"{heldout['mean_delta_words']:+.2f}" if heldout and heldout["fixed"] else "–"]
+        cells = [
+            str(train["fixed"]) if train else "0",
+            f"{train['mean_delta_words']:+.2f}" if train and train["fixed"] else "–",
+            str(train["rejected"]) if train else "0",
+            str(heldout["fixed"]) if heldout else "0",
+            f"{heldout['mean_delta_words']:+.2f}" if heldout and heldout["fixed"] else "–",
+        ]
         lines.append(f"| {fault} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -125,7 +156,10 @@ def plot(result: dict, path: Path) -> None:
         rows = [result[f"accuracy_{variant}"]["by_eval_set"][s] for s in sets]
         xs = [i + (k - 1) * width for i in range(len(sets))]
         acc = [100 * r["accuracy"] for r in rows]
-        err = [[100 * (r["accuracy"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["accuracy"]) for r in rows]]
+        err = [
+            [100 * (r["accuracy"] - r["ci_low"]) for r in rows],
+            [100 * (r["ci_high"] - r["accuracy"]) for r in rows],
+        ]
         ax.bar(xs, acc, width, yerr=err, capsize=4, label=f"{variant} ({LOSS[variant]})")
         if variant in PAPER:
             ax.axhline(PAPER[variant][0], ls="--", lw=1, color=f"C{k}", label=f"paper, {variant}")
@@ -155,15 +189,27 @@ def run(args: argparse.Namespace) -> dict:
         runs: dict[str, list[dict]] = {v: [] for v in data}
         for seed in args.seeds:
             for variant, path in data.items():  # interleaved, so machine load affects both alike
-                timing = train_rm(prepared, workdir, f"token-{variant}", "token", path, seed,
-                                  sizes.rm_overrides + LOSS_OVERRIDES[variant])
-                evals = {name: eval_rm(timing["final_dir"], pairs, workdir / "eval" / f"token-{variant}-s{seed}-{name}.json")
-                         for name, pairs in prepared.eval_sets.items()}
+                timing = train_rm(
+                    prepared,
+                    workdir,
+                    f"token-{variant}",
+                    "token",
+                    path,
+                    seed,
+                    sizes.rm_overrides + LOSS_OVERRIDES[variant],
+                )
+                evals = {
+                    name: eval_rm(timing["final_dir"], pairs, workdir / "eval" / f"token-{variant}-s{seed}-{name}.json")
+                    for name, pairs in prepared.eval_sets.items()
+                }
                 # Records train-rm uses (edit records: status "edited" only); it holds 10% of them out itself.
                 usable = sum(r.get("status", "edited") == "edited" for r in read_jsonl(path))
                 runs[variant].append({"timing": timing, "evals": evals, "rm_data_records": usable})
     return {
-        "benchmark": "rm_accuracy", "env": args.env, "quick": args.quick, "workdir": str(workdir),
+        "benchmark": "rm_accuracy",
+        "env": args.env,
+        "quick": args.quick,
+        "workdir": str(workdir),
         "data": prepared.summary,
         "length_baselines": length_baselines(runs["original"][0]["evals"]),
         **{f"accuracy_{variant}": summarise(variant_runs) for variant, variant_runs in runs.items()},

@@ -60,11 +60,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: only benchmarks/ is on the path
+    from _as_module import run_as_module
 
-from benchmarks.common import (  # noqa: E402
-    ROOT, SIZES, add_common_arguments, default_workdir, finish, fmt, prepare_data, pyplot, ray_session, read_jsonl,
-    run_command, save_figure, stage, train_rm, write_json)
+    run_as_module(__file__)
+
+from benchmarks.common import (
+    ROOT,
+    SIZES,
+    add_common_arguments,
+    default_workdir,
+    finish,
+    fmt,
+    prepare_data,
+    pyplot,
+    ray_session,
+    read_jsonl,
+    run_command,
+    save_figure,
+    stage,
+    train_rm,
+    write_json,
+)
 
 log = logging.getLogger("benchmarks.training_hours")
 
@@ -72,32 +89,38 @@ PPO_CONFIG = {"synthetic": ROOT / "configs/ppo-synthetic-cpu.yaml", "alpaca-sim"
 GOLD_HOOK = {"synthetic": "fgrlhf.envs.synthetic:gold_reward", "alpaca-sim": "fgrlhf.envs.alpaca_sim:gold_reward"}
 # RM name -> (kind, training data, train-rm overrides, loss); the token RMs are rm_accuracy.py's fine-grained
 # RMs of the same names (shared work dir).
-RMS = {"sequence-original": ("sequence", "pairs", (), "Bradley–Terry on pairs"),
-       "token-finegrained": ("token", "edits", (), "Eq. 4 on edits"),
-       "token-finegrained_eq3": ("token", "edits", ("loss=eq3",), "Eq. 3 on edits")}
+RMS = {
+    "sequence-original": ("sequence", "pairs", (), "Bradley–Terry on pairs"),
+    "token-finegrained": ("token", "edits", (), "Eq. 4 on edits"),
+    "token-finegrained_eq3": ("token", "edits", ("loss=eq3",), "Eq. 3 on edits"),
+}
 FINEGRAINED_RM = {"eq3": "token-finegrained_eq3", "eq4": "token-finegrained"}
 
 
 @dataclass(frozen=True)
 class Arm:
-    rm: str                          # RM name, or "finegrained" for the --finegrained-loss RM
-    mode: str                        # ppo.reward_mode
+    rm: str  # RM name, or "finegrained" for the --finegrained-loss RM
+    mode: str  # ppo.reward_mode
     overrides: tuple[str, ...] = ()  # on top of the settings every arm shares
 
 
 LAMBDA_PAIR = ("ppo.lam=0.95",)
-VARIANTS = {"sequence": Arm("sequence-original", "sequence"),
-            "fine_grained_sequence": Arm("finegrained", "fine_grained_sequence"),
-            "token": Arm("finegrained", "token"),
-            # the oracle arms' reward is the gold; the sequence RM only initialises their critic
-            "oracle_sequence": Arm("sequence-original", "oracle_sequence"),
-            "oracle_token": Arm("sequence-original", "oracle_token"),
-            "oracle_sequence_lam095": Arm("sequence-original", "oracle_sequence", LAMBDA_PAIR),
-            "oracle_token_lam095": Arm("sequence-original", "oracle_token", LAMBDA_PAIR)}
+VARIANTS = {
+    "sequence": Arm("sequence-original", "sequence"),
+    "fine_grained_sequence": Arm("finegrained", "fine_grained_sequence"),
+    "token": Arm("finegrained", "token"),
+    # the oracle arms' reward is the gold; the sequence RM only initialises their critic
+    "oracle_sequence": Arm("sequence-original", "oracle_sequence"),
+    "oracle_token": Arm("sequence-original", "oracle_token"),
+    "oracle_sequence_lam095": Arm("sequence-original", "oracle_sequence", LAMBDA_PAIR),
+    "oracle_token_lam095": Arm("sequence-original", "oracle_token", LAMBDA_PAIR),
+}
 # ratio key -> (numerator arm, denominator arm)
-PAIRS = {"token_vs_sequence": ("token", "sequence"),
-         "oracle_token_vs_oracle_sequence": ("oracle_token", "oracle_sequence"),
-         "oracle_token_lam095_vs_oracle_sequence_lam095": ("oracle_token_lam095", "oracle_sequence_lam095")}
+PAIRS = {
+    "token_vs_sequence": ("token", "sequence"),
+    "oracle_token_vs_oracle_sequence": ("oracle_token", "oracle_sequence"),
+    "oracle_token_lam095_vs_oracle_sequence_lam095": ("oracle_token_lam095", "oracle_sequence_lam095"),
+}
 PAPER_HOURS = {"rm": {"sequence": 0.2, "token": 0.3}, "ppo": {"sequence": 4.0, "token": 2.0}}
 
 DEFAULT_VARIANTS = ("sequence", "fine_grained_sequence", "token", "oracle_sequence", "oracle_token")
@@ -110,16 +133,28 @@ DEFAULT_VARIANTS = ("sequence", "fine_grained_sequence", "token", "oracle_sequen
 #   arms stop halfway; plus ~11 min of data, RMs, actor start-up (~20 s a run) and win-rate evals. The λ = 0.95
 #   oracle pair (+6 runs) is opt-in (--variants ... oracle_sequence_lam095 oracle_token_lam095): with it the
 #   worst case is ~115 min.
-FULL = {"ppo": ("ppo.rollout_batch_size=32", "ppo.step_batch_size=16", "save_every=0"),
-        "max_steps": 36, "window": 5, "plateau_steps": 10, "initial_samples": 512, "eval_n": None}
-QUICK = {"ppo": ("ppo.rollout_batch_size=8", "ppo.step_batch_size=4", "rollout.max_new_tokens=24", "save_every=0"),
-         "max_steps": 3, "window": 2, "plateau_steps": 2, "initial_samples": 16, "eval_n": 8}
+FULL = {
+    "ppo": ("ppo.rollout_batch_size=32", "ppo.step_batch_size=16", "save_every=0"),
+    "max_steps": 36,
+    "window": 5,
+    "plateau_steps": 10,
+    "initial_samples": 512,
+    "eval_n": None,
+}
+QUICK = {
+    "ppo": ("ppo.rollout_batch_size=8", "ppo.step_batch_size=4", "rollout.max_new_tokens=24", "save_every=0"),
+    "max_steps": 3,
+    "window": 2,
+    "plateau_steps": 2,
+    "initial_samples": 16,
+    "eval_n": 8,
+}
 
 
 # --- pure bookkeeping (unit-tested) ------------------------------------------------------------------------
 def moving_average(values: list[float], window: int) -> list[float | None]:
     """Trailing mean of ``window`` values; None until a full window exists."""
-    return [statistics.fmean(values[i + 1 - window:i + 1]) if i + 1 >= window else None for i in range(len(values))]
+    return [statistics.fmean(values[i + 1 - window : i + 1]) if i + 1 >= window else None for i in range(len(values))]
 
 
 def time_to_target(records: list[dict], target: float, window: int) -> dict:
@@ -134,14 +169,24 @@ def time_to_target(records: list[dict], target: float, window: int) -> dict:
     hit = next((i for i, v in enumerate(smoothed) if v is not None and v >= target), None)
     last = len(records) - 1
     tail = records[-window:]
-    return {"reached": hit is not None, "steps": (hit if hit is not None else last) + 1,
-            "seconds": seconds[hit if hit is not None else last], "max_steps": len(records),
-            "initial_gold": gold[0], "final_gold_ma": smoothed[-1],
-            "final_kl": statistics.fmean(r.get("kl_k1_seq_mean", r.get("kl_seq_mean", math.nan)) for r in tail),
-            "final_response_len": statistics.fmean(r["response_len_mean"] for r in tail),
-            "curve": {"step": [r["step"] for r in records], "seconds": seconds, "gold": gold, "gold_ma": smoothed,
-                      "kl": [r.get("kl_k1_seq_mean", r.get("kl_seq_mean")) for r in records],
-                      "response_len": [r["response_len_mean"] for r in records]}}
+    return {
+        "reached": hit is not None,
+        "steps": (hit if hit is not None else last) + 1,
+        "seconds": seconds[hit if hit is not None else last],
+        "max_steps": len(records),
+        "initial_gold": gold[0],
+        "final_gold_ma": smoothed[-1],
+        "final_kl": statistics.fmean(r.get("kl_k1_seq_mean", r.get("kl_seq_mean", math.nan)) for r in tail),
+        "final_response_len": statistics.fmean(r["response_len_mean"] for r in tail),
+        "curve": {
+            "step": [r["step"] for r in records],
+            "seconds": seconds,
+            "gold": gold,
+            "gold_ma": smoothed,
+            "kl": [r.get("kl_k1_seq_mean", r.get("kl_seq_mean")) for r in records],
+            "response_len": [r["response_len_mean"] for r in records],
+        },
+    }
 
 
 def summarise_variant(runs: list[dict]) -> dict:
@@ -174,8 +219,9 @@ def ratio(token: dict, sequence: dict, key: str) -> tuple[float | None, str]:
     return value, "exact"
 
 
-def bootstrap_ratio_ci(numerator: list[float], denominator: list[float], resamples: int = 4000,
-                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ratio_ci(
+    numerator: list[float], denominator: list[float], resamples: int = 4000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile CI of median(numerator) / median(denominator) with the seeds resampled with replacement;
     both lists are indexed by seed, and a resample keeps each seed's pair together."""
     if len(numerator) != len(denominator) or not numerator:
@@ -209,7 +255,9 @@ def run_ppo(workdir: Path, name: str, config: str, overrides: list[str]) -> tupl
     def build() -> None:
         began = time.perf_counter()
         run_command("ppo", "--config", config, "--out", out, "--resume", *overrides)
-        write_json(out / "timing.json", {"name": name, "wall_seconds_with_startup": round(time.perf_counter() - began, 2)})
+        write_json(
+            out / "timing.json", {"name": name, "wall_seconds_with_startup": round(time.perf_counter() - began, 2)}
+        )
 
     stage(out / "timing.json", build)
     return out, read_jsonl(out / "metrics.jsonl")
@@ -219,22 +267,39 @@ def initial_gold(args, prepared, cfg, workdir: Path, n: int) -> dict:
     """Gold of ``n`` rollouts of the initial policy on the PPO prompts, sampled like PPO's rollouts."""
     from fgrlhf.config import ModelConfig
     from fgrlhf.data import load_prompts
-    from fgrlhf.policy_eval import GenerationSettings, generate_responses, load_gold
+    from fgrlhf.envs import load_gold
+    from fgrlhf.generation import GenerationSettings, generate_batched
 
-    settings = GenerationSettings(max_prompt_tokens=cfg.prompts.max_prompt_tokens,
-                                  max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                                  top_p=cfg.rollout.top_p, batch_size=32, seed=12_345)
+    settings = GenerationSettings(
+        max_prompt_tokens=cfg.prompts.max_prompt_tokens,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        batch_size=32,
+        seed=12_345,
+    )
     out = workdir / "initial_gold" / f"n{n}-{hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:8]}.json"
 
     def build() -> None:
         records = load_prompts(str(prepared.prompts_train))
         prompts = [records[i % len(records)]["prompt"] for i in range(n)]
-        responses = generate_responses(ModelConfig(name=prepared.backbone, prompt_format=cfg.policy.prompt_format),
-                                       prompts, settings, desc="initial policy")
+        responses = generate_batched(
+            ModelConfig(name=prepared.backbone, prompt_format=cfg.policy.prompt_format),
+            prompts,
+            settings,
+            desc="initial policy",
+        )
         scores = load_gold(GOLD_HOOK[args.env])(prompts, responses)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, {"n": n, "mean": statistics.fmean(scores), "sd": statistics.stdev(scores),
-                         "settings": settings.model_dump()})
+        write_json(
+            out,
+            {
+                "n": n,
+                "mean": statistics.fmean(scores),
+                "sd": statistics.stdev(scores),
+                "settings": settings.model_dump(),
+            },
+        )
 
     stage(out, build)
     return json.loads(out.read_text(encoding="utf-8"))
@@ -243,16 +308,24 @@ def initial_gold(args, prepared, cfg, workdir: Path, n: int) -> dict:
 def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg) -> dict:
     """The policy's greedy answers on the env's eval split (prompt format and lengths of the PPO config
     ``cfg``) judged against the references by the gold."""
+
     def build() -> None:
+        from fgrlhf.config import ModelConfig
+        from fgrlhf.generation import GenerationSettings, generate_batched
         from fgrlhf.judges import build_judge
-        from fgrlhf.winrate import generate_outputs, judge_outputs, load_eval_records
+        from fgrlhf.winrate import judge_outputs, load_eval_records
 
         records = load_eval_records(env, None, n)
         prompts = [r["prompt"] for r in records]
-        gen = argparse.Namespace(prompt_format=cfg.policy.prompt_format, max_prompt_tokens=cfg.prompts.max_prompt_tokens,
-                                 max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, top_p=1.0,
-                                 batch_size=32, seed=0)
-        outputs = generate_outputs(policy, prompts, gen)
+        gen = GenerationSettings(
+            max_prompt_tokens=cfg.prompts.max_prompt_tokens,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=0.0,
+            top_p=1.0,
+            batch_size=32,
+            seed=0,
+        )
+        outputs = generate_batched(ModelConfig(name=policy, prompt_format=cfg.policy.prompt_format), prompts, gen)
         result, rows = judge_outputs(prompts, outputs, [r["reference"] for r in records], build_judge("gold", env), env)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, {**result, "policy": policy, "preferences": [row["preference"] for row in rows]})
@@ -270,8 +343,10 @@ def run(args: argparse.Namespace) -> dict:
     preset = QUICK if args.quick else FULL
     workdir = args.workdir or default_workdir(args.env, args.quick)
     config = str(PPO_CONFIG[args.env])
-    rm_of = {v: FINEGRAINED_RM[args.finegrained_loss] if VARIANTS[v].rm == "finegrained" else VARIANTS[v].rm
-             for v in args.variants}
+    rm_of = {
+        v: FINEGRAINED_RM[args.finegrained_loss] if VARIANTS[v].rm == "finegrained" else VARIANTS[v].rm
+        for v in args.variants
+    }
     if args.target is None and args.target_delta is None:
         rm_of.setdefault("oracle_sequence", VARIANTS["oracle_sequence"].rm)  # the calibration arm
     metrics: dict[tuple[str, int], list[dict]] = {}
@@ -279,16 +354,27 @@ def run(args: argparse.Namespace) -> dict:
     with ray_session(args.num_cpus):
         prepared = prepare_data(args.env, workdir, sizes, args.edit_rules)
         data = {"pairs": prepared.pairs, "edits": prepared.edits}
-        rms = {name: train_rm(prepared, workdir, name, RMS[name][0], data[RMS[name][1]], 0,
-                              sizes.rm_overrides + RMS[name][2])
-               for name in dict.fromkeys(rm_of.values())}
+        rms = {
+            name: train_rm(
+                prepared, workdir, name, RMS[name][0], data[RMS[name][1]], 0, sizes.rm_overrides + RMS[name][2]
+            )
+            for name in dict.fromkeys(rm_of.values())
+        }
 
         def overrides(variant: str, seed: int, steps: int, stop: tuple[float, int] | None) -> list[str]:
             arm = VARIANTS[variant]
-            out = [f"policy.name={prepared.backbone}", f"reward.model={rms[rm_of[variant]]['final_dir']}",
-                   f"prompts.path={prepared.prompts_train}", f"ppo.reward_mode={arm.mode}", f"seed={seed}",
-                   f"steps={steps}", f"gold_reward={GOLD_HOOK[args.env]}", *preset["ppo"], *args.ppo_overrides,
-                   *arm.overrides]
+            out = [
+                f"policy.name={prepared.backbone}",
+                f"reward.model={rms[rm_of[variant]]['final_dir']}",
+                f"prompts.path={prepared.prompts_train}",
+                f"ppo.reward_mode={arm.mode}",
+                f"seed={seed}",
+                f"steps={steps}",
+                f"gold_reward={GOLD_HOOK[args.env]}",
+                *preset["ppo"],
+                *args.ppo_overrides,
+                *arm.overrides,
+            ]
             if stop is not None:
                 out += [f"stop_at_gold.target={stop[0]!r}", f"stop_at_gold.window={stop[1]}"]
             return out
@@ -302,73 +388,148 @@ def run(args: argparse.Namespace) -> dict:
         elif args.target_delta is not None:
             target, rule = initial["mean"] + args.target_delta, f"initial gold + {args.target_delta}"
         else:
-            _, cal = run_ppo(workdir, f"calibration-oracle_sequence-s{args.calibration_seed}", config,
-                          overrides("oracle_sequence", args.calibration_seed, args.calibration_steps, None))
+            _, cal = run_ppo(
+                workdir,
+                f"calibration-oracle_sequence-s{args.calibration_seed}",
+                config,
+                overrides("oracle_sequence", args.calibration_seed, args.calibration_steps, None),
+            )
             golds = [r["gold_reward_mean"] for r in cal]
-            plateau = statistics.fmean(golds[-args.plateau_steps:])
+            plateau = statistics.fmean(golds[-args.plateau_steps :])
             target = calibrated_target(initial["mean"], plateau, args.target_fraction)
-            rule = (f"initial + {args.target_fraction:g} × (plateau − initial); plateau = mean gold of the last "
-                    f"{args.plateau_steps} of {args.calibration_steps} oracle_sequence steps, seed {args.calibration_seed}")
-            calibration = {"seed": args.calibration_seed, "steps": args.calibration_steps, "plateau": plateau,
-                           "plateau_steps": args.plateau_steps, "gold": golds,
-                           "step_seconds_median": statistics.median(r["step_seconds"] for r in cal)}
+            rule = (
+                f"initial + {args.target_fraction:g} × (plateau − initial); plateau = mean gold of the last "
+                f"{args.plateau_steps} of {args.calibration_steps} oracle_sequence steps, seed {args.calibration_seed}"
+            )
+            calibration = {
+                "seed": args.calibration_seed,
+                "steps": args.calibration_steps,
+                "plateau": plateau,
+                "plateau_steps": args.plateau_steps,
+                "gold": golds,
+                "step_seconds_median": statistics.median(r["step_seconds"] for r in cal),
+            }
         margin = target - initial["mean"]
         noise = smoothed_noise(initial["sd"], batch, args.window)
-        plan = {"runs": len(args.seeds) * len(args.variants), "max_steps_per_run": args.max_steps,
-                "worst_case_steps": len(args.seeds) * len(args.variants) * args.max_steps,
-                "calibration_steps": args.calibration_steps if calibration is not None else 0}
+        plan = {
+            "runs": len(args.seeds) * len(args.variants),
+            "max_steps_per_run": args.max_steps,
+            "worst_case_steps": len(args.seeds) * len(args.variants) * args.max_steps,
+            "calibration_steps": args.calibration_steps if calibration is not None else 0,
+        }
         if calibration is not None:
             plan["seconds_per_step_measured"] = calibration["step_seconds_median"]
             plan["worst_case_ppo_minutes"] = plan["worst_case_steps"] * calibration["step_seconds_median"] / 60
-        log.info("target %.4f (%s); initial %.4f; noise %.4f vs margin/3 %.4f; plan %s",
-                 target, rule, initial["mean"], noise, margin / 3, plan)
+        log.info(
+            "target %.4f (%s); initial %.4f; noise %.4f vs margin/3 %.4f; plan %s",
+            target,
+            rule,
+            initial["mean"],
+            noise,
+            margin / 3,
+            plan,
+        )
 
         for seed in args.seeds:
             for variant in args.variants:
                 run_dirs[(variant, seed)], metrics[(variant, seed)] = run_ppo(
-                    workdir, f"{variant}-s{seed}", config, overrides(variant, seed, args.max_steps, (target, args.window)))
-        evals = {("initial", None): win_rate_of(prepared.backbone, workdir / "winrate" / (
-            f"initial-n{preset['eval_n'] or 'all'}-t{shared.rollout.max_new_tokens}.json"),
-                                                args.env, preset["eval_n"], shared)}
+                    workdir,
+                    f"{variant}-s{seed}",
+                    config,
+                    overrides(variant, seed, args.max_steps, (target, args.window)),
+                )
+        evals = {
+            ("initial", None): win_rate_of(
+                prepared.backbone,
+                workdir / "winrate" / (f"initial-n{preset['eval_n'] or 'all'}-t{shared.rollout.max_new_tokens}.json"),
+                args.env,
+                preset["eval_n"],
+                shared,
+            )
+        }
         for key, run_dir in run_dirs.items():
-            evals[key] = win_rate_of(str(run_dir / "final"), run_dir / "winrate.json", args.env, preset["eval_n"], shared)
+            evals[key] = win_rate_of(
+                str(run_dir / "final"), run_dir / "winrate.json", args.env, preset["eval_n"], shared
+            )
 
     per_run: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     for (variant, seed), records in metrics.items():
-        per_run[variant].append({"seed": seed, **time_to_target(records, target, args.window),
-                                 "stopped_at_gold": bool(records[-1].get("stopped_at_gold")),
-                                 "win_rate": evals[(variant, seed)]["win_rate"]})
+        per_run[variant].append(
+            {
+                "seed": seed,
+                **time_to_target(records, target, args.window),
+                "stopped_at_gold": bool(records[-1].get("stopped_at_gold")),
+                "win_rate": evals[(variant, seed)]["win_rate"],
+            }
+        )
     variants = {v: summarise_variant(runs) for v, runs in per_run.items()}
     # Every run's step 1 samples the same initial policy: their spread / √window measures the smoothed noise.
     step1 = [records[0]["gold_reward_mean"] for records in metrics.values()]
-    table1 = {"initial": {k: evals[("initial", None)][k] for k in ("win_rate", "stderr", "n", "gold_model_mean",
-                                                                   "gold_reference_mean")}}
+    table1 = {
+        "initial": {
+            k: evals[("initial", None)][k]
+            for k in ("win_rate", "stderr", "n", "gold_model_mean", "gold_reference_mean")
+        }
+    }
     for variant in args.variants:
         prefs = [p for seed in args.seeds for p in evals[(variant, seed)]["preferences"]]
         pooled = win_rate(prefs)
-        table1[variant] = {"win_rate": pooled["win_rate"], "stderr": pooled["stderr"], "n": pooled["n"],
-                           "per_seed": [evals[(variant, seed)]["win_rate"] for seed in args.seeds],
-                           "gold_model_mean": statistics.fmean(evals[(variant, s)]["gold_model_mean"] for s in args.seeds),
-                           "gold_reference_mean": evals[(variant, args.seeds[0])]["gold_reference_mean"]}
+        table1[variant] = {
+            "win_rate": pooled["win_rate"],
+            "stderr": pooled["stderr"],
+            "n": pooled["n"],
+            "per_seed": [evals[(variant, seed)]["win_rate"] for seed in args.seeds],
+            "gold_model_mean": statistics.fmean(evals[(variant, s)]["gold_model_mean"] for s in args.seeds),
+            "gold_reference_mean": evals[(variant, args.seeds[0])]["gold_reference_mean"],
+        }
     result = {
-        "benchmark": "training_hours", "env": args.env, "quick": args.quick, "workdir": str(workdir),
-        "data": prepared.summary, "seeds": args.seeds, "max_steps": args.max_steps, "window": args.window,
-        "rollout_batch_size": batch, "initial_gold": initial["mean"], "initial_gold_sd": initial["sd"],
-        "initial_samples": initial["n"], "target": target, "target_rule": rule, "target_margin": margin,
+        "benchmark": "training_hours",
+        "env": args.env,
+        "quick": args.quick,
+        "workdir": str(workdir),
+        "data": prepared.summary,
+        "seeds": args.seeds,
+        "max_steps": args.max_steps,
+        "window": args.window,
+        "rollout_batch_size": batch,
+        "initial_gold": initial["mean"],
+        "initial_gold_sd": initial["sd"],
+        "initial_samples": initial["n"],
+        "target": target,
+        "target_rule": rule,
+        "target_margin": margin,
         "calibration": calibration,
-        "noise": {"smoothed_gold_sd_predicted": noise, "limit_margin_third": margin / 3,
-                  "determined": noise < margin / 3,
-                  "smoothed_gold_sd_from_step1_spread": (statistics.stdev(step1) / math.sqrt(args.window)
-                                                         if len(step1) > 1 else None)},
-        "budget": {**plan, "oracle_sequence_reached_every_seed":
-                   variants["oracle_sequence"]["censored"] == 0 if "oracle_sequence" in variants else None},
-        "ppo_config": config, "shared_settings": [*preset["ppo"], *args.ppo_overrides],
-        "kl": {"estimator": shared.ppo.kl_estimator, "kl_coef": shared.ppo.kl_coef,
-               "token_mode": "kept: r_t = R_t − β·KL_t in every arm (β = 0 is the paper's literal [R1..Rn])"},
-        "finegrained_loss": args.finegrained_loss, "variant_rm": {v: rm_of[v] for v in args.variants},
-        "rm_training": {name: {**{k: t[k] for k in ("kind", "steps", "wall_seconds", "loop_seconds")},
-                               "loss": RMS[name][3]} for name, t in rms.items()},
-        "variants": variants, "runs": per_run, "table1": table1, "paper_hours": PAPER_HOURS,
+        "noise": {
+            "smoothed_gold_sd_predicted": noise,
+            "limit_margin_third": margin / 3,
+            "determined": noise < margin / 3,
+            "smoothed_gold_sd_from_step1_spread": (
+                statistics.stdev(step1) / math.sqrt(args.window) if len(step1) > 1 else None
+            ),
+        },
+        "budget": {
+            **plan,
+            "oracle_sequence_reached_every_seed": variants["oracle_sequence"]["censored"] == 0
+            if "oracle_sequence" in variants
+            else None,
+        },
+        "ppo_config": config,
+        "shared_settings": [*preset["ppo"], *args.ppo_overrides],
+        "kl": {
+            "estimator": shared.ppo.kl_estimator,
+            "kl_coef": shared.ppo.kl_coef,
+            "token_mode": "kept: r_t = R_t − β·KL_t in every arm (β = 0 is the paper's literal [R1..Rn])",
+        },
+        "finegrained_loss": args.finegrained_loss,
+        "variant_rm": {v: rm_of[v] for v in args.variants},
+        "rm_training": {
+            name: {**{k: t[k] for k in ("kind", "steps", "wall_seconds", "loop_seconds")}, "loss": RMS[name][3]}
+            for name, t in rms.items()
+        },
+        "variants": variants,
+        "runs": per_run,
+        "table1": table1,
+        "paper_hours": PAPER_HOURS,
     }
     for variant, summary in variants.items():
         result[f"median_steps_{variant}"] = summary["median_steps"]
@@ -381,8 +542,13 @@ def run(args: argparse.Namespace) -> dict:
             value, note = ratio(variants[num], variants[den], key)
             full = f"ratio_{name}_{pair}"
             result[full], result[f"{full}_note"] = value, note
-            result[f"{full}_ci"] = (None if value is None else bootstrap_ratio_ci(
-                [by_seed[num][s][key] for s in args.seeds], [by_seed[den][s][key] for s in args.seeds]))
+            result[f"{full}_ci"] = (
+                None
+                if value is None
+                else bootstrap_ratio_ci(
+                    [by_seed[num][s][key] for s in args.seeds], [by_seed[den][s][key] for s in args.seeds]
+                )
+            )
             result[f"{full}_censored"] = {num: variants[num]["censored"], den: variants[den]["censored"]}
             if pair == "token_vs_sequence":
                 result[f"ratio_{name}_note"] = note  # the pre-oracle key, kept for readers of older JSON
@@ -391,36 +557,55 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(result: dict) -> str:
     noise, budget = result["noise"], result["budget"]
-    lines = [f"Target: {result['window']}-step moving average of the rollouts' gold ≥ **{result['target']:.3f}** "
-             f"({result['target_rule']}); initial policy gold {result['initial_gold']:.3f} "
-             f"(sd {result['initial_gold_sd']:.3f}, {result['initial_samples']} rollouts); margin "
-             f"{result['target_margin']:.3f}.",
-             f"Noise: predicted sd of the smoothed gold {noise['smoothed_gold_sd_predicted']:.4f} (batch "
-             f"{result['rollout_batch_size']} × window {result['window']}) vs margin / 3 = "
-             f"{noise['limit_margin_third']:.4f}: {'determined' if noise['determined'] else 'NOT determined (raise the batch or window)'}; "
-             f"measured: sd of the runs' step-1 gold / √window = {fmt(noise['smoothed_gold_sd_from_step1_spread'], 4)}.",
-             f"Budget: calibration {budget['calibration_steps']} steps, then {len(result['seeds'])} seed(s) × "
-             f"{len(result['variants'])} arms × ≤ {result['max_steps']} PPO steps = ≤ {budget['worst_case_steps']} steps"
-             + (f" × {budget['seconds_per_step_measured']:.1f} s/step (calibration) ≈ "
-                f"{budget['worst_case_ppo_minutes']:.0f} min worst case" if "seconds_per_step_measured" in budget else "")
-             + "; oracle_sequence reached the target in every seed: "
-             + {True: "yes", False: "**no** (the budget does not determine the answer)", None: "not run"}[
-                 budget["oracle_sequence_reached_every_seed"]] + ".",
-             f"KL: {result['kl']['estimator']}, β = {result['kl']['kl_coef']}, {result['kl']['token_mode']}.",
-             "", "| RM | loss | steps | train s (wall / loop) | paper h |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        f"Target: {result['window']}-step moving average of the rollouts' gold ≥ **{result['target']:.3f}** "
+        f"({result['target_rule']}); initial policy gold {result['initial_gold']:.3f} "
+        f"(sd {result['initial_gold_sd']:.3f}, {result['initial_samples']} rollouts); margin "
+        f"{result['target_margin']:.3f}.",
+        f"Noise: predicted sd of the smoothed gold {noise['smoothed_gold_sd_predicted']:.4f} (batch "
+        f"{result['rollout_batch_size']} × window {result['window']}) vs margin / 3 = "
+        f"{noise['limit_margin_third']:.4f}: {'determined' if noise['determined'] else 'NOT determined (raise the batch or window)'}; "
+        f"measured: sd of the runs' step-1 gold / √window = {fmt(noise['smoothed_gold_sd_from_step1_spread'], 4)}.",
+        f"Budget: calibration {budget['calibration_steps']} steps, then {len(result['seeds'])} seed(s) × "
+        f"{len(result['variants'])} arms × ≤ {result['max_steps']} PPO steps = ≤ {budget['worst_case_steps']} steps"
+        + (
+            f" × {budget['seconds_per_step_measured']:.1f} s/step (calibration) ≈ "
+            f"{budget['worst_case_ppo_minutes']:.0f} min worst case"
+            if "seconds_per_step_measured" in budget
+            else ""
+        )
+        + "; oracle_sequence reached the target in every seed: "
+        + {True: "yes", False: "**no** (the budget does not determine the answer)", None: "not run"}[
+            budget["oracle_sequence_reached_every_seed"]
+        ]
+        + ".",
+        f"KL: {result['kl']['estimator']}, β = {result['kl']['kl_coef']}, {result['kl']['token_mode']}.",
+        "",
+        "| RM | loss | steps | train s (wall / loop) | paper h |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for name, t in result["rm_training"].items():
-        lines.append(f"| {name} | {t['loss']} | {t['steps']} | {t['wall_seconds']:.0f} / {t['loop_seconds']:.1f} | "
-                     f"{result['paper_hours']['rm'][t['kind']]} |")
-    lines += ["", ("| PPO arm | reached | steps to target, median [min–max] | PPO s, median [min–max] | "
-                   "final gold (moving avg.) | final KL (k1, per response) | final response tokens | paper h |"),
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {name} | {t['loss']} | {t['steps']} | {t['wall_seconds']:.0f} / {t['loop_seconds']:.1f} | "
+            f"{result['paper_hours']['rm'][t['kind']]} |"
+        )
+    lines += [
+        "",
+        (
+            "| PPO arm | reached | steps to target, median [min–max] | PPO s, median [min–max] | "
+            "final gold (moving avg.) | final KL (k1, per response) | final response tokens | paper h |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for variant, s in result["variants"].items():
         bound = "≥ " if s["median_is_lower_bound"] else ""
-        lines.append(f"| {variant} | {s['reached']}/{s['runs']} | {bound}{s['median_steps']:g} "
-                     f"[{s['min_steps']}–{s['max_steps']}] | {bound}{s['median_seconds']:.0f} "
-                     f"[{s['min_seconds']:.0f}–{s['max_seconds']:.0f}] | {s['median_final_gold_ma']:.3f} | "
-                     f"{fmt(s.get('median_final_kl'), 2)} | {fmt(s.get('median_final_response_len'), 1)} | "
-                     f"{result['paper_hours']['ppo'].get(variant, '–')} |")
+        lines.append(
+            f"| {variant} | {s['reached']}/{s['runs']} | {bound}{s['median_steps']:g} "
+            f"[{s['min_steps']}–{s['max_steps']}] | {bound}{s['median_seconds']:.0f} "
+            f"[{s['min_seconds']:.0f}–{s['max_seconds']:.0f}] | {s['median_final_gold_ma']:.3f} | "
+            f"{fmt(s.get('median_final_kl'), 2)} | {fmt(s.get('median_final_response_len'), 1)} | "
+            f"{result['paper_hours']['ppo'].get(variant, '–')} |"
+        )
     lines.append("")
     for pair in PAIRS:
         for name in ("wallclock", "steps"):
@@ -429,24 +614,35 @@ def markdown(result: dict) -> str:
                 ci = result[f"{key}_ci"]
                 ci_text = f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
                 censored = ", ".join(f"{k} {v}" for k, v in result[f"{key}_censored"].items())
-                lines.append(f"- {key}: {fmt(result[key], 2)}{ci_text} ({result[f'{key}_note']}; censored runs: "
-                             f"{censored})" + ("; paper 2 h / 4 h = 0.50" if pair == "token_vs_sequence" else ""))
-    lines += ["", "Table 1 in the simulation: win rate vs the env's references on the eval split, gold judge, "
-              "greedy answers (seeds pooled; runs that reached the target stopped there).", "",
-              "| policy | win rate % ± s.e. | n | per seed | gold mean (policy / reference) |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+                lines.append(
+                    f"- {key}: {fmt(result[key], 2)}{ci_text} ({result[f'{key}_note']}; censored runs: "
+                    f"{censored})" + ("; paper 2 h / 4 h = 0.50" if pair == "token_vs_sequence" else "")
+                )
+    lines += [
+        "",
+        "Table 1 in the simulation: win rate vs the env's references on the eval split, gold judge, "
+        "greedy answers (seeds pooled; runs that reached the target stopped there).",
+        "",
+        "| policy | win rate % ± s.e. | n | per seed | gold mean (policy / reference) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, row in result["table1"].items():
         per_seed = ", ".join(f"{v:.1f}" for v in row.get("per_seed", []))
-        lines.append(f"| {name} | {row['win_rate']:.1f} ± {row['stderr']:.1f} | {row['n']} | {per_seed} | "
-                     f"{row['gold_model_mean']:.3f} / {row['gold_reference_mean']:.3f} |")
+        lines.append(
+            f"| {name} | {row['win_rate']:.1f} ± {row['stderr']:.1f} | {row['n']} | {per_seed} | "
+            f"{row['gold_model_mean']:.3f} / {row['gold_reference_mean']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
     """Mean over seeds with a min–max band per arm (at each step, over the runs still going)."""
     plt = pyplot()
-    panels = (("gold_ma", f"gold, {result['window']}-step moving average"), ("kl", "KL to reference (k1, per response)"),
-              ("response_len", "response tokens"))
+    panels = (
+        ("gold_ma", f"gold, {result['window']}-step moving average"),
+        ("kl", "KL to reference (k1, per response)"),
+        ("response_len", "response tokens"),
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
     for k, (variant, runs) in enumerate(result["runs"].items()):
         for ax, (key, label) in zip(axes, panels):
@@ -457,8 +653,9 @@ def plot(result: dict, path: Path) -> None:
                         by_step.setdefault(step, []).append(value)
             steps = sorted(by_step)
             ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], color=f"C{k}", label=variant)
-            ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
-                            color=f"C{k}", alpha=0.15)
+            ax.fill_between(
+                steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], color=f"C{k}", alpha=0.15
+            )
             ax.set_xlabel("PPO step")
             ax.set_ylabel(label)
     axes[0].axhline(result["target"], color="black", lw=0.8, ls="--", label="target")
@@ -471,28 +668,59 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "training_hours")
     parser.add_argument("--seeds", type=int, nargs="+", help="PPO seeds of the comparison (default 0 1 2; --quick: 0)")
-    parser.add_argument("--max-steps", type=int, help=f"PPO step budget per run (default {FULL['max_steps']}; "
-                                                      f"--quick: {QUICK['max_steps']})")
-    parser.add_argument("--window", type=int, help=f"moving-average window in steps (default {FULL['window']}; "
-                                                    f"--quick: {QUICK['window']})")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help=f"PPO step budget per run (default {FULL['max_steps']}; --quick: {QUICK['max_steps']})",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help=f"moving-average window in steps (default {FULL['window']}; --quick: {QUICK['window']})",
+    )
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target", type=float, help="absolute gold target (skips the calibration)")
     target.add_argument("--target-delta", type=float, help="target = initial gold + D (skips the calibration)")
-    parser.add_argument("--target-fraction", type=float, default=0.5,
-                        help="calibration rule: target = initial + F × (plateau − initial) (default 0.5)")
+    parser.add_argument(
+        "--target-fraction",
+        type=float,
+        default=0.5,
+        help="calibration rule: target = initial + F × (plateau − initial) (default 0.5)",
+    )
     parser.add_argument("--calibration-seed", type=int, default=100, help="oracle_sequence calibration seed")
     parser.add_argument("--calibration-steps", type=int, help="calibration run length (default: --max-steps)")
-    parser.add_argument("--plateau-steps", type=int, help="calibration steps averaged as the plateau "
-                                                          f"(default {FULL['plateau_steps']}; --quick: {QUICK['plateau_steps']})")
-    parser.add_argument("--initial-samples", type=int, help="rollouts of the initial policy for its gold and sd "
-                                                            f"(default {FULL['initial_samples']})")
-    parser.add_argument("--ppo", dest="ppo_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="PPO config override for every arm, e.g. --ppo ppo.kl_coef=0.05 (repeatable)")
-    parser.add_argument("--finegrained-loss", choices=list(FINEGRAINED_RM), default="eq3",
-                        help="loss of the edited-data token RM behind the fine-grained arms (default eq3)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
-                        help=f"PPO arms (default: {' '.join(DEFAULT_VARIANTS)}; the token/sequence ratios need "
-                             "both of those)")
+    parser.add_argument(
+        "--plateau-steps",
+        type=int,
+        help="calibration steps averaged as the plateau "
+        f"(default {FULL['plateau_steps']}; --quick: {QUICK['plateau_steps']})",
+    )
+    parser.add_argument(
+        "--initial-samples",
+        type=int,
+        help=f"rollouts of the initial policy for its gold and sd (default {FULL['initial_samples']})",
+    )
+    parser.add_argument(
+        "--ppo",
+        dest="ppo_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="PPO config override for every arm, e.g. --ppo ppo.kl_coef=0.05 (repeatable)",
+    )
+    parser.add_argument(
+        "--finegrained-loss",
+        choices=list(FINEGRAINED_RM),
+        default="eq3",
+        help="loss of the edited-data token RM behind the fine-grained arms (default eq3)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
+        help=f"PPO arms (default: {' '.join(DEFAULT_VARIANTS)}; the token/sequence ratios need both of those)",
+    )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])

@@ -23,34 +23,59 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: only benchmarks/ is on the path
+    from _as_module import run_as_module
 
-from benchmarks.common import pyplot, publish, save_figure  # noqa: E402
-from fgrlhf.data import write_jsonl  # noqa: E402
-from fgrlhf.editing.retry import FatalError  # noqa: E402
-from fgrlhf.judges import JudgeError  # noqa: E402
-from fgrlhf.models import ModelLoadError  # noqa: E402
-from fgrlhf.winrate import (  # noqa: E402
-    add_eval_arguments, build_judge_from_args, generate_outputs, judge_outputs, load_eval_records)
+    run_as_module(__file__)
+
+from benchmarks.common import publish, pyplot, save_figure
+from fgrlhf.config import ModelConfig
+from fgrlhf.data import write_jsonl
+from fgrlhf.editing.retry import FatalError
+from fgrlhf.generation import generate_batched
+from fgrlhf.judges import JudgeError
+from fgrlhf.models import ModelLoadError
+from fgrlhf.winrate import (
+    add_eval_arguments,
+    build_judge_from_args,
+    generation_from_args,
+    judge_outputs,
+    load_eval_records,
+)
 
 # Table 1: win rate (%) vs davinci-003 ± s.e., Claude judge, LLaMA-7B policies on AlpacaFarm.
-PAPER = [("FG token-level PPO", 51.6, 1.8), ("FG PPO (edited data, sequence reward)", 51.2, 1.8),
-         ("davinci-003 (reference)", 50.0, None), ("PPO-RLHF", 46.5, 1.8)]
+PAPER = [
+    ("FG token-level PPO", 51.6, 1.8),
+    ("FG PPO (edited data, sequence reward)", 51.2, 1.8),
+    ("davinci-003 (reference)", 50.0, None),
+    ("PPO-RLHF", 46.5, 1.8),
+]
 QUICK = {"n": 8, "max_new_tokens": 16}
 
 
 def parse_policy(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--policy {text!r}: expected NAME=PATH (PATH: checkpoint dir, smollm2 or tiny)")
+        raise argparse.ArgumentTypeError(
+            f"--policy {text!r}: expected NAME=PATH (PATH: checkpoint dir, smollm2 or tiny)"
+        )
     return name, path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", type=parse_policy, action="append", required=True, metavar="NAME=PATH",
-                        help="a policy to evaluate (repeat for several)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"at most {QUICK['n']} instructions and {QUICK['max_new_tokens']} new tokens (CI smoke run)")
+    parser.add_argument(
+        "--policy",
+        type=parse_policy,
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a policy to evaluate (repeat for several)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"at most {QUICK['n']} instructions and {QUICK['max_new_tokens']} new tokens (CI smoke run)",
+    )
     parser.add_argument("--out", type=Path, help="per-policy outputs.jsonl (prompt, output, reference, verdict)")
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.add_argument("--plot", metavar="OUT.png", type=Path, help="bar chart of the win rates")
@@ -60,18 +85,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def render(result: dict) -> str:
     s = result["settings"]
     lines = [
-        (f"Win rate vs the reference outputs; judge {s['judge']}, env {s['env']}, {s['n']} instructions "
-         f"({s['eval_set']}), {s['max_new_tokens']} max new tokens"),
+        (
+            f"Win rate vs the reference outputs; judge {s['judge']}, env {s['env']}, {s['n']} instructions "
+            f"({s['eval_set']}), {s['max_new_tokens']} max new tokens"
+        ),
         "",
         "| policy | win rate (%) | ± s.e. | wins / losses / draws | gold mean (policy / reference) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for row in result["policies"]:
-        lines.append(f"| {row['policy']} | {row['win_rate']:.1f} | {row['stderr']:.1f} | "
-                     f"{row['wins']} / {row['losses']} / {row['draws']} | "
-                     f"{row['gold_model_mean']:.3f} / {row['gold_reference_mean']:.3f} |")
-    lines += ["", "Paper, Table 1 (LLaMA-7B, AlpacaFarm, Claude judge, 805 instructions):", "",
-              "| method | win rate (%) | ± s.e. |", "| --- | ---: | ---: |"]
+        lines.append(
+            f"| {row['policy']} | {row['win_rate']:.1f} | {row['stderr']:.1f} | "
+            f"{row['wins']} / {row['losses']} / {row['draws']} | "
+            f"{row['gold_model_mean']:.3f} / {row['gold_reference_mean']:.3f} |"
+        )
+    lines += [
+        "",
+        "Paper, Table 1 (LLaMA-7B, AlpacaFarm, Claude judge, 805 instructions):",
+        "",
+        "| method | win rate (%) | ± s.e. |",
+        "| --- | ---: | ---: |",
+    ]
     lines += [f"| {name} | {rate:.1f} | {'' if se is None else f'{se:.1f}'} |" for name, rate, se in PAPER]
     return "\n".join(lines)
 
@@ -109,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     records = load_eval_records(args.env, args.eval_set, args.n)
     prompts, references = [r["prompt"] for r in records], [r["reference"] for r in records]
     judge = build_judge_from_args(args)
+    gen = generation_from_args(args)
     rows = []
     for name, path in args.policy:
         try:
-            outputs = generate_outputs(path, prompts, args)
+            outputs = generate_batched(ModelConfig(name=path, prompt_format=args.prompt_format), prompts, gen)
         except ModelLoadError as exc:
             print(f"error: policy {name}: {exc}", file=sys.stderr)
             return 2
@@ -127,10 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "win_rate",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "settings": {"judge": args.judge, "env": args.env, "n": len(records),
-                     "eval_set": str(args.eval_set) if args.eval_set else f"{args.env} eval split",
-                     "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                     "prompt_format": args.prompt_format, "epsilon": args.epsilon, "seed": args.seed},
+        "settings": {
+            "judge": args.judge,
+            "env": args.env,
+            "n": len(records),
+            "eval_set": str(args.eval_set) if args.eval_set else f"{args.env} eval split",
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "prompt_format": args.prompt_format,
+            "epsilon": args.epsilon,
+            "seed": args.seed,
+        },
         "policies": rows,
         "paper_table1": [{"method": name, "win_rate": rate, "stderr": se} for name, rate, se in PAPER],
     }

@@ -23,17 +23,26 @@ DEFAULT_RESUME_HINT = "nothing is lost that completed; re-run the same command"
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "edit": ("fgrlhf.editing.cli_edit", "minimally edit the less-preferred responses with an LLM or rules"),
-    "inspect-edits": ("fgrlhf.editing.inspect", "statistics and highlighted examples of an edit file"),
-    "train-rm": ("fgrlhf.reward.train", "train a token-level (Eq. 3/4) or sequence-level reward model on Ray"),
-    "eval-rm": ("fgrlhf.reward.evaluate", "pairwise accuracy (bootstrap 95%% CI) and token-reward heat map of an RM"),
+    "edit": ("fgrlhf.editing.edit_cli", "minimally edit the less-preferred responses with an LLM or rules"),
+    "inspect-edits": ("fgrlhf.editing.inspect_edits_cli", "statistics and highlighted examples of an edit file"),
+    "train-rm": ("fgrlhf.reward.train_rm_cli", "train a token-level (Eq. 3/4) or sequence-level reward model on Ray"),
+    "eval-rm": (
+        "fgrlhf.reward.eval_rm_cli",
+        "pairwise accuracy (bootstrap 95%% CI) and token-reward heat map of an RM",
+    ),
     "ppo": ("fgrlhf.ppo_cli", "token-reward PPO on Ray (policy/critic learners, rollout, RM, reference)"),
-    "env-data": ("fgrlhf.envs.cli_env_data", "simulated-preference data: prompts, gold-labelled pairs"),
-    "winrate": ("fgrlhf.winrate", "win rate of a model vs the eval set's reference outputs (gold or LLM judge)"),
-    "figa-data": ("fgrlhf.figa.collect", "FIGA data: policy rollouts -> RM score band -> editor -> edit records"),
-    "demo": ("fgrlhf.demo", "the main job: edits -> token RM -> token-level PPO -> win rate, on the embedded default"),
-    "figa": ("fgrlhf.figa.train", "FIGA fine-grained SFT on initial/revised response pairs (or plain SFT) on Ray"),
-    "plan": ("fgrlhf.plan_cli", "placement and per-GPU memory of a ppo/rm/figa job, and whether it fits, before it runs"),
+    "env-data": ("fgrlhf.envs.env_data_cli", "simulated-preference data: prompts, gold-labelled pairs"),
+    "winrate": ("fgrlhf.winrate_cli", "win rate of a model vs the eval set's reference outputs (gold or LLM judge)"),
+    "figa-data": ("fgrlhf.figa.figa_data_cli", "FIGA data: policy rollouts -> RM score band -> editor -> edit records"),
+    "demo": (
+        "fgrlhf.demo_cli",
+        "the main job: edits -> token RM -> token-level PPO -> win rate, on the embedded default",
+    ),
+    "figa": ("fgrlhf.figa.figa_cli", "FIGA fine-grained SFT on initial/revised response pairs (or plain SFT) on Ray"),
+    "plan": (
+        "fgrlhf.plan_cli",
+        "placement and per-GPU memory of a ppo/rm/figa job, and whether it fits, before it runs",
+    ),
 }
 
 
@@ -64,13 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command = sub.add_parser(
+            name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(command)
         command.add_argument(
-            "--max-field-bytes", type=int, metavar="N",
+            "--max-field-bytes",
+            type=int,
+            metavar="N",
             help=f"refuse input records with a text field over N bytes (default {DEFAULT_MAX_FIELD_BYTES}, "
-                 f"0 = no limit; also {MAX_FIELD_BYTES_ENV})")
+            f"0 = no limit; also {MAX_FIELD_BYTES_ENV})",
+        )
         command.set_defaults(_module=module)
     return parser
 

@@ -54,8 +54,10 @@ class DeepSpeedConfig(StrictModel):
     grad_clip: float = Field(1.0, ge=0.0)
     bf16: bool = False
     grad_accum_dtype: Literal["fp32", "bf16"] | None = Field(
-        None, description="gradient accumulation dtype (DeepSpeed data_types.grad_accum_dtype); None = the "
-                          "model's. fp32 keeps many bf16 micro-steps from rounding away small gradients")
+        None,
+        description="gradient accumulation dtype (DeepSpeed data_types.grad_accum_dtype); None = the "
+        "model's. fp32 keeps many bf16 micro-steps from rounding away small gradients",
+    )
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
@@ -65,8 +67,10 @@ class DeepSpeedConfig(StrictModel):
         if self.grad_accum_dtype == "bf16" and not self.bf16:
             raise ValueError("grad_accum_dtype=bf16 needs bf16=true")
         if self.grad_accum_dtype == "fp32" and self.bf16 and self.zero_stage == 0:
-            raise ValueError("grad_accum_dtype=fp32 with bf16=true needs zero_stage >= 1 (DeepSpeed's ZeRO "
-                             "optimizers accumulate in fp32; stage 0 does not support the mix)")
+            raise ValueError(
+                "grad_accum_dtype=fp32 with bf16=true needs zero_stage >= 1 (DeepSpeed's ZeRO "
+                "optimizers accumulate in fp32; stage 0 does not support the mix)"
+            )
         return self
 
     @property

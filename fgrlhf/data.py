@@ -31,7 +31,7 @@ ALPACA_EVAL_PAIRS = "alpaca_eval/preferences_alpaca7b_vs_davinci003.jsonl"
 
 def packaged_data_dir() -> Path:
     """The data shipped inside the package (what and from where: resources/data/README.md)."""
-    return Path(str(resources.files("fgrlhf").joinpath("resources", "data")))
+    return Path(str(resources.files("fgrlhf") / "resources" / "data"))
 
 
 def data_dirs() -> list[Path]:
@@ -98,8 +98,10 @@ def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
     """Yield ``(location, parsed-or-DataError)`` for each record of a JSONL/JSON file or datasets dir."""
     if path.is_dir():
         if not is_datasets_dir(path):
-            raise DataError(f"{path}: is a directory; expected a JSONL or JSON file (or a directory written "
-                            "by datasets' save_to_disk)")
+            raise DataError(
+                f"{path}: is a directory; expected a JSONL or JSON file (or a directory written "
+                "by datasets' save_to_disk)"
+            )
         from datasets import load_from_disk
 
         for index, row in enumerate(load_from_disk(str(path))):
@@ -131,8 +133,7 @@ def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
                 yield where, DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
 
 
-def _check(where: str, record: object, required: tuple[str, ...], allow_empty: tuple[str, ...],
-           max_bytes: int) -> dict:
+def _check(where: str, record: object, required: tuple[str, ...], allow_empty: tuple[str, ...], max_bytes: int) -> dict:
     if isinstance(record, DataError):
         raise record
     if not isinstance(record, dict):
@@ -152,8 +153,10 @@ def _check(where: str, record: object, required: tuple[str, ...], allow_empty: t
 def _check_size(where: str, name: str, value: str, max_bytes: int) -> None:
     # A character is at most 4 UTF-8 bytes: only long strings need encoding to measure.
     if max_bytes and len(value) * 4 > max_bytes and (size := len(value.encode("utf-8"))) > max_bytes:
-        raise DataError(f"{where}: field '{name}' is larger than {max_bytes} bytes ({size} bytes); raise the "
-                        f"limit with --max-field-bytes or {MAX_FIELD_BYTES_ENV} (0 = no limit)")
+        raise DataError(
+            f"{where}: field '{name}' is larger than {max_bytes} bytes ({size} bytes); raise the "
+            f"limit with --max-field-bytes or {MAX_FIELD_BYTES_ENV} (0 = no limit)"
+        )
 
 
 def load_records(
@@ -229,3 +232,9 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL file this project wrote itself (metrics, stage outputs): no validation; input
+    data goes through :func:`load_records`."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

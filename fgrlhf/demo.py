@@ -1,43 +1,18 @@
-"""The main job: the fine-grained pipeline on the embedded default model, end to end on this machine.
-
-  fgrlhf demo [--out runs/demo] [--config configs/demo-smollm2-cpu.yaml] [--fresh] [--until STAGE] [key=value ...]
-
-Each stage is an ``fgrlhf`` command run in-process against one local Ray instance (dashboard address
-printed at the start), so the demo exercises exactly what users run by hand:
-
-  1. pairs     env-data alpaca-sim: SmolLM2 answers train prompts twice, gold-reward Bradley–Terry labels
-  2. edits     edit: the less-preferred response of each pair minimally edited (the rule editor offline,
-               Claude when ANTHROPIC_API_KEY is set and ``editor=auto``)
-  3. rm        train-rm --kind token on the edit records (Eq. 3 by default: see the config)
-  4. rm-eval   eval-rm on held-out gold-labelled pairs, with the HTML token heat map
-  5. ppo       a few token-level PPO steps, the token RM's [R1..Rn] as rewards
-  6. winrate   gold reward and win rate vs text-davinci-003 (offline gold judge) before and after PPO
-
-A stage whose output exists is skipped, and an interrupted training stage resumes from its checkpoint,
-so re-running the same command continues where it stopped. ``--until STAGE`` stops after that stage (to
-inspect its output first; the same command without it continues). Writes DIR/report.md, DIR/report.json
-and plots under DIR/plots/.
-"""
+"""The main job's pipeline (``fgrlhf demo``, :mod:`fgrlhf.demo_cli`): its config, the stages it chains on one
+Ray instance, and the report with its plots."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from fgrlhf.config import StrictModel
-
-log = logging.getLogger(__name__)
-
-# What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
-RESUME_HINT = "finished stages are kept; re-run the same command to continue from the next one"
+from fgrlhf.data import read_jsonl
+from fgrlhf.stages import CommandFailed, Stages, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("pairs", "edits", "rm", "rm-eval", "ppo", "winrate-before", "winrate-after")
@@ -56,7 +31,8 @@ class DemoConfig(StrictModel):
     pair_prompts: int = Field(64, ge=4, description="train prompts answered twice for preference pairs")
     heldout_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="pairs kept out of RM training")
     editor: Literal["auto", "rule", "anthropic"] = Field(
-        "auto", description="auto: Claude when ANTHROPIC_API_KEY is set, else the rule editor")
+        "auto", description="auto: Claude when ANTHROPIC_API_KEY is set, else the rule editor"
+    )
     edit_rules: str = "configs/edit-rules-alpaca-sim.yaml"
     min_edits: int = Field(4, ge=1, description="fewer edited pairs than this cannot train an RM")
     eval_prompts: int = Field(24, ge=1, description="eval-split instructions for the win rate")
@@ -66,53 +42,6 @@ class DemoConfig(StrictModel):
     rm_config: str = "configs/rm-token-smollm2-cpu.yaml"
     rm_overrides: list[str] = Field(default_factory=list)
     ppo_overrides: list[str] = Field(default_factory=list)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML with DemoConfig keys")
-    parser.add_argument("--fresh", action="store_true", help="delete DIR first instead of resuming")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-    parser.add_argument("--until", choices=STAGES, help="stop after this stage (default: run them all)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-
-
-class StoppedAfter(Exception):
-    """``--until``'s stage is done: the stages after it do not run."""
-
-
-class Stages:
-    """Runs ``fgrlhf`` commands in-process, timing each and skipping those whose output exists."""
-
-    def __init__(self, console, timings: Path, until: str | None = None):
-        self.console = console
-        self.until = until
-        self.timings = timings  # kept on disk so a resumed demo still reports the stages done earlier
-        self.seconds: dict[str, float] = json.loads(timings.read_text()) if timings.exists() else {}
-
-    def run(self, name: str, done: Path, argv: list[str]) -> None:
-        # Done = finished with exit 0 (timed) and its output present: a stage that wrote its output but failed,
-        # e.g. `fgrlhf edit` with some items failed (exit 3), runs again and retries only what failed.
-        if name in self.seconds and done.exists():
-            self.console.print(f"[dim]stage {name}: done earlier ({done}), skipped[/dim]")
-        else:
-            self._run(name, done, argv)
-        if name == self.until:
-            raise StoppedAfter(name)
-
-    def _run(self, name: str, done: Path, argv: list[str]) -> None:
-        from fgrlhf.cli import build_parser
-
-        self.console.rule(f"stage {name}: fgrlhf {' '.join(argv)}")
-        began = time.perf_counter()
-        args = build_parser().parse_args(argv)
-        code = args._module.main(args)
-        if code != 0:
-            raise SystemExit(f"stage {name} failed (exit {code}); fix the cause and re-run to resume")
-        self.seconds[name] = round(time.perf_counter() - began, 1)
-        self.timings.write_text(json.dumps(self.seconds, indent=2) + "\n", encoding="utf-8")
-        if not done.exists():
-            raise RuntimeError(f"stage {name} finished without writing {done}")
 
 
 def check_resumable(cfg: DemoConfig, out: Path) -> None:
@@ -126,8 +55,10 @@ def check_resumable(cfg: DemoConfig, out: Path) -> None:
         before = yaml.safe_load(saved.read_text(encoding="utf-8"))
         changed = sorted(key for key, value in cfg.model_dump(mode="json").items() if before.get(key) != value)
         if changed:
-            raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}): "
-                              "re-run with --fresh, or choose another --out")
+            raise ConfigError(
+                f"{out} holds a run with other settings ({', '.join(changed)}): "
+                "re-run with --fresh, or choose another --out"
+            )
     else:
         dump_config(cfg, saved)
 
@@ -148,10 +79,6 @@ def count_edited(edits_file: Path) -> int:
     from fgrlhf.data import load_edit_records
 
     return len(load_edit_records(edits_file))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_training(out: Path, rm_metrics: Path, ppo_metrics: Path) -> list[Path]:
@@ -230,84 +157,146 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
     editor = cfg.editor
     if editor == "auto":
         editor = "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "rule"
-    stages = Stages(console, out / "stage_seconds.json", until)
+    stages = Stages(out / "stage_seconds.json", until, say=lambda text: console.print(f"[dim]{text}[/dim]"))
+
+    def command(name: str, done: Path, argv: list[str]) -> None:
+        def step() -> None:
+            console.rule(f"stage {name}")
+            try:
+                run_command(*argv)
+            except CommandFailed as exc:
+                raise SystemExit(f"stage {name} failed (exit {exc.code}); fix the cause and re-run to resume") from None
+
+        stages.run(done, step, name)
+
     data_dir = out / "pairs"
-    stages.run("pairs", data_dir / "pairs.jsonl",
-               ["env-data", "--env", "alpaca-sim", "--out", str(data_dir), "--n-prompts", str(cfg.pair_prompts),
-                f"generation.model={cfg.model}", *cfg.env_data_overrides])
+    command(
+        "pairs",
+        data_dir / "pairs.jsonl",
+        [
+            "env-data",
+            "--env",
+            "alpaca-sim",
+            "--out",
+            str(data_dir),
+            "--n-prompts",
+            str(cfg.pair_prompts),
+            f"generation.model={cfg.model}",
+            *cfg.env_data_overrides,
+        ],
+    )
     train_pairs, heldout_pairs = split_pairs(data_dir / "pairs.jsonl", cfg.heldout_fraction)
 
     edits = out / "edits.jsonl"
     edit_argv = ["edit", "--input", str(train_pairs), "--output", str(edits), "--editor", editor, "--no-progress"]
-    stages.run("edits", edits, edit_argv + (["--rules", repo_file(cfg.edit_rules)] if editor == "rule" else []))
+    command("edits", edits, edit_argv + (["--rules", repo_file(cfg.edit_rules)] if editor == "rule" else []))
     edited = count_edited(edits)
     if edited < cfg.min_edits:
-        raise ConfigError(f"only {edited} of the pairs were edited (min_edits={cfg.min_edits}): raise "
-                          "pair_prompts or use an LLM editor (editor=anthropic)")
+        raise ConfigError(
+            f"only {edited} of the pairs were edited (min_edits={cfg.min_edits}): raise "
+            "pair_prompts or use an LLM editor (editor=anthropic)"
+        )
 
     rm_dir = out / "rm"
-    stages.run("rm", rm_dir / "final" / "config.json",
-               ["train-rm", "--config", repo_file(cfg.rm_config), "--data", str(edits), "--kind", "token", "--model", cfg.model,
-                "--out", str(rm_dir), "--resume", "eval_fraction=0",
-                *cfg.rm_overrides])
+    command(
+        "rm",
+        rm_dir / "final" / "config.json",
+        [
+            "train-rm",
+            "--config",
+            repo_file(cfg.rm_config),
+            "--data",
+            str(edits),
+            "--kind",
+            "token",
+            "--model",
+            cfg.model,
+            "--out",
+            str(rm_dir),
+            "--resume",
+            "eval_fraction=0",
+            *cfg.rm_overrides,
+        ],
+    )
     rm_report, heatmap = out / "rm_eval.json", out / "rm_heatmap.html"
-    stages.run("rm-eval", rm_report, ["eval-rm", "--rm", str(rm_dir / "final"), "--data", str(heldout_pairs),
-                                      "--report", str(rm_report), "--heatmap", str(heatmap), "--heatmap-k", "10"])
+    command(
+        "rm-eval",
+        rm_report,
+        [
+            "eval-rm",
+            "--rm",
+            str(rm_dir / "final"),
+            "--data",
+            str(heldout_pairs),
+            "--report",
+            str(rm_report),
+            "--heatmap",
+            str(heatmap),
+            "--heatmap-k",
+            "10",
+        ],
+    )
 
     ppo_dir = out / "ppo"
-    stages.run("ppo", ppo_dir / "final" / "config.json",
-               ["ppo", "--config", repo_file(cfg.ppo_config), "--out", str(ppo_dir), "--resume",
-                f"policy.name={cfg.model}", f"reward.model={rm_dir / 'final'}",
-                f"prompts.path={data_dir / 'prompts_train.jsonl'}", "ppo.reward_mode=token",
-                "gold_reward=fgrlhf.envs.alpaca_sim:gold_reward", *cfg.ppo_overrides])
+    command(
+        "ppo",
+        ppo_dir / "final" / "config.json",
+        [
+            "ppo",
+            "--config",
+            repo_file(cfg.ppo_config),
+            "--out",
+            str(ppo_dir),
+            "--resume",
+            f"policy.name={cfg.model}",
+            f"reward.model={rm_dir / 'final'}",
+            f"prompts.path={data_dir / 'prompts_train.jsonl'}",
+            "ppo.reward_mode=token",
+            "gold_reward=fgrlhf.envs.alpaca_sim:gold_reward",
+            *cfg.ppo_overrides,
+        ],
+    )
 
     winrate = {}
     for label, model in (("before", cfg.model), ("after", str(ppo_dir / "final"))):
         target = out / f"winrate_{label}"
-        stages.run(f"winrate-{label}", target / "winrate.json",
-                   ["winrate", "--model", model, "--judge", "gold", "--env", "alpaca-sim", "--n", str(cfg.eval_prompts),
-                    "--max-new-tokens", str(cfg.eval_max_new_tokens), "--out", str(target)])
+        command(
+            f"winrate-{label}",
+            target / "winrate.json",
+            [
+                "winrate",
+                "--model",
+                model,
+                "--judge",
+                "gold",
+                "--env",
+                "alpaca-sim",
+                "--n",
+                str(cfg.eval_prompts),
+                "--max-new-tokens",
+                str(cfg.eval_max_new_tokens),
+                "--out",
+                str(target),
+            ],
+        )
         winrate[label] = json.loads((target / "winrate.json").read_text())
 
     plots = plot_training(out / "plots", rm_dir / "metrics.jsonl", ppo_dir / "metrics.jsonl")
     report = {
-        "model": cfg.model, "editor": editor,
-        "pairs": len(read_jsonl(data_dir / "pairs.jsonl")), "heldout_pairs": len(read_jsonl(heldout_pairs)),
+        "model": cfg.model,
+        "editor": editor,
+        "pairs": len(read_jsonl(data_dir / "pairs.jsonl")),
+        "heldout_pairs": len(read_jsonl(heldout_pairs)),
         "edited": edited,
         "rm_accuracy": json.loads(rm_report.read_text()),
         "ppo_steps": len(read_jsonl(ppo_dir / "metrics.jsonl")),
         "ppo_phase_seconds": mean_phase_seconds(ppo_dir / "metrics.jsonl"),
-        "winrate_before": winrate["before"], "winrate_after": winrate["after"],
+        "winrate_before": winrate["before"],
+        "winrate_after": winrate["after"],
         "stage_seconds": stages.seconds,
-        "heatmap": str(heatmap), "plots": [str(p) for p in plots],
+        "heatmap": str(heatmap),
+        "plots": [str(p) for p in plots],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_report(report), encoding="utf-8")
     return report
-
-
-def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    from fgrlhf.config import load_config
-    from fgrlhf.distributed import ray_instance
-
-    cfg = load_config(DemoConfig, args.config, args.overrides)
-    console = Console()
-    if args.fresh:
-        shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    check_resumable(cfg, args.out)
-    began = time.perf_counter()
-    with ray_instance(args.num_cpus, dashboard=True) as dashboard:
-        if dashboard:
-            console.print(f"Ray dashboard: [bold]http://{dashboard}[/bold]")
-        try:
-            run(cfg, args.out, console, args.until)
-        except StoppedAfter as stop:
-            console.print(f"stopped after stage {stop} (--until); the same command without --until continues")
-            return 0
-    console.print(Markdown((args.out / "report.md").read_text()))
-    console.print(f"this run: {time.perf_counter() - began:.0f} s; report: {args.out / 'report.md'}")
-    return 0

@@ -12,6 +12,7 @@ import signal
 import socket
 import threading
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -57,10 +58,19 @@ def init_local_ray(num_cpus: float | None = None, dashboard: bool = False, **kwa
     import ray
 
     with ray_on_loopback():
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+        # ray annotates num_cpus as int, but a fractional CPU count (--num-cpus 1.5) is a valid resource total
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,  # type: ignore[arg-type]
+            include_dashboard=dashboard,
+            **kwargs,
+        )
     if ray.util.get_node_ip_address() != LOOPBACK:
-        log.warning("local Ray bound to %s, not %s: its ports are reachable from the network",
-                    ray.util.get_node_ip_address(), LOOPBACK)
+        log.warning(
+            "local Ray bound to %s, not %s: its ports are reachable from the network",
+            ray.util.get_node_ip_address(),
+            LOOPBACK,
+        )
     return context
 
 
@@ -181,34 +191,107 @@ def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_
     return config
 
 
+_ZERO3_LOADING: ContextVar[dict[str, Any] | None] = ContextVar("fgrlhf_zero3_loading", default=None)
+
+
 @contextmanager
 def zero3_init(cfg: DeepSpeedConfig, tiny_model: bool = False):
-    """Load a learner's model inside this context: under ZeRO-3, transformers' ``from_pretrained`` then builds
-    it in ``deepspeed.zero.Init`` (each rank allocates only its partition) and copies the checkpoint in module
-    by module from rank 0, instead of every rank materialising the whole model on the host first.
-
-    ``HfDeepSpeedConfig`` is transformers' switch for this (it is looked up through a weak reference, so it
-    lives exactly as long as the context). Models built directly from a config (``tiny``) are unaffected.
+    """Load a learner's model inside this context. Under ZeRO-3, :func:`fgrlhf.models.load_causal_lm` and
+    :func:`fgrlhf.reward.model.load_reward_model` then build it partitioned (:func:`partitioned_construction`)
+    and copy the checkpoint in one parameter at a time (:func:`load_partitioned`), instead of every rank
+    materialising the whole model on the host first; every rank of the group must load the same model.
+    Below ZeRO-3 it changes nothing; models built directly from a config (``tiny``) load whole either way.
     """
-    if cfg.zero_stage != 3:
-        yield
-        return
-    from transformers.integrations import HfDeepSpeedConfig
-
-    switch = HfDeepSpeedConfig(deepspeed_config(cfg, tiny_model=tiny_model))
+    config = deepspeed_config(cfg, tiny_model=tiny_model) if cfg.zero_stage == 3 else None
+    token = _ZERO3_LOADING.set(config)
     try:
         yield
     finally:
-        del switch
+        _ZERO3_LOADING.reset(token)
 
 
-def build_engine(model: torch.nn.Module, cfg: DeepSpeedConfig, total_steps: int | None = None,
-                 tiny_model: bool = False):
+def zero3_loading() -> dict[str, Any] | None:
+    """The DeepSpeed config of the enclosing :func:`zero3_init` at ZeRO-3 (load partitioned), else None."""
+    return _ZERO3_LOADING.get()
+
+
+@contextmanager
+def partitioned_construction(config: dict[str, Any]):
+    """Modules constructed inside are partitioned over the ranks as each one is built (``deepspeed.zero.Init``
+    with ``config``), and skip the random initialisation that :func:`load_partitioned` then overwrites."""
+    import deepspeed
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=config):
+        yield
+
+
+def load_partitioned(module: torch.nn.Module, files: list) -> None:
+    """Copy the safetensors ``files`` (one checkpoint, maybe sharded) into ``module`` built by
+    :func:`partitioned_construction`; every rank calls it (each gather is collective).
+
+    One parameter at a time: it is gathered whole, rank 0 reads its tensor and writes it, and DeepSpeed
+    broadcasts rank 0's copy and re-partitions it on leaving the context. Rank 0 opens the file for each
+    tensor, so at most one tensor of the checkpoint is mapped in at a time: no rank ever holds more of the
+    model than its partition plus one parameter. Persistent buffers (never partitioned) load on every rank.
+    The files must hold every parameter and persistent buffer of ``module`` and nothing else; a tied weight's
+    second name (``lm_head.weight`` tied to the embedding) may be left out, as ``save_pretrained`` does.
+    """
+    import deepspeed
+    from safetensors import safe_open
+
+    source: dict[str, str] = {}  # tensor name -> file
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in map(str, files):
+        with safe_open(path, framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
+                source[name], shapes[name] = path, tuple(weights.get_slice(name).get_shape())
+    state = module.state_dict().keys()  # partitioned tensors are empty: this costs nothing
+    params = dict(module.named_parameters())  # a tied weight once, under its first name
+    buffers = {name: buf for name, buf in module.named_buffers() if name in state}  # the persistent ones
+    missing = sorted((params.keys() | buffers.keys()) - shapes.keys())
+    unexpected = sorted(shapes.keys() - state)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {', '.join(map(str, files))} does not match the model: missing {missing}, "
+            f"unexpected {unexpected}"
+        )
+    for name, tensor in {**params, **buffers}.items():
+        shape = tuple(getattr(tensor, "ds_shape", tensor.shape))
+        if shapes[name] != shape:
+            raise ValueError(f"{source[name]}: {name} has shape {list(shapes[name])}, the model's is {list(shape)}")
+
+    def read(name: str) -> torch.Tensor:
+        with safe_open(source[name], framework="pt") as weights:
+            return weights.get_tensor(name)
+
+    writer = torch.distributed.get_rank() == 0
+    for name, param in params.items():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+            if writer:
+                param.copy_(read(name))
+    with torch.no_grad():
+        for name, buf in buffers.items():
+            buf.copy_(read(name))
+
+
+def writable(params):
+    """Context in which ``params`` may be modified: under ZeRO-3 they are gathered whole and rank 0's values
+    are kept (broadcast and re-partitioned on leaving); for ordinary parameters DeepSpeed makes it a no-op."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=0)
+
+
+def build_engine(
+    model: torch.nn.Module, cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_model: bool = False
+):
     """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW (no fused-op compilation on CPU)."""
     import deepspeed
 
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+    enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)  # transformers models have it
+    if cfg.gradient_checkpointing and enable_checkpointing is not None:
+        enable_checkpointing()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     engine, optimizer, _, scheduler = deepspeed.initialize(

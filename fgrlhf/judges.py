@@ -31,8 +31,10 @@ PROMPT_VERSION = "pairwise-judge-v1"
 
 # Modelled on AlpacaEval's ``alpaca_eval_gpt4`` annotator (its system message and instruction, without the
 # worked example), with the outputs in tags so that a reply is checkable.
-SYSTEM_PROMPT = ("You are a helpful instruction-following assistant that prints the best model by selecting the "
-                 "best outputs for a given instruction.")
+SYSTEM_PROMPT = (
+    "You are a helpful instruction-following assistant that prints the best model by selecting the "
+    "best outputs for a given instruction."
+)
 
 _USER_TEMPLATE = """\
 Select the output (a) or (b) that best matches the given instruction. Choose your preferred output, which \
@@ -105,8 +107,10 @@ class GoldJudge(Judge):
 
     def compare(self, instructions: list[str], outputs_a: list[str], outputs_b: list[str]) -> list[Verdict]:
         scores_a, scores_b = self.gold(instructions, outputs_a), self.gold(instructions, outputs_b)
-        return [Verdict(preference_from_scores(b, a, self.epsilon), {"gold_a": a, "gold_b": b})
-                for a, b in zip(scores_a, scores_b)]
+        return [
+            Verdict(preference_from_scores(b, a, self.epsilon), {"gold_a": a, "gold_b": b})
+            for a, b in zip(scores_a, scores_b)
+        ]
 
 
 class ClaudeJudgeConfig(StrictModel):
@@ -164,8 +168,12 @@ class ClaudeJudge(Judge):
 
         async def attempt(instruction: str, first: str, second: str) -> tuple[str, Usage]:
             reply, usage = await create_message(
-                client, model=self.cfg.model, max_tokens=self.cfg.max_tokens, system=SYSTEM_PROMPT,
-                messages=[{"role": "user", "content": judge_message(instruction, first, second)}])
+                client,
+                model=self.cfg.model,
+                max_tokens=self.cfg.max_tokens,
+                system=SYSTEM_PROMPT,
+                messages=[{"role": "user", "content": judge_message(instruction, first, second)}],
+            )
             verdict = parse_verdict(reply)
             if verdict is None:
                 raise MalformedReply(usage)
@@ -195,21 +203,31 @@ class ClaudeJudge(Judge):
     def compare(self, instructions: list[str], outputs_a: list[str], outputs_b: list[str]) -> list[Verdict]:
         calls = [(i, a, b) for i, a, b in zip(instructions, outputs_a, outputs_b)]
         calls += [(i, b, a) for i, a, b in zip(instructions, outputs_a, outputs_b)]
-        verdicts = asyncio.run(self._judge_all(calls))
-        failed = sum(v is None for v in verdicts)
-        if failed:
-            raise JudgeError(f"{failed} of {len(calls)} judge calls failed after retries; completed calls are "
-                             f"cached in {self.cfg.cache}, re-run to retry only the rest")
+        results = asyncio.run(self._judge_all(calls))
+        verdicts = [v for v in results if v is not None]
+        if failed := len(results) - len(verdicts):
+            raise JudgeError(
+                f"{failed} of {len(calls)} judge calls failed after retries; completed calls are "
+                f"cached in {self.cfg.cache}, re-run to retry only the rest"
+            )
         n = len(instructions)
-        return [Verdict(combine_orders(first, second), {"order_ab": first, "order_ba": second})
-                for first, second in zip(verdicts[:n], verdicts[n:])]
+        return [
+            Verdict(combine_orders(first, second), {"order_ab": first, "order_ba": second})
+            for first, second in zip(verdicts[:n], verdicts[n:])
+        ]
 
     def summary(self) -> dict:
         c = self.counters
         cost = (c.input_tokens * self.cfg.input_usd_per_mtok + c.output_tokens * self.cfg.output_usd_per_mtok) / 1e6
-        return {"model": self.cfg.model, "requests": c.requests, "from_cache": self.from_cache,
-                "retries": dict(c.retries), "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
-                "cost_usd": round(cost, 6)}
+        return {
+            "model": self.cfg.model,
+            "requests": c.requests,
+            "from_cache": self.from_cache,
+            "retries": dict(c.retries),
+            "input_tokens": c.input_tokens,
+            "output_tokens": c.output_tokens,
+            "cost_usd": round(cost, 6),
+        }
 
 
 def build_judge(kind: str, env: str, epsilon: float = 0.01, claude: ClaudeJudgeConfig | None = None) -> Judge:

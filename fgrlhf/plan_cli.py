@@ -22,42 +22,64 @@ log = logging.getLogger(__name__)
 
 def add_capacity_arguments(parser: argparse.ArgumentParser) -> None:
     """The cluster's capacity flags, shared by ``plan``, ``ppo`` and ``train-rm``."""
-    parser.add_argument("--gpu-memory-gb", type=float, default=None,
-                        help="memory of one GPU (default: the visible CUDA device's, else 80 for A100-80G)")
-    parser.add_argument("--host-ram-gb", type=float, default=None,
-                        help="RAM of one node (default: this machine's; unchecked for a GPU job planned on a "
-                             "machine without CUDA)")
-    parser.add_argument("--gpus-per-node", type=int, default=None,
-                        help="GPUs per node (default: every GPU the job asks for on one node)")
-    parser.add_argument("--model-config", default=None, metavar="PATH|PRESET",
-                        help="architecture for models whose checkpoint is not here (llama-7b, llama-13b, "
-                             "smollm2-135m, or a config.json)")
+    parser.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        default=None,
+        help="memory of one GPU (default: the visible CUDA device's, else 80 for A100-80G)",
+    )
+    parser.add_argument(
+        "--host-ram-gb",
+        type=float,
+        default=None,
+        help="RAM of one node (default: this machine's; unchecked for a GPU job planned on a machine without CUDA)",
+    )
+    parser.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=None,
+        help="GPUs per node (default: every GPU the job asks for on one node)",
+    )
+    parser.add_argument(
+        "--model-config",
+        default=None,
+        metavar="PATH|PRESET",
+        help="architecture for models whose checkpoint is not here (llama-7b, llama-13b, "
+        "smollm2-135m, or a config.json)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="a ppo, rm, figa or sft YAML config (configs/)")
-    parser.add_argument("--kind", choices=("ppo", "rm", "figa"), default=None,
-                        help="the config's command (default: told from its keys)")
+    parser.add_argument(
+        "--kind", choices=("ppo", "rm", "figa"), default=None, help="the config's command (default: told from its keys)"
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     add_capacity_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for the command")
 
 
-def compute(args: argparse.Namespace, kind: str | None = None, config: str | None = None,
-            overrides: list[str] | None = None) -> dict:
+def compute(
+    args: argparse.Namespace, kind: str | None = None, config: str | None = None, overrides: list[str] | None = None
+) -> dict:
     from fgrlhf.planning import default_gpu_memory_gb, default_host_ram_gb, evaluate, plan_job
 
-    _, _, job = plan_job(config if config is not None else args.config,
-                         list(args.overrides) if overrides is None else overrides,
-                         kind or getattr(args, "kind", None), args.model_config)
+    _, _, job = plan_job(
+        config if config is not None else args.config,
+        list(args.overrides) if overrides is None else overrides,
+        kind or getattr(args, "kind", None),
+        args.model_config,
+    )
     host_ram = args.host_ram_gb if args.host_ram_gb is not None else default_host_ram_gb(job)
     return evaluate(job, args.gpu_memory_gb or default_gpu_memory_gb(), host_ram, args.gpus_per_node)
 
 
 def render(plan: dict) -> str:
     """The plan as text: placement per node and GPU, memory per role, host RAM, disk, verdict."""
-    lines = [f"{plan['kind']} job: {plan['gpus']} GPU(s) of {plan['gpu_memory_gb']:g} GiB, "
-             f"placement strategy {plan['placement']['strategy']}"]
+    lines = [
+        f"{plan['kind']} job: {plan['gpus']} GPU(s) of {plan['gpu_memory_gb']:g} GiB, "
+        f"placement strategy {plan['placement']['strategy']}"
+    ]
     for node in plan["placement"]["nodes"]:
         lines.append(f"node {node['node']} (host RAM peak {node['host_ram_gb']:.1f} GiB)")
         for gpu in node["gpus"]:
@@ -74,10 +96,14 @@ def render(plan: dict) -> str:
         lines += [f"{'':<10} note: {note}" for note in role["notes"]]
     lines.append("")
     limit = plan["host_ram_limit_gb"]
-    lines.append(f"host RAM peak: {plan['host_ram_gb']:.1f} GiB per node "
-                 + (f"(limit {limit:.1f})" if limit is not None else "(not checked: give --host-ram-gb)"))
-    lines.append(f"checkpoint: {plan['checkpoint_gb']:.2f} GiB each; on disk with the kept checkpoints and the "
-                 f"final export: {plan['disk_gb']:.2f} GiB")
+    lines.append(
+        f"host RAM peak: {plan['host_ram_gb']:.1f} GiB per node "
+        + (f"(limit {limit:.1f})" if limit is not None else "(not checked: give --host-ram-gb)")
+    )
+    lines.append(
+        f"checkpoint: {plan['checkpoint_gb']:.2f} GiB each; on disk with the kept checkpoints and the "
+        f"final export: {plan['disk_gb']:.2f} GiB"
+    )
     lines.append("fits: yes" if plan["fits"] else "fits: NO\n" + "\n".join(f"  - {p}" for p in plan["problems"]))
     return "\n".join(lines)
 

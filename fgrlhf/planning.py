@@ -16,8 +16,8 @@ The byte counts are plain arithmetic, each function below documenting its model:
 - **vLLM** claims ``gpu_memory_utilization`` of the device (or weights + ``kv_cache_memory_bytes``); what the
   weights and the forward pass leave of it is KV cache, ``2 x layers x kv_heads x head_dim`` values a token.
 - **Host RAM**: every worker process's baseline (Python, torch, transformers, DeepSpeed, Ray) plus what it
-  holds on the host: on CPU everything; on GPU the weights while they load (the ZeRO-3 PPO policy loads
-  under ``deepspeed.zero.Init``, so only its partition; other learners load whole, then partition).
+  holds on the host: on CPU everything; on GPU the weights while they load (a ZeRO-3 learner is built
+  under ``deepspeed.zero.Init`` on its GPU and reads its checkpoint one tensor at a time, so only that).
 - **Checkpoints**: DeepSpeed writes the module's weights (not under ZeRO-3, whose partitions live in the
   optimizer files) and the optimizer states (fp32 master + moments); the final export is the weights once.
 """
@@ -51,12 +51,36 @@ VLLM_MAX_BATCHED_TOKENS = 8192
 
 # Published architectures for checkpoints that are not on this machine (``--model-config PRESET``).
 PRESETS: dict[str, dict[str, Any]] = {
-    "llama-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
-    "llama-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                      num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    "llama-7b": {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    },
+    "llama-13b": {
+        "model_type": "llama",
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 40,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    },
+    "smollm2-135m": {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+    },
 }
 
 
@@ -106,11 +130,17 @@ def arch_from_hf_config(config, source: str = "") -> Arch:
     tied = head is not None and id(head.weight) == id(model.get_input_embeddings().weight)
     heads = config.num_attention_heads
     return Arch(
-        hidden=config.hidden_size, layers=config.num_hidden_layers, heads=heads,
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        heads=heads,
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-        intermediate=config.intermediate_size, vocab=config.vocab_size, lm_params=sum(params.values()),
-        lm_head_params=0 if head is None or tied else head.weight.numel(), source=source)
+        intermediate=config.intermediate_size,
+        vocab=config.vocab_size,
+        lm_params=sum(params.values()),
+        lm_head_params=0 if head is None or tied else head.weight.numel(),
+        source=source,
+    )
 
 
 def load_arch(name: str, model_cfg=None, fallback: str | None = None) -> Arch:
@@ -130,8 +160,10 @@ def load_arch(name: str, model_cfg=None, fallback: str | None = None) -> Arch:
     if config_path.is_file():
         return _from_json(config_path)
     if fallback is None:
-        raise PlanError(f"model {name!r}: no config.json there; give its architecture with --model-config "
-                        f"PATH|PRESET (presets: {', '.join(PRESETS)})")
+        raise PlanError(
+            f"model {name!r}: no config.json there; give its architecture with --model-config "
+            f"PATH|PRESET (presets: {', '.join(PRESETS)})"
+        )
     if fallback in PRESETS:
         return _from_preset(fallback)
     path = Path(fallback).expanduser()
@@ -161,8 +193,14 @@ def _from_json(path: Path) -> Arch:
 
 
 # --- pure arithmetic --------------------------------------------------------------------------------------
-def learner_state_bytes(params: int, zero_stage: int, world_size: int, weight_bytes: int,
-                        mixed_precision: bool, grad_bytes: int | None = None) -> dict[str, float]:
+def learner_state_bytes(
+    params: int,
+    zero_stage: int,
+    world_size: int,
+    weight_bytes: int,
+    mixed_precision: bool,
+    grad_bytes: int | None = None,
+) -> dict[str, float]:
     """Per-rank bytes of weights, gradients and Adam states (ZeRO paper's model).
 
     ``mixed_precision``: bf16/fp16 weights with an fp32 master copy (optimizer K = 4 + 4 + 4 bytes); else Adam's
@@ -193,8 +231,9 @@ def layer_activation_elements(arch: Arch) -> int:
     return 7 * arch.hidden + 2 * arch.heads * arch.head_dim + 4 * arch.intermediate
 
 
-def activation_bytes(arch: Arch, rows: int, tokens: int, act_bytes: int, checkpointing: bool,
-                     logit_tokens: int = 0) -> dict[str, float]:
+def activation_bytes(
+    arch: Arch, rows: int, tokens: int, act_bytes: int, checkpointing: bool, logit_tokens: int = 0
+) -> dict[str, float]:
     """Activations of one micro-batch (``rows`` sequences of ``tokens``) kept for the backward pass.
 
     Without checkpointing every layer keeps :func:`layer_activation_elements`; with it each layer keeps its
@@ -203,10 +242,7 @@ def activation_bytes(arch: Arch, rows: int, tokens: int, act_bytes: int, checkpo
     gradient, plus the float32 loss copies at the read positions."""
     n = rows * tokens
     per_layer = layer_activation_elements(arch) * n * act_bytes
-    if checkpointing:
-        layers = arch.layers * arch.hidden * n * act_bytes + per_layer
-    else:
-        layers = arch.layers * per_layer
+    layers = arch.layers * arch.hidden * n * act_bytes + per_layer if checkpointing else arch.layers * per_layer
     out = {"activations": float(layers)}
     if logit_tokens:
         out["logits"] = float(arch.vocab * (2 * n * act_bytes + rows * logit_tokens * 4 * LOGIT_FP32_COPIES))
@@ -222,8 +258,9 @@ def inference_bytes(arch: Arch, rows: int, tokens: int, act_bytes: int, logits: 
     return float(out)
 
 
-def optimizer_step_bytes(params: int, zero_stage: int, world_size: int, weight_bytes: int,
-                         mixed_precision: bool) -> float:
+def optimizer_step_bytes(
+    params: int, zero_stage: int, world_size: int, weight_bytes: int, mixed_precision: bool
+) -> float:
     """Temporary of torch's foreach/fused AdamW step: the ``sqrt(v) + eps`` denominators, one value per
     parameter the rank updates, in the optimizer's dtype."""
     return float(params * (4 if mixed_precision else weight_bytes) / (world_size if zero_stage >= 1 else 1))
@@ -265,14 +302,16 @@ class Role:
         transients (activations are freed before the step)."""
         comps = self.components
         persistent = sum(v for k, v in comps.items() if k not in BACKWARD_TRANSIENT + STEP_TRANSIENT)
-        return persistent + max(sum(comps.get(k, 0.0) for k in BACKWARD_TRANSIENT),
-                                sum(comps.get(k, 0.0) for k in STEP_TRANSIENT))
+        return persistent + max(
+            sum(comps.get(k, 0.0) for k in BACKWARD_TRANSIENT), sum(comps.get(k, 0.0) for k in STEP_TRANSIENT)
+        )
 
 
-def _learner(role: str, arch: Arch, params: int, ds, rows: int, tokens: int, load_dtype: str,
-             logit_tokens: int, zero_init: bool = False) -> Role:
-    """A DeepSpeed rank. ``zero_init``: the model is built under ``deepspeed.zero.Init`` (the PPO policy), so
-    at ZeRO-3 each rank's host holds only its partition while loading; others load whole, then partition."""
+def _learner(
+    role: str, arch: Arch, params: int, ds, rows: int, tokens: int, load_dtype: str, logit_tokens: int
+) -> Role:
+    """A DeepSpeed rank. At ZeRO-3 the model is built partitioned on the device and loaded one tensor at a
+    time (:func:`fgrlhf.distributed.load_partitioned`): the host holds the largest tensor; below, the model."""
     weight_bytes = 2 if ds.bf16 else DTYPE_BYTES[load_dtype]
     grad_bytes = {"fp32": 4, "bf16": 2}.get(ds.grad_accum_dtype, weight_bytes)
     comps = learner_state_bytes(params, ds.zero_stage, ds.world_size, weight_bytes, ds.bf16, grad_bytes)
@@ -280,15 +319,17 @@ def _learner(role: str, arch: Arch, params: int, ds, rows: int, tokens: int, loa
         comps["zero3_gathered"] = zero3_live_bytes(arch, params, weight_bytes)
     comps.update(activation_bytes(arch, rows, tokens, weight_bytes, ds.gradient_checkpointing, logit_tokens))
     comps["optimizer_step"] = optimizer_step_bytes(params, ds.zero_stage, ds.world_size, weight_bytes, ds.bf16)
-    full = params * DTYPE_BYTES[load_dtype]
-    return Role(role, ds.world_size, ds.num_gpus_per_rank, comps, zero_stage=ds.zero_stage,
-                host_load=full / ds.world_size if zero_init and ds.zero_stage >= 3 else full)
+    largest = max(arch.vocab * arch.hidden, arch.hidden * arch.intermediate)
+    host_load = (largest if ds.zero_stage >= 3 else params) * DTYPE_BYTES[load_dtype]
+    return Role(role, ds.world_size, ds.num_gpus_per_rank, comps, zero_stage=ds.zero_stage, host_load=host_load)
 
 
 def _scorer(role: str, params: int, arch: Arch, dtype: str, scorer, tokens: int, logits: bool) -> Role:
     b = DTYPE_BYTES[dtype]
-    comps = {"weights": float(params * b),
-             "activations": inference_bytes(arch, scorer.micro_batch_size, tokens, b, logits)}
+    comps = {
+        "weights": float(params * b),
+        "activations": inference_bytes(arch, scorer.micro_batch_size, tokens, b, logits),
+    }
     return Role(role, 1, scorer.num_gpus, comps, host_load=params * b)
 
 
@@ -299,29 +340,36 @@ def _rollout(cfg, arch: Arch, tokens: int) -> Role:
     per_actor = cfg.ppo.rollout_batch_size // ro.num_actors
     kv_token = kv_bytes_per_token(arch, b)
     if ro.engine == "hf":
-        comps = {"weights": weights, "kv_cache": float(per_actor * tokens * kv_token),
-                 "activations": float(per_actor * arch.vocab * (b + 4 * 2))}  # one step's logits
+        comps = {
+            "weights": weights,
+            "kv_cache": float(per_actor * tokens * kv_token),
+            "activations": float(per_actor * arch.vocab * (b + 4 * 2)),
+        }  # one step's logits
         return Role("rollout", ro.num_actors, ro.num_gpus, comps, host_load=weights)
     import inspect
 
     from fgrlhf.workers.vllm_engine import VLLMEngine
 
-    defaults = {k: p.default for k, p in inspect.signature(VLLMEngine.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(VLLMEngine.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     opts = {**defaults, **ro.engine_kwargs}
     seqs = min(opts.get("max_num_seqs", per_actor), per_actor)
     batched = opts.get("max_num_batched_tokens") or VLLM_MAX_BATCHED_TOKENS
     forward = inference_bytes(arch, 1, batched, b, logits=False) + seqs * arch.vocab * 4
-    role = Role("rollout", ro.num_actors, ro.num_gpus, {"weights": weights, "activations": forward},
-                host_load=0.0)
+    role = Role("rollout", ro.num_actors, ro.num_gpus, {"weights": weights, "activations": forward}, host_load=0.0)
     needed = seqs * tokens * kv_token
     one_sequence = opts.get("max_model_len", tokens) * kv_token
     if opts.get("kv_cache_memory_bytes"):
         role.components["kv_cache"] = float(opts["kv_cache_memory_bytes"])
     else:
         role.claims_device = float(opts.get("gpu_memory_utilization", 0.9))
-    role.notes.append(f"KV cache for {seqs} sequences x {tokens} tokens: {needed / GiB:.2f} GiB; "
-                      f"one max_model_len sequence: {one_sequence / GiB:.2f} GiB")
+    role.notes.append(
+        f"KV cache for {seqs} sequences x {tokens} tokens: {needed / GiB:.2f} GiB; "
+        f"one max_model_len sequence: {one_sequence / GiB:.2f} GiB"
+    )
     role.kv_required = {"one_sequence": float(one_sequence), "batch": float(needed)}
     return role
 
@@ -331,8 +379,16 @@ def ppo_roles(cfg, policy: Arch, reward: Arch, critic: Arch) -> list[Role]:
     dtype = cfg.policy.dtype
     pol, cri = cfg.learner_ds("policy_learner"), cfg.learner_ds("critic_learner")
     return [
-        _learner("policy", policy, policy.lm_params, pol, pol.micro_batch_size, tokens, dtype,
-                 logit_tokens=cfg.rollout.max_new_tokens, zero_init=True),
+        _learner(
+            "policy",
+            policy,
+            policy.lm_params,
+            pol,
+            pol.micro_batch_size,
+            tokens,
+            dtype,
+            logit_tokens=cfg.rollout.max_new_tokens,
+        ),
         _learner("critic", critic, critic.rm_params, cri, cri.micro_batch_size, tokens, dtype, logit_tokens=0),
         _rollout(cfg, policy, tokens),
         _scorer("reward", reward.rm_params, reward, dtype, cfg.reward, tokens, logits=False),
@@ -357,8 +413,7 @@ def _gb(value: float) -> float:
     return round(value / GiB, 3)
 
 
-def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None,
-             gpus_per_node: int | None = None) -> dict:
+def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None, gpus_per_node: int | None = None) -> dict:
     """Place the roles on devices and nodes, sum each device's memory, and decide whether the job fits
     (host RAM is not checked when ``host_ram_gb`` is None)."""
     from fgrlhf.placement import assign_gpus
@@ -394,34 +449,46 @@ def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None,
             kv = role.claims_device * cap - role.total
             role.components["kv_cache"] = max(kv, 0.0)
             if kv < needed["one_sequence"]:
-                problems.append(f"{role.role}: vLLM's {role.claims_device:.0%} of {gpu_memory_gb:g} GiB leaves "
-                                f"{kv / GiB:.2f} GiB of KV cache, less than one max_model_len sequence "
-                                f"({needed['one_sequence'] / GiB:.2f} GiB): raise gpu_memory_utilization")
+                problems.append(
+                    f"{role.role}: vLLM's {role.claims_device:.0%} of {gpu_memory_gb:g} GiB leaves "
+                    f"{kv / GiB:.2f} GiB of KV cache, less than one max_model_len sequence "
+                    f"({needed['one_sequence'] / GiB:.2f} GiB): raise gpu_memory_utilization"
+                )
             elif kv < needed["batch"]:
-                role.notes.append(f"KV cache holds {kv / needed['batch']:.0%} of the rollout batch at "
-                                  "once: vLLM generates it in waves")
+                role.notes.append(
+                    f"KV cache holds {kv / needed['batch']:.0%} of the rollout batch at "
+                    "once: vLLM generates it in waves"
+                )
     for role in job.roles:  # NCCL refuses a process group with two ranks on one device
         if role.count > 1 and role.zero_stage is not None and role.gpus > 0:
             ranks = [s for s in job.placement.slots if s.role == role.role]
-            shared = [d for d in {d for s in ranks for d in devices[s.bundle]}
-                      if sum(d in devices[s.bundle] for s in ranks) > 1]
+            shared = [
+                d
+                for d in {d for s in ranks for d in devices[s.bundle]}
+                if sum(d in devices[s.bundle] for s in ranks) > 1
+            ]
             if shared:
-                problems.append(f"{role.role}: several ranks on GPU {', '.join(map(str, sorted(shared)))}; NCCL "
-                                f"refuses two ranks of one group on one device (give each rank a whole GPU)")
+                problems.append(
+                    f"{role.role}: several ranks on GPU {', '.join(map(str, sorted(shared)))}; NCCL "
+                    f"refuses two ranks of one group on one device (give each rank a whole GPU)"
+                )
     for d, load in sorted(device_load.items()):
         if load > cap:
-            problems.append(f"GPU {d} (node {d // per_node}): {', '.join(device_roles[d])} need "
-                            f"{load / GiB:.1f} GiB > {gpu_memory_gb:g} GiB")
+            problems.append(
+                f"GPU {d} (node {d // per_node}): {', '.join(device_roles[d])} need "
+                f"{load / GiB:.1f} GiB > {gpu_memory_gb:g} GiB"
+            )
     host_peak = max(host.values())
     if host_ram_gb is not None and host_peak > host_ram_gb * GiB:
-        node = max(host, key=host.get)
+        node = max(host, key=host.__getitem__)
         problems.append(f"host RAM of node {node}: {host_peak / GiB:.1f} GiB > {host_ram_gb:g} GiB")
     nodes = []
     for node in range(max(1, math.ceil(n_gpus / per_node))):
-        gpus = [{"gpu": d, "roles": device_roles.get(d, []), "memory_gb": _gb(device_load.get(d, 0.0))}
-                for d in range(node * per_node, min(n_gpus, (node + 1) * per_node))]
-        cpu_only = [f"{s.role}[{s.index}]" for s in job.placement.slots
-                    if not devices[s.bundle] and node == 0]
+        gpus = [
+            {"gpu": d, "roles": device_roles.get(d, []), "memory_gb": _gb(device_load.get(d, 0.0))}
+            for d in range(node * per_node, min(n_gpus, (node + 1) * per_node))
+        ]
+        cpu_only = [f"{s.role}[{s.index}]" for s in job.placement.slots if not devices[s.bundle] and node == 0]
         nodes.append({"node": node, "gpus": gpus, "cpu_roles": cpu_only, "host_ram_gb": _gb(host.get(node, 0.0))})
     return {
         "kind": job.kind,
@@ -430,18 +497,36 @@ def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None,
         "gpus": n_gpus,
         "gpu_memory_gb": gpu_memory_gb,
         "host_ram_limit_gb": host_ram_gb,
-        "roles": [{
-            "role": r.role, "count": r.count, "gpus": r.gpus, "zero_stage": r.zero_stage,
-            "device": "gpu" if r.gpus > 0 else "cpu",
-            "memory_gb_per_gpu": _gb(max(r.total, (r.claims_device or 0.0) * cap)) if r.gpus > 0 else None,
-            "memory_gb": _gb(r.total),
-            "components_gb": {k: _gb(v) for k, v in r.components.items()},
-            "notes": r.notes,
-        } for r in job.roles],
-        "placement": {"strategy": job.placement.strategy, "bundles": job.placement.bundles,
-                      "slots": [{"role": s.role, "index": s.index, "bundle": s.bundle, "gpus": s.gpus,
-                                 "cpus": s.cpus, "devices": devices[s.bundle]} for s in job.placement.slots],
-                      "nodes": nodes},
+        "roles": [
+            {
+                "role": r.role,
+                "count": r.count,
+                "gpus": r.gpus,
+                "zero_stage": r.zero_stage,
+                "device": "gpu" if r.gpus > 0 else "cpu",
+                "memory_gb_per_gpu": _gb(max(r.total, (r.claims_device or 0.0) * cap)) if r.gpus > 0 else None,
+                "memory_gb": _gb(r.total),
+                "components_gb": {k: _gb(v) for k, v in r.components.items()},
+                "notes": r.notes,
+            }
+            for r in job.roles
+        ],
+        "placement": {
+            "strategy": job.placement.strategy,
+            "bundles": job.placement.bundles,
+            "slots": [
+                {
+                    "role": s.role,
+                    "index": s.index,
+                    "bundle": s.bundle,
+                    "gpus": s.gpus,
+                    "cpus": s.cpus,
+                    "devices": devices[s.bundle],
+                }
+                for s in job.placement.slots
+            ],
+            "nodes": nodes,
+        },
         "host_ram_gb": _gb(host_peak),
         "checkpoint_gb": _gb(job.checkpoint),
         "disk_gb": _gb(job.keep_checkpoints * job.checkpoint + job.final),
@@ -462,10 +547,15 @@ def ppo_job(cfg, model_config: str | None = None) -> Job:
     critic = reward if critic_init == cfg.reward.model else load_arch(critic_init, cfg.policy, model_config)
     pol, cri = cfg.learner_ds("policy_learner"), cfg.learner_ds("critic_learner")
     dtype = cfg.policy.dtype
-    checkpoint = (_learner_checkpoint(policy.lm_params, pol, dtype)
-                  + _learner_checkpoint(critic.rm_params, cri, dtype))
-    return Job("ppo", ppo_roles(cfg, policy, reward, critic), ppo_placement(cfg), checkpoint,
-               float(policy.lm_params * (2 if pol.bf16 else DTYPE_BYTES[dtype])), cfg.keep_checkpoints)
+    checkpoint = _learner_checkpoint(policy.lm_params, pol, dtype) + _learner_checkpoint(critic.rm_params, cri, dtype)
+    return Job(
+        "ppo",
+        ppo_roles(cfg, policy, reward, critic),
+        ppo_placement(cfg),
+        checkpoint,
+        float(policy.lm_params * (2 if pol.bf16 else DTYPE_BYTES[dtype])),
+        cfg.keep_checkpoints,
+    )
 
 
 def supervised_job(kind: str, cfg, model_config: str | None = None) -> Job:
@@ -484,8 +574,14 @@ def supervised_job(kind: str, cfg, model_config: str | None = None) -> Job:
         tokens = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
     role = _learner("learner", arch, params, ds, rows, tokens, cfg.model.dtype, logit_tokens)
     final = float(params * (2 if ds.bf16 else DTYPE_BYTES[cfg.model.dtype]))
-    return Job(kind, [role], supervised_placement(ds), _learner_checkpoint(params, ds, cfg.model.dtype), final,
-               cfg.keep_checkpoints)
+    return Job(
+        kind,
+        [role],
+        supervised_placement(ds),
+        _learner_checkpoint(params, ds, cfg.model.dtype),
+        final,
+        cfg.keep_checkpoints,
+    )
 
 
 # --- configs ----------------------------------------------------------------------------------------------
@@ -498,8 +594,10 @@ def detect_kind(data: dict) -> str:
         return "figa"
     if keys & {"kind", "loss", "max_response_tokens"}:
         return "rm"
-    raise PlanError("not a training config: `fgrlhf plan` plans ppo (configs/ppo-*), train-rm (configs/rm-*) "
-                    "and figa/sft (configs/figa-*, configs/sft-*) configs")
+    raise PlanError(
+        "not a training config: `fgrlhf plan` plans ppo (configs/ppo-*), train-rm (configs/rm-*) "
+        "and figa/sft (configs/figa-*, configs/sft-*) configs"
+    )
 
 
 def plan_job(path: str | None, overrides: list[str], kind: str | None = None, model_config: str | None = None):
@@ -519,19 +617,19 @@ def plan_job(path: str | None, overrides: list[str], kind: str | None = None, mo
         if kind == "figa" and ("generation" in data or "edit" in data):
             raise PlanError(f"{path} is a figa-data config (rollouts + edits, no training); plan the figa config")
     if kind == "ppo":
-        from fgrlhf.ppo_trainer import PPOTrainConfig
+        from fgrlhf.ppo.config import PPOTrainConfig
 
         cfg = load_config(PPOTrainConfig, path, overrides)
         return kind, cfg, ppo_job(cfg, model_config)
     if kind == "rm":
         from fgrlhf.reward.train import RMTrainConfig
 
-        cfg = load_config(RMTrainConfig, path, overrides)
-    else:
-        from fgrlhf.figa.config import FigaTrainConfig
+        rm_cfg = load_config(RMTrainConfig, path, overrides)
+        return kind, rm_cfg, supervised_job(kind, rm_cfg, model_config)
+    from fgrlhf.figa.config import FigaTrainConfig
 
-        cfg = load_config(FigaTrainConfig, path, overrides)
-    return kind, cfg, supervised_job(kind, cfg, model_config)
+    figa_cfg = load_config(FigaTrainConfig, path, overrides)
+    return kind, figa_cfg, supervised_job(kind, figa_cfg, model_config)
 
 
 def default_gpu_memory_gb() -> float:

@@ -1,55 +1,39 @@
 """Gold-reward evaluation of policies on held-out prompts, shared by FIGA, SFT and PPO runs.
 
-A policy (``tiny``, ``smollm2`` or an HF checkpoint directory) answers the prompts (HF generate, greedy
-by default) and a gold hook ``module:function`` taking ``(prompts, responses) -> list[float]`` (e.g.
-``fgrlhf.envs.alpaca_sim:gold_reward``) scores them. :func:`compare` evaluates a base and a trained policy
+A policy (``tiny``, ``smollm2`` or an HF checkpoint directory) answers the prompts
+(:func:`fgrlhf.generation.generate_batched`, greedy by default) and a gold hook ``module:function`` taking
+``(prompts, responses) -> list[float]`` (e.g. ``fgrlhf.envs.alpaca_sim:gold_reward``) scores them. :func:`compare` evaluates a base and a trained policy
 on the same prompts and writes one ``eval.json`` whose ``summary`` rows have the same keys for every
 method, so runs can be tabulated side by side.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
 
 from fgrlhf.config import ModelConfig, StrictModel
 from fgrlhf.data import ALPACA_EVAL_SET
-
-
-class GenerationSettings(StrictModel):
-    max_prompt_tokens: int = Field(256, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    batch_size: int = Field(8, ge=1)
-    seed: int = 0
+from fgrlhf.envs import load_gold
+from fgrlhf.generation import GenerationSettings, generate_batched
 
 
 class PolicyEvalConfig(StrictModel):
     gold_reward: str = Field(description="'module:function' taking (prompts, responses) -> list[float]")
     prompts_path: str = ALPACA_EVAL_SET
     heldout_fraction: float | None = Field(
-        0.2, gt=0.0, le=1.0,
+        0.2,
+        gt=0.0,
+        le=1.0,
         description="keep prompts in this hash split (fgrlhf.envs.in_eval_split, the envs' eval split); "
-                    "None = all prompts")
+        "None = all prompts",
+    )
     limit: int | None = Field(None, ge=1, description="first N held-out prompts")
     generation: GenerationSettings = GenerationSettings()
-
-
-def load_gold(spec: str) -> Callable[[list[str], list[str]], list[float]]:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"gold_reward {spec!r}: expected 'module:function'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"gold_reward {spec!r}: {exc}") from None
 
 
 def heldout_prompts(cfg: PolicyEvalConfig) -> list[str]:
@@ -64,45 +48,31 @@ def heldout_prompts(cfg: PolicyEvalConfig) -> list[str]:
     return prompts[: cfg.limit] if cfg.limit else prompts
 
 
-def generate_responses(model_cfg: ModelConfig, prompts: list[str], gen: GenerationSettings,
-                       desc: str = "generate") -> list[str]:
-    """Batched HF generate (left padding) over the formatted prompts; decoded text without EOS."""
-    from tqdm import tqdm
-
-    from fgrlhf.tokenization import encode_prompt, format_prompt
-    from fgrlhf.workers.rollout_worker import HFEngine
-
-    engine = HFEngine(model_cfg)
-    tok = engine.tokenizer
-    ids = [encode_prompt(tok, format_prompt(tok, p, model_cfg.prompt_format), gen.max_prompt_tokens)
-           for p in prompts]
-    responses = []
-    for start in tqdm(range(0, len(ids), gen.batch_size), desc=desc, unit="batch"):
-        out = engine.generate(ids[start:start + gen.batch_size], gen.max_new_tokens, gen.temperature,
-                              gen.top_p, gen.seed + start)
-        responses += [text.strip() for text in tok.batch_decode(out, skip_special_tokens=True)]
-    return responses
-
-
 def evaluate_policy(model_cfg: ModelConfig, prompts: list[str], cfg: PolicyEvalConfig, label: str) -> dict:
-    responses = generate_responses(model_cfg, prompts, cfg.generation, desc=f"eval {label}")
+    responses = generate_batched(model_cfg, prompts, cfg.generation, desc=f"eval {label}")
     scores = [float(s) for s in load_gold(cfg.gold_reward)(prompts, responses)]
     if len(scores) != len(prompts):
         raise ValueError(f"gold_reward {cfg.gold_reward!r} returned {len(scores)} scores for {len(prompts)} prompts")
     stderr = statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else float("nan")
     return {
-        "summary": {"policy": label, "model": model_cfg.name, "n": len(scores),
-                    "gold_mean": statistics.fmean(scores), "gold_stderr": stderr},
+        "summary": {
+            "policy": label,
+            "model": model_cfg.name,
+            "n": len(scores),
+            "gold_mean": statistics.fmean(scores),
+            "gold_stderr": stderr,
+        },
         "rows": [{"prompt": p, "response": r, "gold": s} for p, r, s in zip(prompts, responses, scores)],
     }
 
 
-def compare(before: ModelConfig, after: ModelConfig, cfg: PolicyEvalConfig, out_path: str | Path,
-            method: str) -> dict:
+def compare(before: ModelConfig, after: ModelConfig, cfg: PolicyEvalConfig, out_path: str | Path, method: str) -> dict:
     """Evaluate ``before`` and ``after`` on the same held-out prompts; write and return the report."""
     prompts = heldout_prompts(cfg)
-    results = {"before": evaluate_policy(before, prompts, cfg, "before"),
-               "after": evaluate_policy(after, prompts, cfg, "after")}
+    results = {
+        "before": evaluate_policy(before, prompts, cfg, "before"),
+        "after": evaluate_policy(after, prompts, cfg, "after"),
+    }
     report = {
         "method": method,
         "gold_reward": cfg.gold_reward,

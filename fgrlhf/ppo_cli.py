@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/ppo-*.yaml)")
     parser.add_argument("--out", required=True, help="run directory")
     add_run_arguments(parser)
-    parser.add_argument("--num-cpus", type=float, default=None,
-                        help="CPUs of the local Ray instance started when RAY_ADDRESS is unset")
+    parser.add_argument(
+        "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
+    )
     parser.add_argument("--force", action="store_true", help="run even if `fgrlhf plan` says the job does not fit")
     add_capacity_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. ppo.kl_coef=0.02")
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.config import load_config
     from fgrlhf.distributed import ray_instance
-    from fgrlhf.ppo_trainer import PPO_RUN, PPOTrainConfig, PPOTrainer, check_paths
+    from fgrlhf.ppo.config import PPO_RUN, PPOTrainConfig, check_paths
+    from fgrlhf.ppo.trainer import PPOTrainer
     from fgrlhf.run_dir import open_run
 
     cfg = load_config(PPOTrainConfig, args.config, args.overrides)
@@ -46,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
     run = open_run(args.out, PPO_RUN, cfg, resume=args.resume, overwrite=args.overwrite)
     if run.done:
         record = run.result
+        assert record is not None  # a finished run's run.json holds its result
     else:
         with ray_instance(args.num_cpus):
             record = PPOTrainer(cfg, run).run()

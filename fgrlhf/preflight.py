@@ -22,8 +22,10 @@ def check_data(path: str | Path, what: str) -> None:
     if not resolved.exists():
         raise ConfigError(f"{what}: {path}: no such file")
     if resolved.is_dir() and not is_datasets_dir(resolved):
-        raise ConfigError(f"{what}: {path}: is a directory; expected a JSONL or JSON file (or a directory "
-                          "written by datasets' save_to_disk)")
+        raise ConfigError(
+            f"{what}: {path}: is a directory; expected a JSONL or JSON file (or a directory "
+            "written by datasets' save_to_disk)"
+        )
 
 
 def check_file(path: str | Path, what: str) -> None:
@@ -43,8 +45,10 @@ def check_model(name: str, what: str, also: tuple[str, ...] = ()) -> None:
     if not path.exists():
         raise ConfigError(f"{what}: {name}: no such model directory")
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{what}: {name}: not a model directory (no config.json); expected "
-                          f"{', '.join(BUILTIN_MODELS + also)} or an HF checkpoint directory")
+        raise ConfigError(
+            f"{what}: {name}: not a model directory (no config.json); expected "
+            f"{', '.join(BUILTIN_MODELS + also)} or an HF checkpoint directory"
+        )
 
 
 def check_reward_model(path: str, what: str, also: tuple[str, ...] = ()) -> None:
@@ -55,5 +59,6 @@ def check_reward_model(path: str, what: str, also: tuple[str, ...] = ()) -> None
     if not directory.exists():
         raise ConfigError(f"{what}: {path}: no such reward-model directory")
     if not (directory / "config.json").is_file():
-        raise ConfigError(f"{what}: {path}: not a reward-model directory (no config.json); "
-                          "expected train-rm's DIR/final")
+        raise ConfigError(
+            f"{what}: {path}: not a reward-model directory (no config.json); expected train-rm's DIR/final"
+        )

@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from fgrlhf.config import ConfigError
 
@@ -100,8 +100,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ, as ``key: (old, new)`` (ABSENT where a side lacks the key)."""
     a, b = flatten(old), flatten(new)
-    return {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys())
-            if a.get(k, ABSENT) != b.get(k, ABSENT)}
+    return {
+        k: (a.get(k, ABSENT), b.get(k, ABSENT))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, ABSENT) != b.get(k, ABSENT)
+    }
+
+
+def _with_defaults(cfg: BaseModel, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the keys added since it was written filled in with their defaults, so that a new
+    key left at its default is not a change; a config the current model no longer accepts stays as saved."""
+    try:
+        return type(cfg).model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        return saved
 
 
 def describe(changes: dict[str, tuple[Any, Any]]) -> str:
@@ -208,8 +220,12 @@ class RunDir:
     @property
     def done(self) -> bool:
         """A finished run that --resume leaves as it is (its saved result stands)."""
-        return (self.mode == "resume" and self.manifest.get("status") == "finished" and not self.spec.rerun_finished
-                and not any(_covered(key, self.spec.extends) for key in self.changes))
+        return (
+            self.mode == "resume"
+            and self.manifest.get("status") == "finished"
+            and not self.spec.rerun_finished
+            and not any(_covered(key, self.spec.extends) for key in self.changes)
+        )
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -238,13 +254,27 @@ class RunDir:
             for key, (old, new) in self.changes.items():
                 log.info("--resume: %s changed from %s to %s", key, json.dumps(old), json.dumps(new))
             with (self.path / RESUMES).open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"time": _now(), "status_before": self.manifest.get("status"),
-                                         "changes": {k: [o, n] for k, (o, n) in self.changes.items()}}) + "\n")
+                handle.write(
+                    json.dumps(
+                        {
+                            "time": _now(),
+                            "status_before": self.manifest.get("status"),
+                            "changes": {k: [o, n] for k, (o, n) in self.changes.items()},
+                        }
+                    )
+                    + "\n"
+                )
         _write_yaml(self.config, self.path / CONFIG)
         created = self.manifest.get("created") if self.mode == "resume" else None
         digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()
-        self.manifest = {"command": self.spec.command, "status": "running", "created": created or _now(),
-                         "updated": _now(), "config_sha256": digest, "inputs": self.inputs}
+        self.manifest = {
+            "command": self.spec.command,
+            "status": "running",
+            "created": created or _now(),
+            "updated": _now(),
+            "config_sha256": digest,
+            "inputs": self.inputs,
+        }
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
     def finish(self, result: dict[str, Any]) -> None:
@@ -270,8 +300,9 @@ class RunDir:
         write_json_atomic(path / self.spec.state_file, state)
         complete = [(s, p) for s, p in _step_dirs(self.path) if (p / self.spec.state_file).is_file()]
         newest = complete[-1][0]
-        stale = complete[:-keep] + [(s, p) for s, p in _step_dirs(self.path)
-                                    if s < newest and not (p / self.spec.state_file).is_file()]
+        stale = complete[:-keep] + [
+            (s, p) for s, p in _step_dirs(self.path) if s < newest and not (p / self.spec.state_file).is_file()
+        ]
         for _, old in stale:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -302,8 +333,15 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise RunDirError(f"{path} is not valid JSON ({exc}); restore it or choose another --out") from None
 
 
-def open_run(path: str | Path, spec: RunSpec, cfg: BaseModel, *, resume: bool = False, overwrite: bool = False,
-             inputs: dict[str, str] | None = None) -> RunDir:
+def open_run(
+    path: str | Path,
+    spec: RunSpec,
+    cfg: BaseModel,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    inputs: dict[str, str] | None = None,
+) -> RunDir:
     """Apply the ``--out`` policy of the module docstring; raises :class:`RunDirError` when refused.
 
     Reads only (no model, no Ray): call it before starting either. ``inputs`` adds input files that are
@@ -325,8 +363,10 @@ def open_run(path: str | Path, spec: RunSpec, cfg: BaseModel, *, resume: bool = 
     other = [name for name in entries if not spec.owns(name)]
     manifest = _read_manifest(path / MANIFEST) if MANIFEST in ours else {}
     if manifest and manifest.get("command") != spec.command:
-        raise RunDirError(f"{path} holds a `fgrlhf {manifest.get('command')}` run, not a `fgrlhf {spec.command}` "
-                          "one; choose another --out")
+        raise RunDirError(
+            f"{path} holds a `fgrlhf {manifest.get('command')}` run, not a `fgrlhf {spec.command}` "
+            "one; choose another --out"
+        )
     if not entries:
         if resume:
             log.info("--resume: %s holds no run yet; starting a new one", path)
@@ -336,15 +376,22 @@ def open_run(path: str | Path, spec: RunSpec, cfg: BaseModel, *, resume: bool = 
     status = manifest.get("status", "unknown")
     if overwrite:
         if other:
-            raise RunDirError(f"--overwrite removes only the old run's files, but {path} also holds "
-                              f"{_names(other)}; move them away or choose another --out")
+            raise RunDirError(
+                f"--overwrite removes only the old run's files, but {path} also holds "
+                f"{_names(other)}; move them away or choose another --out"
+            )
         return RunDir(path, spec, config, digests, "overwrite", manifest)
     if not resume:
-        raise RunDirError(f"{path} already holds a {spec.command} run ({status}); pass --resume to continue it "
-                          "or --overwrite to start it over (removes that run's files), or choose another --out")
+        raise RunDirError(
+            f"{path} already holds a {spec.command} run ({status}); pass --resume to continue it "
+            "or --overwrite to start it over (removes that run's files), or choose another --out"
+        )
 
-    changes = config_diff(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")) or {}, config) \
-        if CONFIG in ours else {}
+    changes = (
+        config_diff(_with_defaults(cfg, yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")) or {}), config)
+        if CONFIG in ours
+        else {}
+    )
     moved, edited = set(), set()  # input files at another path with the same content / with other content
     for key, now in digests.items():
         before = manifest.get("inputs", {}).get(key)
@@ -358,25 +405,35 @@ def open_run(path: str | Path, spec: RunSpec, cfg: BaseModel, *, resume: bool = 
             else:
                 edited.add(f"{key} (content sha256)")
                 changes[f"{key} (content sha256)"] = (before["sha256"][:12], now["sha256"][:12])
-    refused = {k: v for k, v in changes.items()
-               if k in edited or (k not in moved and not _covered(k, spec.changeable))}
+    refused = {k: v for k, v in changes.items() if k in edited or (k not in moved and not _covered(k, spec.changeable))}
     if refused:
-        raise RunDirError(f"--resume: {path} holds a {spec.command} run made with other settings that change "
-                          f"what it computes:\n{describe(refused)}\nuse the run's settings, --overwrite to start "
-                          "it over, or choose another --out")
+        raise RunDirError(
+            f"--resume: {path} holds a {spec.command} run made with other settings that change "
+            f"what it computes:\n{describe(refused)}\nuse the run's settings, --overwrite to start "
+            "it over, or choose another --out"
+        )
     run = RunDir(path, spec, config, digests, "resume", manifest, changes)
     if run.done:
-        log.info("--resume: %s finished earlier with these settings; nothing to do%s", path,
-                 f" (changes ignored: {', '.join(changes)})" if changes else "")
+        log.info(
+            "--resume: %s finished earlier with these settings; nothing to do%s",
+            path,
+            f" (changes ignored: {', '.join(changes)})" if changes else "",
+        )
     return run
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--resume`` / ``--overwrite`` with the same help everywhere."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its latest complete checkpoint (a finished run with "
-                            "unchanged settings reports its result); settings that change what the run computes "
-                            "must match the saved config.yaml")
-    group.add_argument("--overwrite", action="store_true",
-                       help="start over in a used --out, removing only the previous run's own files")
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest complete checkpoint (a finished run with "
+        "unchanged settings reports its result); settings that change what the run computes "
+        "must match the saved config.yaml",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a used --out, removing only the previous run's own files",
+    )

@@ -44,11 +44,14 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from pydantic import Field
 
+from fgrlhf.actor_group import ActorGroup
 from fgrlhf.config import ConfigError, DeepSpeedConfig, StrictModel
 from fgrlhf.run_dir import RunDir
 
@@ -86,8 +89,16 @@ class SupervisedConfig(StrictModel):
 
 # What --resume may change (fgrlhf.run_dir): run length, eval/checkpoint cadence and resources. Every other key
 # (seed, model, data, loss, batch sizes, learning rate, ...) changes what the run computes.
-SUPERVISED_CHANGEABLE = ("epochs", "max_steps", "eval_every", "save_every", "keep_checkpoints",
-                         "deepspeed.num_cpus_per_rank", "deepspeed.num_gpus_per_rank", "deepspeed.backend")
+SUPERVISED_CHANGEABLE = (
+    "epochs",
+    "max_steps",
+    "eval_every",
+    "save_every",
+    "keep_checkpoints",
+    "deepspeed.num_cpus_per_rank",
+    "deepspeed.num_gpus_per_rank",
+    "deepspeed.backend",
+)
 SUPERVISED_EXTENDS = ("epochs", "max_steps")  # a finished run continues when these change
 
 
@@ -103,7 +114,7 @@ def global_batch(num_examples: int, global_size: int, seed: int, step: int) -> t
     """(epoch, example indices) of 0-based optimizer step ``step``."""
     per_epoch = num_examples // global_size
     epoch, index = divmod(step, per_epoch)
-    return epoch, epoch_order(num_examples, seed, epoch)[index * global_size:(index + 1) * global_size]
+    return epoch, epoch_order(num_examples, seed, epoch)[index * global_size : (index + 1) * global_size]
 
 
 def shard_for_ranks(batch: list[Any], world_size: int, micro_batch_size: int) -> list[list[list[Any]]]:
@@ -111,8 +122,8 @@ def shard_for_ranks(batch: list[Any], world_size: int, micro_batch_size: int) ->
     per_rank = len(batch) // world_size
     if per_rank * world_size != len(batch) or per_rank % micro_batch_size:
         raise ValueError(f"a batch of {len(batch)} does not split into {world_size} ranks x micro {micro_batch_size}")
-    shards = [batch[r * per_rank:(r + 1) * per_rank] for r in range(world_size)]
-    return [[s[i:i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)] for s in shards]
+    shards = [batch[r * per_rank : (r + 1) * per_rank] for r in range(world_size)]
+    return [[s[i : i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)] for s in shards]
 
 
 def eval_assignment(num_examples: int, world_size: int, micro_batch_size: int) -> list[list[tuple[slice, float]]]:
@@ -136,54 +147,41 @@ def weighted_mean(parts: list[tuple[dict[str, float], float]]) -> dict[str, floa
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
     """TensorBoard tags: ``train/KEY`` and ``eval/KEY`` (for ``eval_KEY``)."""
-    return {f"{'eval' if k.startswith('eval_') else 'train'}/{k.removeprefix('eval_')}": v
-            for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+    return {
+        f"{'eval' if k.startswith('eval_') else 'train'}/{k.removeprefix('eval_')}": v
+        for k, v in record.items()
+        if k != "step" and isinstance(v, (int, float))
+    }
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
-class _Ranks:
-    """The DeepSpeed ranks as Ray actors in one placement group; every call goes to all of them."""
+@contextmanager
+def _ranks(task: SupervisedTask, ds: DeepSpeedConfig, seed: int, total_steps: int) -> Iterator[ActorGroup]:
+    """The DeepSpeed ranks as Ray actors in a placement group of their own, set up; freed on exit (a caller
+    sharing the Ray session must not inherit the bundles)."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
 
-    def __init__(self, task: SupervisedTask, ds: DeepSpeedConfig, seed: int, total_steps: int):
-        import ray
+    from fgrlhf.distributed import placement_group_for
+    from fgrlhf.placement import supervised_placement
+    from fgrlhf.workers.train_worker import SupervisedTrainWorker
 
-        from fgrlhf.distributed import placement_group_for
-        from fgrlhf.placement import actor_options, supervised_placement
-        from fgrlhf.workers.train_worker import SupervisedTrainWorker
-
-        plan = supervised_placement(ds)  # the same plan `fgrlhf plan` prints
-        self.group = placement_group_for(plan.bundles, plan.strategy)
-        actor = ray.remote(SupervisedTrainWorker)
-        self.actors = [actor.options(**actor_options(self.group, slot)).remote(task, slot.index, ds.world_size,
-                                                                                ds, seed)
-                       for slot in plan.slots]
+    plan = supervised_placement(ds)  # the same plan `fgrlhf plan` prints
+    group = placement_group_for(plan.bundles, plan.strategy)
+    try:
+        ranks = ActorGroup.create(
+            SupervisedTrainWorker, group, plan.slots, lambda slot: (task, slot.index, ds.world_size, ds, seed)
+        )
         try:
-            addr, port = ray.get(self.actors[0].rendezvous_address.remote())
-            self.all("setup", addr, port, total_steps)
-        except BaseException:
-            self.shutdown()  # free the bundles: a caller sharing the Ray session must not inherit them
-            raise
-
-    def all(self, method: str, *args: Any) -> list[Any]:
-        import ray
-
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
-
-    def each(self, method: str, per_rank_args: list[tuple]) -> list[Any]:
-        import ray
-
-        return ray.get([getattr(a, method).remote(*args) for a, args in zip(self.actors, per_rank_args)])
-
-    def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        for a in self.actors:
-            ray.kill(a)
-        remove_placement_group(self.group)
+            ray.get(ranks.rendezvous(total_steps))
+            yield ranks
+        finally:
+            ranks.shutdown()
+    finally:
+        remove_placement_group(group)
 
 
-def _evaluate(ranks: _Ranks, examples: list[Any], ds: DeepSpeedConfig) -> dict[str, float]:
+def _evaluate(ranks: ActorGroup, examples: list[Any], ds: DeepSpeedConfig) -> dict[str, float]:
     plan = eval_assignment(len(examples), ds.world_size, ds.micro_batch_size)
     args = [([(examples[s], w) for s, w in rank_plan],) for rank_plan in plan]
     parts = [part for rank_parts in ranks.each("evaluate", args) for part in rank_parts]
@@ -206,8 +204,10 @@ def run_supervised_training(
     evals = task.prepare(eval_records) if eval_records else []
     size = ds.global_batch_size
     if len(train) < size:
-        raise ConfigError(f"{len(train)} training examples cannot fill one global batch of {size} "
-                         f"(micro_batch_size x gradient_accumulation_steps x world_size); lower them")
+        raise ConfigError(
+            f"{len(train)} training examples cannot fill one global batch of {size} "
+            f"(micro_batch_size x gradient_accumulation_steps x world_size); lower them"
+        )
     per_epoch = len(train) // size
     total = cfg.max_steps or cfg.epochs * per_epoch
 
@@ -215,56 +215,80 @@ def run_supervised_training(
     if checkpoint is not None:
         state = checkpoint.state
         if state["world_size"] != ds.world_size or state["global_batch_size"] != size:
-            raise ConfigError(f"{checkpoint.path} was written with world_size={state['world_size']}, global batch "
-                              f"{state['global_batch_size']}; resume needs the same")
+            raise ConfigError(
+                f"{checkpoint.path} was written with world_size={state['world_size']}, global batch "
+                f"{state['global_batch_size']}; resume needs the same"
+            )
         start = checkpoint.step
     elif run.mode == "resume":
         log.warning("--resume: no complete checkpoint in %s; starting from step 0", run.path / "checkpoints")
     run.start()  # after the data and the checks above: a refused start loses nothing
-    log.info("DeepSpeed ZeRO stage %d, %d rank(s), global batch %d = micro %d x accumulation %d x ranks %d; "
-             "%d examples (%d eval), %d steps/epoch, %d steps", ds.zero_stage, ds.world_size, size,
-             ds.micro_batch_size, ds.gradient_accumulation_steps, ds.world_size, len(train), len(evals),
-             per_epoch, total)
+    log.info(
+        "DeepSpeed ZeRO stage %d, %d rank(s), global batch %d = micro %d x accumulation %d x ranks %d; "
+        "%d examples (%d eval), %d steps/epoch, %d steps",
+        ds.zero_stage,
+        ds.world_size,
+        size,
+        ds.micro_batch_size,
+        ds.gradient_accumulation_steps,
+        ds.world_size,
+        len(train),
+        len(evals),
+        per_epoch,
+        total,
+    )
     if len(train) % size:
-        log.info("each epoch drops its last %d examples (a partial global batch would change the gradient scale)",
-                 len(train) % size)
+        log.info(
+            "each epoch drops its last %d examples (a partial global batch would change the gradient scale)",
+            len(train) % size,
+        )
 
-    ranks = _Ranks(task, ds, cfg.seed, total)
-    metrics_log = run.metrics(start)
-    record: dict[str, Any] = {}
-    try:
-        if checkpoint is not None:
-            ranks.all("load_checkpoint", str(checkpoint.path))
-            log.info("resumed from %s at step %d", checkpoint.path, start)
-        bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-        for step in range(start, total):
-            began = time.perf_counter()
-            epoch, indices = global_batch(len(train), size, cfg.seed, step)
-            shards = shard_for_ranks([train[i] for i in indices], ds.world_size, ds.micro_batch_size)
-            results = ranks.each("train_step", [(shard,) for shard in shards])
-            done = step + 1
-            record = {"step": done, "epoch": epoch, **weighted_mean(results),
-                      "examples_per_s": size / (time.perf_counter() - began)}
-            if evals and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
-                record.update(_evaluate(ranks, evals, ds))
-            metrics_log.write(record, _scalars(record))
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "eval_accuracy")})
-            if cfg.save_every and done % cfg.save_every == 0 and done < total:
-                _save_checkpoint(ranks, run, done, epoch, cfg)
-        bar.close()
-        with run.staging_final() as staging:  # a crash mid-export never leaves a half-written final/
-            ranks.all("export", str(staging))
-    finally:
-        metrics_log.close()
-        ranks.shutdown()
+    with _ranks(task, ds, cfg.seed, total) as ranks:
+        metrics_log = run.metrics(start)
+        record: dict[str, Any] = {}
+        try:
+            if checkpoint is not None:
+                ranks.all("load_checkpoint", str(checkpoint.path))
+                log.info("resumed from %s at step %d", checkpoint.path, start)
+            bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+            for step in range(start, total):
+                began = time.perf_counter()
+                epoch, indices = global_batch(len(train), size, cfg.seed, step)
+                shards = shard_for_ranks([train[i] for i in indices], ds.world_size, ds.micro_batch_size)
+                results = ranks.each("train_step", [(shard,) for shard in shards])
+                done = step + 1
+                record = {
+                    "step": done,
+                    "epoch": epoch,
+                    **weighted_mean(results),
+                    "examples_per_s": size / (time.perf_counter() - began),
+                }
+                if evals and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
+                    record.update(_evaluate(ranks, evals, ds))
+                metrics_log.write(record, _scalars(record))
+                bar.update(1)
+                bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "eval_loss", "eval_accuracy")}
+                )
+                if cfg.save_every and done % cfg.save_every == 0 and done < total:
+                    _save_checkpoint(ranks, run, done, epoch, cfg)
+            bar.close()
+            with run.staging_final() as staging:  # a crash mid-export never leaves a half-written final/
+                ranks.all("export", str(staging))
+        finally:
+            metrics_log.close()
     log.info("final model in %s", run.final)
     return {**record, "final_dir": str(run.final)}
 
 
-def _save_checkpoint(ranks: _Ranks, run: RunDir, step: int, epoch: int, cfg: SupervisedConfig) -> None:
+def _save_checkpoint(ranks: ActorGroup, run: RunDir, step: int, epoch: int, cfg: SupervisedConfig) -> None:
     path = run.checkpoint_dir(step)
     ranks.all("save_checkpoint", str(path))
-    state = {"step": step, "epoch": epoch, "seed": cfg.seed, "world_size": cfg.deepspeed.world_size,
-             "global_batch_size": cfg.deepspeed.global_batch_size}
+    state = {
+        "step": step,
+        "epoch": epoch,
+        "seed": cfg.seed,
+        "world_size": cfg.deepspeed.world_size,
+        "global_batch_size": cfg.deepspeed.global_batch_size,
+    }
     run.commit_checkpoint(path, state, cfg.keep_checkpoints)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -51,8 +51,12 @@ def format_prompt(
             return template["prompt_inputs"].format(instruction=instruction, input=input_text)
         return template["prompt_noinputs"].format(instruction=instruction)
     content = f"{instruction}\n\n{input_text}" if input_text else instruction
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    # tokenize=False returns the text; transformers types it as every form it can return.
+    return cast(
+        str,
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        ),
     )
 
 
@@ -100,7 +104,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt_text: str, max_toke
         return ids
     bos = default_bos_id(tokenizer)
     if bos is not None and max_tokens > 1:
-        return [bos, *ids[len(ids) - max_tokens + 1:]]
+        return [bos, *ids[len(ids) - max_tokens + 1 :]]
     return ids[-max_tokens:]
 
 

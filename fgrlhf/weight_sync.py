@@ -13,8 +13,9 @@ a receiver that stops taking part makes the push fail instead of hanging the sen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,8 +56,10 @@ def choose_backend(configured: str, members_have_cuda: list[bool]) -> str:
         return "gloo"
     without = [rank for rank, cuda in enumerate(members_have_cuda) if not cuda]
     if configured == "nccl" and without:
-        raise ValueError(f"weight_sync.backend=nccl, but push-group rank(s) {without} (0 = policy learner "
-                         "rank 0, then the rollout actors) see no GPU; use weight_sync.backend=gloo or auto")
+        raise ValueError(
+            f"weight_sync.backend=nccl, but push-group rank(s) {without} (0 = policy learner "
+            "rank 0, then the rollout actors) see no GPU; use weight_sync.backend=gloo or auto"
+        )
     return "gloo" if without else "nccl"
 
 
@@ -73,14 +76,15 @@ def checksums(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, fl
 class WeightSyncGroup:
     """One member of the push group; rank 0 hosts the store and sends, the others receive."""
 
-    def __init__(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str,
-                 timeout_s: float):
+    def __init__(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float):
         timeout = timedelta(seconds=timeout_s)
-        store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout,
-                              wait_for_workers=False)
+        store: dist.Store = dist.TCPStore(
+            address, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+        )
         store = dist.PrefixStore(f"fgrlhf-weight-sync/{tag}", store)
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.device = torch.device("cuda" if backend == "nccl" else "cpu")
+        self.group: Any  # torch's stubs give the per-backend groups no collectives; the bound classes have them
         if backend == "nccl":
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout  # the watchdog's limit per collective (torch's default: 10 min)
@@ -94,7 +98,7 @@ class WeightSyncGroup:
         options.rootRank = 0
         self.group.broadcast([flat], options).wait()
 
-    def send_bucket(self, tensors: list[torch.Tensor]) -> None:
+    def send_bucket(self, tensors: Sequence[torch.Tensor]) -> None:
         """Rank 0: broadcast one bucket, the tensors of one ``buckets(layout, bucket_mb)`` group in order.
 
         The sender walks the buckets itself, so a ZeRO-3 learner gathers one bucket's parameters at a time.
@@ -105,10 +109,11 @@ class WeightSyncGroup:
         """Ranks >= 1: yield ``(name, tensor)`` as each bucket arrives (consume fully: the sender blocks)."""
         for group in buckets(layout, bucket_mb):
             shapes = [torch.Size(layout[i][1]) for i in group]
-            flat = torch.empty(sum(s.numel() for s in shapes), dtype=getattr(torch, layout[group[0]][2]),
-                               device=self.device)
+            flat = torch.empty(
+                sum(s.numel() for s in shapes), dtype=getattr(torch, layout[group[0]][2]), device=self.device
+            )
             self._broadcast(flat)
             offset = 0
             for index, shape in zip(group, shapes):
-                yield layout[index][0], flat[offset:offset + shape.numel()].view(shape)
+                yield layout[index][0], flat[offset : offset + shape.numel()].view(shape)
                 offset += shape.numel()

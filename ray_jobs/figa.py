@@ -8,10 +8,10 @@ import argparse
 import logging
 import sys
 
-from fgrlhf.figa import train
+from fgrlhf.figa import figa_cli
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="ray_jobs/figa.py", description=train.__doc__)
-    train.add_arguments(parser)
+    parser = argparse.ArgumentParser(prog="ray_jobs/figa.py", description=figa_cli.__doc__)
+    figa_cli.add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(train.main(parser.parse_intermixed_args()))  # overrides before or after --resume
+    sys.exit(figa_cli.main(parser.parse_intermixed_args()))  # overrides before or after --resume

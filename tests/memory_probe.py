@@ -1,6 +1,6 @@
 """Peak host memory of one real PPO policy learner step on CPU, for tests/test_planning.py.
 
-``python -m tests.memory_probe MODEL ROWS PROMPT RESPONSE`` builds a 1-rank ZeRO-0 float32 LearnerWorker (the
+``python -m tests.memory_probe MODEL ROWS PROMPT RESPONSE`` builds a 1-rank ZeRO-0 float32 PolicyLearner (the
 code the Ray actor runs, without Ray), trains two optimizer steps on ROWS random sequences, and prints one JSON
 line: the process's RSS after the imports a worker makes (``baseline``) and the growth of its peak RSS over
 that baseline (``peak_growth``), in bytes. Two steps, because the first allocates Adam's moments only after
@@ -33,20 +33,21 @@ def main() -> None:
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
     from fgrlhf.distributed import free_port
     from fgrlhf.models import load_tokenizer
-    from fgrlhf.workers.learner_worker import LearnerWorker
+    from fgrlhf.workers.learner_worker import PolicyLearner, PPOUpdate
 
     name, rows, prompt, response = sys.argv[1], *map(int, sys.argv[2:5])
     load_tokenizer(name)
     baseline = status_bytes("VmRSS")
     reset_peak()
-    worker = LearnerWorker("policy", 0, 1, DeepSpeedConfig(micro_batch_size=rows), ModelConfig(name=name))
+    worker = PolicyLearner(0, 1, DeepSpeedConfig(micro_batch_size=rows), ModelConfig(name=name))
     worker.setup("127.0.0.1", free_port())
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, 1000, (prompt,), generator=gen).tolist() for _ in range(rows)]
     responses = [torch.randint(10, 1000, (response,), generator=gen).tolist() for _ in range(rows)]
-    tensors = {"old_logprobs": torch.full((rows, response), -5.0),
-               "advantages": torch.randn(rows, response, generator=gen)}
-    worker.train(prompts, responses, tensors, 2, rows, 0.2, 1.0, 0.0, 0)
+    worker.evaluate(prompts, responses)  # keeps the shard and its old log-probs, as in a PPO step
+    worker.train(
+        torch.randn(rows, response, generator=gen), PPOUpdate(epochs=2, minibatch_size=rows, clip_eps=0.2, coef=1.0)
+    )
     peak = status_bytes("VmHWM")
     print(json.dumps({"baseline": baseline, "peak_growth": peak - baseline}))
 

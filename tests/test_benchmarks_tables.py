@@ -11,16 +11,29 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.training_hours import (
+    bootstrap_ratio_ci,
+    calibrated_target,
+    ratio,
+    smoothed_noise,
+    summarise_variant,
+    time_to_target,
+)
 
-from benchmarks.training_hours import (  # noqa: E402
-    bootstrap_ratio_ci, calibrated_target, ratio, smoothed_noise, summarise_variant, time_to_target)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _records(gold: list[float], seconds: float = 2.0) -> list[dict]:
-    return [{"step": i + 1, "gold_reward_mean": g, "step_seconds": seconds, "kl_k1_seq_mean": 0.1 * i,
-             "response_len_mean": 20.0 + i} for i, g in enumerate(gold)]
+    return [
+        {
+            "step": i + 1,
+            "gold_reward_mean": g,
+            "step_seconds": seconds,
+            "kl_k1_seq_mean": 0.1 * i,
+            "response_len_mean": 20.0 + i,
+        }
+        for i, g in enumerate(gold)
+    ]
 
 
 def test_time_to_target_uses_the_trailing_moving_average():
@@ -63,7 +76,7 @@ def test_censored_medians_are_flagged_and_ratios_become_bounds():
     assert fast["median_final_gold_ma"] == pytest.approx(0.6) and slow["median_final_gold_ma"] == pytest.approx(0.2)
     assert slow["median_steps"] == 10 and slow["median_is_lower_bound"] and slow["reached"] == 1
     assert ratio(fast, fast, "steps") == (1.0, "exact")
-    value, note = ratio(fast, slow, "steps")       # token reached, sequence censored: an upper bound
+    value, note = ratio(fast, slow, "steps")  # token reached, sequence censored: an upper bound
     assert value == pytest.approx(0.6) and note.startswith("upper bound")
     assert ratio(slow, fast, "steps")[1].startswith("lower bound")
     assert ratio(slow, slow, "seconds") == (None, "undetermined: both medians censored")
@@ -74,15 +87,21 @@ def test_a_work_dir_refuses_edits_from_other_rules(tmp_path):
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "edit_rules.txt").write_text("edit-rules-synthetic-delete.yaml sha256:0123456789abcdef\n")
-    with pytest.raises(SystemExit, match="holds edits made with edit-rules-synthetic-delete.yaml"):
+    with pytest.raises(SystemExit, match=r"holds edits made with edit-rules-synthetic-delete\.yaml"):
         prepare_data("synthetic", tmp_path, SIZES[("synthetic", True)])
     assert not (tmp_path / "data" / "round_0").exists()  # refused before generating anything
 
 
 def _run(script: str, *args: object) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *map(str, args)],
-                          check=False, capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return proc.stdout
 
@@ -96,6 +115,7 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+@pytest.mark.slow
 def test_rm_accuracy_quick(workdir):
     out = workdir / "rm_accuracy.json"
     stdout = _run("rm_accuracy.py", "--workdir", workdir, "--json", out)
@@ -124,6 +144,7 @@ def test_rm_accuracy_quick(workdir):
     assert Path(result["plot"]).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_training_hours_quick(workdir):
     out = workdir / "training_hours.json"
     stdout = _run("training_hours.py", "--workdir", workdir, "--json", out, "--variants", "sequence", "token")
@@ -132,10 +153,11 @@ def test_training_hours_quick(workdir):
     # The target rule: halfway from the initial gold to the calibration (oracle_sequence, seed 100) plateau.
     cal = result["calibration"]
     assert cal["seed"] == 100 and len(cal["gold"]) == cal["steps"] == result["max_steps"]
-    assert cal["plateau"] == pytest.approx(sum(cal["gold"][-cal["plateau_steps"]:]) / cal["plateau_steps"])
+    assert cal["plateau"] == pytest.approx(sum(cal["gold"][-cal["plateau_steps"] :]) / cal["plateau_steps"])
     assert result["target"] == pytest.approx((result["initial_gold"] + cal["plateau"]) / 2)
-    assert result["noise"]["determined"] == (result["noise"]["smoothed_gold_sd_predicted"]
-                                             < result["noise"]["limit_margin_third"])
+    assert result["noise"]["determined"] == (
+        result["noise"]["smoothed_gold_sd_predicted"] < result["noise"]["limit_margin_third"]
+    )
     assert result["budget"]["worst_case_steps"] == 2 * result["max_steps"]
     assert result["kl"]["estimator"] == "k1_nonneg"
     # Eq. 3 on edits by default (Eq. 4 collapses on edits that shorten): rm_accuracy's RM of that name.

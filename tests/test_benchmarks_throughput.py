@@ -7,12 +7,9 @@ import pytest
 pytest.importorskip("trl", reason="TRL is not installed: pip install 'fgrlhf[bench]' (trl==1.12.0)")
 pytest.importorskip("trl.experimental.ppo", reason="this TRL has no PPO trainer; the benchmark needs trl==1.12.0")
 
-from benchmarks import throughput  # noqa: E402
+from benchmarks import throughput
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_union_seconds_merges_overlaps_and_clips():
@@ -21,22 +18,42 @@ def test_union_seconds_merges_overlaps_and_clips():
     assert throughput.union_seconds([], 0, 10) == 0
 
 
+def test_warmup_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        throughput.main(["--warmup", "0"])
+    assert "--warmup must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_throughput_quick(tmp_path, capsys):
     report, png = tmp_path / "tp.json", tmp_path / "tp.png"
-    assert throughput.main(["--quick", "--json", str(report), "--plot", str(png), "--workdir", str(tmp_path / "w")]) == 0
+    assert (
+        throughput.main(["--quick", "--json", str(report), "--plot", str(png), "--workdir", str(tmp_path / "w")]) == 0
+    )
     result = json.loads(report.read_text())
-    for key in ("ratio_step_time_fgrlhf_vs_trl", "ratio_cpu_seconds_fgrlhf_vs_trl", "weight_push_mb_per_s",
-                "fgrlhf_step_seconds", "trl_step_seconds"):
+    for key in (
+        "ratio_step_time_fgrlhf_vs_trl",
+        "ratio_cpu_seconds_fgrlhf_vs_trl",
+        "weight_push_mb_per_s",
+        "fgrlhf_step_seconds",
+        "trl_step_seconds",
+    ):
         assert result[key] > 0, key
     assert result["fgrlhf"]["cpu_seconds_per_step"] > 0 and result["trl"]["cpu_seconds_per_step"] > 0
     assert 0 <= result["ray_overhead_fraction"] < 1
     assert result["ratio_step_time_fgrlhf_vs_trl"] == pytest.approx(
-        result["fgrlhf_step_seconds"] / result["trl_step_seconds"])
+        result["fgrlhf_step_seconds"] / result["trl_step_seconds"]
+    )
     fg = result["fgrlhf"]
     # The actor time on the critical path fits inside each step's wall time.
     for step in fg["steps"]:
         assert 0 < step["actor_critical_path_s"] <= step["wall_s"]
     assert fg["weight_push_bytes"] > 1e6  # the tiny Llama's ~6M float32 parameters
     assert len(result["trl"]["step_seconds_all"]) == len(fg["step_seconds_all"]) == 1
+    # Where the CPU went: one measured step, so the breakdown's mean is the step's CPU; its parts add up.
+    b = result["breakdown"]
+    assert b["total_cpu_s"] == pytest.approx(fg["cpu_seconds_per_step"])
+    assert b["total_cpu_s"] == pytest.approx(b["actors_cpu_s"] + b["driver_cpu_s"] + b["ray_processes_cpu_s"])
+    assert b["phases"]["train"]["actor_cpu_s"] > 0 and b["phases"]["rollout"]["actor_methods"]
+    assert b["ray_processes"] and b["sampler_cpu_s"] > 0
     assert "ratio_step_time_fgrlhf_vs_trl" in capsys.readouterr().out and png.stat().st_size > 0

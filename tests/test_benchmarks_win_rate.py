@@ -7,16 +7,31 @@ import pytest
 from benchmarks import win_rate
 from fgrlhf.algorithms.winrate import win_rate as win_rate_formula
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_win_rate_benchmark_quick(tmp_path, capsys):
     out, report, png = tmp_path / "out", tmp_path / "wr.json", tmp_path / "wr.png"
-    code = win_rate.main(["--policy", "random=tiny", "--policy", "random2=tiny", "--env", "synthetic", "--quick",
-                          "--n", "3", "--out", str(out), "--json", str(report), "--plot", str(png)])
+    code = win_rate.main(
+        [
+            "--policy",
+            "random=tiny",
+            "--policy",
+            "random2=tiny",
+            "--env",
+            "synthetic",
+            "--quick",
+            "--n",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+            str(report),
+            "--plot",
+            str(png),
+        ]
+    )
     assert code == 0
     result = json.loads(report.read_text())
     assert [row["policy"] for row in result["policies"]] == ["random", "random2"]

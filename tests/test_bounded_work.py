@@ -18,10 +18,13 @@ from fgrlhf.data import DataError, load_pairs, max_field_bytes
 from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.editing.fixers import repeated_sentences
+from tests.helpers import write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-RULE_FILES = [ROOT / "configs" / f"edit-rules-{name}.yaml"
-              for name in ("default", "alpaca-sim", "synthetic", "synthetic-delete", "synthetic-global")]
+RULE_FILES = [
+    ROOT / "configs" / f"edit-rules-{name}.yaml"
+    for name in ("default", "alpaca-sim", "synthetic", "synthetic-delete", "synthetic-global")
+]
 MB = 1_000_000
 
 
@@ -68,12 +71,27 @@ REPEATED_SENTENCE = re.compile(r"([^.!?\n]+[.!?])(?:\s+\1)+")
 
 def test_repeated_sentences_fixer_finds_exactly_the_regex_matches():
     rng = random.Random(0)
-    pieces = ["a", "b", " ", "  ", "\t", "\n", ".", "!", "?", "ab", "a b.", " a.", "A b. ", "x\u00a0",
-              "Paris is large."]
+    pieces = [
+        "a",
+        "b",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        ".",
+        "!",
+        "?",
+        "ab",
+        "a b.",
+        " a.",
+        "A b. ",
+        "x\u00a0",
+        "Paris is large.",
+    ]
     for _ in range(20_000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 14)))
         if rng.random() < 0.5:  # a tail said again, with varied whitespace between
-            tail = text[rng.randrange(len(text) + 1):]
+            tail = text[rng.randrange(len(text) + 1) :]
             text += rng.choice([" ", "  ", "\n", " \n ", "\t"]) + tail + rng.choice(["", " ", " " + tail])
         expected = [(m.start(), m.end(), m.group(1)) for m in REPEATED_SENTENCE.finditer(text)]
         assert repeated_sentences("", text) == expected, repr(text)
@@ -86,16 +104,10 @@ def test_repeated_sentences_fixer_is_linear():
         assert time.perf_counter() - start < 20.0
 
 
-def _pairs(path: Path, rejected: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": "ok", "rejected": text}) + "\n"
-                            for i, text in enumerate(rejected)), encoding="utf-8")
-    return path
-
-
 def test_oversized_field_is_refused_at_load_with_file_line_field(tmp_path, monkeypatch):
     monkeypatch.delenv("FGRLHF_MAX_FIELD_BYTES", raising=False)
     assert max_field_bytes() == 256 * 1024
-    pairs = _pairs(tmp_path / "pairs.jsonl", ["fine", "é" * (128 * 1024 + 1)])  # 2 bytes a character
+    pairs = write_pairs(tmp_path / "pairs.jsonl", ["fine", "é" * (128 * 1024 + 1)])  # 2 bytes a character
     with pytest.raises(DataError, match=r"pairs.jsonl:2: field 'rejected' is larger than 262144 bytes \(262146"):
         load_pairs(pairs)
     assert len(load_pairs(pairs, skip_invalid=True)) == 1
@@ -108,31 +120,70 @@ def test_oversized_field_is_refused_at_load_with_file_line_field(tmp_path, monke
 
 
 def test_5mb_response_is_refused_at_once_and_1mb_is_edited_and_inspected_with_a_raised_limit(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     from fgrlhf.cli import main as cli_main
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # The default limit; set here so that monkeypatch restores what --max-field-bytes changes in-process.
     monkeypatch.setenv("FGRLHF_MAX_FIELD_BYTES", str(256 * 1024))
     # A 5 MB response hung `edit --editor rule` and `inspect-edits` for minutes: now refused at load time.
-    huge = _pairs(tmp_path / "huge.jsonl", ["Fine. " * (5 * MB // 6)])
-    assert cli_main(["edit", "--input", str(huge), "--output", str(tmp_path / "o.jsonl"), "--editor", "rule",
-                     "--no-progress", "tokenizer=tiny"]) == 2
+    huge = write_pairs(tmp_path / "huge.jsonl", ["Fine. " * (5 * MB // 6)])
+    assert (
+        cli_main(
+            [
+                "edit",
+                "--input",
+                str(huge),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--editor",
+                "rule",
+                "--no-progress",
+                "tokenizer=tiny",
+            ]
+        )
+        == 2
+    )
     assert "huge.jsonl:1: field 'rejected' is larger than 262144 bytes" in capsys.readouterr().err
 
     # Allowed with --max-field-bytes, a 1 MB response (hostile shapes end to end) is edited and inspected
     # in linear time: the rule editor, the token diff of the statistics and inspect-edits' highlighted diff.
-    text = HOSTILE["one sentence without a full stop"][: MB // 2] + " As an AI, I think it is basically fine. " \
+    text = (
+        HOSTILE["one sentence without a full stop"][: MB // 2]
+        + " As an AI, I think it is basically fine. "
         + HOSTILE["distinct sentences"][: MB // 2]
-    pairs = _pairs(tmp_path / "pairs.jsonl", [text])
+    )
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [text])
     out = tmp_path / "edits.jsonl"
     start = time.perf_counter()
-    assert cli_main(["edit", "--max-field-bytes", str(2 * MB), "--input", str(pairs), "--output", str(out),
-                     "--editor", "rule", "--no-progress", "tokenizer=tiny", "max_changed_fraction=1.0"]) == 0
+    assert (
+        cli_main(
+            [
+                "edit",
+                "--max-field-bytes",
+                str(2 * MB),
+                "--input",
+                str(pairs),
+                "--output",
+                str(out),
+                "--editor",
+                "rule",
+                "--no-progress",
+                "tokenizer=tiny",
+                "max_changed_fraction=1.0",
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text(encoding="utf-8"))
     assert record["status"] == "edited" and record["edit_distance"] > 0
-    assert cli_main(["inspect-edits", str(out), "--max-field-bytes", str(2 * MB), "--tokenizer", "tiny",
-                     "--examples", "1"]) == 0
+    assert (
+        cli_main(
+            ["inspect-edits", str(out), "--max-field-bytes", str(2 * MB), "--tokenizer", "tiny", "--examples", "1"]
+        )
+        == 0
+    )
     assert time.perf_counter() - start < 120  # seconds on an idle machine
 
 
@@ -155,10 +206,13 @@ def _interrupt(command: list[str], ready, log: Path, env: dict | None = None) ->
     with log.open("w") as out:
         # SIGINT back to its default first, as in a terminal: a suite started in the background (`cmd &`,
         # CI runners) passes SIGINT down ignored, and Python then never raises KeyboardInterrupt.
-        start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                 "sys.argv[0] = 'fgrlhf'; runpy.run_module('fgrlhf.cli', run_name='__main__')")
-        proc = subprocess.Popen([sys.executable, "-c", start, *command], stdout=out,
-                                stderr=subprocess.PIPE, text=True, env=env)
+        start = (
+            "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv[0] = 'fgrlhf'; runpy.run_module('fgrlhf.cli', run_name='__main__')"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", start, *command], stdout=out, stderr=subprocess.PIPE, text=True, env=env
+        )
         try:
             deadline = time.monotonic() + 300
             while not ready() and proc.poll() is None and time.monotonic() < deadline:
@@ -182,45 +236,95 @@ def _assert_one_line_interrupt(code: int, err: str, seconds: float, hint: str) -
     assert seconds < 20  # a few seconds on an idle machine
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_rule_edits_exits_130_with_one_line_and_keeps_completed_items(tmp_path):
     # 100 responses of 100 kB each: seconds of pure-Python and regex work, interrupted in the middle.
-    pairs = _pairs(tmp_path / "pairs.jsonl",
-                   [f"Item {i}. " + _repeat("It is basically fine. ", 100_000) for i in range(100)])
+    pairs = write_pairs(
+        tmp_path / "pairs.jsonl", [f"Item {i}. " + _repeat("It is basically fine. ", 100_000) for i in range(100)]
+    )
     cache = tmp_path / "cache.sqlite"
     code, err, seconds = _interrupt(
-        ["edit", "--input", str(pairs), "--output", str(tmp_path / "o.jsonl"), "--editor", "rule",
-         "--concurrency", "1", "--cache", str(cache), "--no-progress", "tokenizer=tiny"],
-        lambda: _cache_rows(cache) >= 2, tmp_path / "out.log")
+        [
+            "edit",
+            "--input",
+            str(pairs),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--editor",
+            "rule",
+            "--concurrency",
+            "1",
+            "--cache",
+            str(cache),
+            "--no-progress",
+            "tokenizer=tiny",
+        ],
+        lambda: _cache_rows(cache) >= 2,
+        tmp_path / "out.log",
+    )
     _assert_one_line_interrupt(code, err, seconds, "re-run the same command")
     assert 2 <= _cache_rows(cache) < 100 and not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_api_edits_exits_130_with_one_line_and_keeps_completed_items(tmp_path):
     from tests.fake_messages_server import FakeMessagesServer
 
     key = "sk-ant-test-interrupt"
-    pairs = _pairs(tmp_path / "pairs.jsonl", [f"Answer {i} mentions teh topic." for i in range(20)])
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [f"Answer {i} mentions teh topic." for i in range(20)])
     cache = tmp_path / "cache.sqlite"
     with FakeMessagesServer(key, latency_s=0.3) as server:
         code, err, seconds = _interrupt(
-            ["edit", "--input", str(pairs), "--output", str(tmp_path / "o.jsonl"), "--editor", "anthropic",
-             "--concurrency", "1", "--cache", str(cache), "--no-progress", "tokenizer=tiny"],
-            lambda: _cache_rows(cache) >= 2, tmp_path / "out.log",
-            env={"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": server.base_url})
+            [
+                "edit",
+                "--input",
+                str(pairs),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--editor",
+                "anthropic",
+                "--concurrency",
+                "1",
+                "--cache",
+                str(cache),
+                "--no-progress",
+                "tokenizer=tiny",
+            ],
+            lambda: _cache_rows(cache) >= 2,
+            tmp_path / "out.log",
+            env={"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": server.base_url},
+        )
     _assert_one_line_interrupt(code, err, seconds, "re-run the same command")
     assert 2 <= _cache_rows(cache) < 20
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_inspect_edits_exits_130_with_one_line(tmp_path):
     # Rendering 200 highlighted diffs of 50 kB responses: interrupted once the statistics are printed.
     edits = tmp_path / "edits.jsonl"
     text = _repeat("It is basically fine. Paris is large. ", 50_000)
-    edits.write_text("".join(json.dumps({"prompt": "Q?", "original": text, "edited": text.replace("basically ", ""),
-                                         "status": "edited", "changed_fraction": 0.1}) + "\n"
-                             for _ in range(200)), encoding="utf-8")
+    edits.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": "Q?",
+                    "original": text,
+                    "edited": text.replace("basically ", ""),
+                    "status": "edited",
+                    "changed_fraction": 0.1,
+                }
+            )
+            + "\n"
+            for _ in range(200)
+        ),
+        encoding="utf-8",
+    )
     log = tmp_path / "out.log"
-    code, err, seconds = _interrupt(["inspect-edits", str(edits), "--tokenizer", "tiny", "--examples", "200"],
-                                    lambda: "changed fraction" in log.read_text(), log)
+    code, err, seconds = _interrupt(
+        ["inspect-edits", str(edits), "--tokenizer", "tiny", "--examples", "200"],
+        lambda: "changed fraction" in log.read_text(),
+        log,
+    )
     _assert_one_line_interrupt(code, err, seconds, "re-run the same command")
 
 
@@ -236,11 +340,10 @@ def test_interrupt_dropped_inside_a_destructor_is_delivered_again():
     # SIGINT handled as in a terminal, also when the suite runs in the background (SIGINT ignored).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            with redeliver_swallowed_interrupts():
-                DroppedInDestructor()  # collected at once: its KeyboardInterrupt is unraisable
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:  # the redelivered interrupt lands in this loop
-                    pass
+        with pytest.raises(KeyboardInterrupt), redeliver_swallowed_interrupts():
+            DroppedInDestructor()  # collected at once: its KeyboardInterrupt is unraisable
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the redelivered interrupt lands in this loop
+                pass
     finally:
         signal.signal(signal.SIGINT, previous)

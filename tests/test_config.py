@@ -29,7 +29,10 @@ def test_defaults_yaml_and_overrides_merge(tmp_path):
 
 def test_override_values_are_parsed_as_yaml_scalars():
     assert parse_overrides(["a.b=1", "a.c=0.5", "d=true", "e=hello", "f="]) == {
-        "a": {"b": 1, "c": 0.5}, "d": True, "e": "hello", "f": ""
+        "a": {"b": 1, "c": 0.5},
+        "d": True,
+        "e": "hello",
+        "f": "",
     }
 
 
@@ -49,8 +52,12 @@ def test_unknown_key_names_the_key_and_file(tmp_path):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("inner.kl_coef=-1", "inner.kl_coef"), ("inner.estimator=k9", "inner.estimator"),
-     ("steps=many", "steps"), ("deepspeed.zero_stage=4", "deepspeed.zero_stage")],
+    [
+        ("inner.kl_coef=-1", "inner.kl_coef"),
+        ("inner.estimator=k9", "inner.estimator"),
+        ("steps=many", "steps"),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage"),
+    ],
 )
 def test_bad_value_names_the_key(override, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):

@@ -28,7 +28,10 @@ GOOD = json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "extra": 1}).e
     "line, message",
     [
         (json.dumps({"prompt": "p", "chosen": "c"}).encode(), "d.jsonl:2: missing field 'rejected'"),
-        (json.dumps({"prompt": "p", "chosen": 3, "rejected": "r"}).encode(), "d.jsonl:2: field 'chosen' must be a string"),
+        (
+            json.dumps({"prompt": "p", "chosen": 3, "rejected": "r"}).encode(),
+            "d.jsonl:2: field 'chosen' must be a string",
+        ),
         (json.dumps({"prompt": "p", "chosen": "  ", "rejected": "r"}).encode(), "d.jsonl:2: field 'chosen' is empty"),
         (b'{"prompt": "p", "chosen": ', "d.jsonl:2: not valid JSON"),
         (b'{"prompt": "\xff\xfe"}', "d.jsonl:2: line is not valid UTF-8"),
@@ -92,7 +95,7 @@ def test_packaged_alpaca_data_loads():
     assert len(load_pairs(ALPACA_EVAL_PAIRS)) == 789  # a relative name resolves into the packaged data
     eval_set = packaged_data_dir() / "alpaca_eval" / "eval_set.jsonl"
     # The real eval set has one empty davinci-003 reference (line 248): strict loading must say so.
-    with pytest.raises(DataError, match="eval_set.jsonl:248: field 'reference' is empty"):
+    with pytest.raises(DataError, match=r"eval_set\.jsonl:248: field 'reference' is empty"):
         load_records(eval_set, ("prompt", "reference"))
     assert len(load_records(eval_set, ("prompt", "reference"), allow_empty=("reference",))) == 805
 
@@ -106,5 +109,5 @@ def test_data_paths_resolve_cwd_first_then_data_dir(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "p.jsonl").write_text('{"prompt": "from cwd"}\n')
     assert load_records("sub/p.jsonl", ("prompt",))[0]["prompt"] == "from cwd"
-    with pytest.raises(DataError, match="nothere.jsonl: no such file"):
+    with pytest.raises(DataError, match=r"nothere\.jsonl: no such file"):
         load_records("nothere.jsonl", ("prompt",))

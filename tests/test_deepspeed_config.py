@@ -26,8 +26,10 @@ def test_zero3_keeps_deepspeeds_persistence_threshold_for_real_models():
 def test_tiny_test_models_partition_every_parameter():
     # All of tiny's parameters are below the default threshold; 0 makes tests gather them like a real model's.
     assert parsed(DeepSpeedConfig(zero_stage=3), tiny_model=True).zero_config.param_persistence_threshold == 0
-    assert "stage3_param_persistence_threshold" not in deepspeed_config(DeepSpeedConfig(zero_stage=2),
-                                                                        tiny_model=True)["zero_optimization"]
+    assert (
+        "stage3_param_persistence_threshold"
+        not in deepspeed_config(DeepSpeedConfig(zero_stage=2), tiny_model=True)["zero_optimization"]
+    )
 
 
 def test_grad_accum_dtype_reaches_deepspeeds_data_types():
@@ -39,11 +41,14 @@ def test_grad_accum_dtype_reaches_deepspeeds_data_types():
     assert parsed(DeepSpeedConfig(bf16=True, zero_stage=3)).grad_accum_dtype is None
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["bf16=true", "zero_stage=0", "grad_accum_dtype=fp32"], "needs zero_stage >= 1"),
-    (["grad_accum_dtype=bf16"], "needs bf16=true"),
-    (["grad_accum_dtype=fp16"], "grad_accum_dtype"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["bf16=true", "zero_stage=0", "grad_accum_dtype=fp32"], "needs zero_stage >= 1"),
+        (["grad_accum_dtype=bf16"], "needs bf16=true"),
+        (["grad_accum_dtype=fp16"], "grad_accum_dtype"),
+    ],
+)
 def test_unsupported_grad_accum_dtype_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DeepSpeedConfig, overrides=overrides)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from fgrlhf.editing.cache import CacheKey, EditCache, content_hash
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.editing.pipeline import REJECT_EMPTY, REJECT_TOO_LARGE, run_edit
 from fgrlhf.editing.prompts import PROMPT_VERSION
-from tests.fake_messages_server import FakeMessagesServer
+from tests.helpers import fake_anthropic
 from tests.test_editing import _read, _write_pairs
 
 KEY = "sk-ant-test-SECRET-456"
@@ -42,24 +41,13 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-@contextmanager
-def _serving(monkeypatch, **kwargs):
-    with FakeMessagesServer(KEY, retry_after_s=0.05, **kwargs) as srv:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.base_url)
-        yield srv
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def server(monkeypatch):
-    with _serving(monkeypatch) as srv:
+    with fake_anthropic(monkeypatch, KEY, retry_after_s=0.05) as srv:
         yield srv
-
 
 
 def _custom_id(index: int, text: str) -> str:
@@ -67,18 +55,23 @@ def _custom_id(index: int, text: str) -> str:
 
 
 def _batch_cfg(tmp_path: Path, *overrides: str) -> EditConfig:
-    return load_config(EditConfig, None, ["editor=anthropic", "batch.enabled=true", f"cache={tmp_path / 'c.sqlite'}",
-                                          *FAST, *overrides])
+    return load_config(
+        EditConfig,
+        None,
+        ["editor=anthropic", "batch.enabled=true", f"cache={tmp_path / 'c.sqlite'}", *FAST, *overrides],
+    )
 
 
 def test_batch_cli_matches_streaming(tmp_path, monkeypatch, capsys):
     pairs = _write_pairs(tmp_path / "pairs.jsonl", CASES)
     common = ["edit", "--input", str(pairs), "--editor", "anthropic", "--no-progress", *FAST]
-    with _serving(monkeypatch) as streamed:  # its own server: the fault schedules count attempts per item
+    with fake_anthropic(
+        monkeypatch, KEY, retry_after_s=0.05
+    ) as streamed:  # its own server: the fault schedules count attempts per item
         code_streamed = cli_main([*common, "--output", str(tmp_path / "s.jsonl")])
     out_streamed = capsys.readouterr().out
     assert streamed.batches == {} and streamed.count() == len(CASES) + 4  # 500 once, malformed 3 times
-    with _serving(monkeypatch) as server:
+    with fake_anthropic(monkeypatch, KEY, retry_after_s=0.05) as server:
         code_batch = cli_main([*common, "--output", str(tmp_path / "b.jsonl"), "--batch", "batch.chunk_size=4"])
     out_batch = capsys.readouterr().out
 
@@ -120,8 +113,7 @@ def test_batch_retries_exhausted_and_rerun(tmp_path, server):
     summary = run_edit(cfg, pairs, out, progress=False)
     assert [r["status"] for r in _read(out)] == list(cases.values())
     assert summary.statuses["edited"] == 2 and sum(summary.statuses.values()) == len(cases)
-    assert summary.counters.retries == {"expired": 1, "server_error": 1, "rate_limit": 1, "malformed": 1,
-                                        "canceled": 1}
+    assert summary.counters.retries == {"expired": 1, "server_error": 1, "rate_limit": 1, "malformed": 1, "canceled": 1}
     assert summary.counters.requests == len(cases) + 5 == server.count()
     assert len(server.batches) == 2 and summary.cost_usd > 0
 
@@ -129,8 +121,7 @@ def test_batch_retries_exhausted_and_rerun(tmp_path, server):
     again = run_edit(cfg, pairs, out, progress=False)
     assert again.from_cache == 2 and [r["status"] for r in _read(out)] == ["edited"] * len(cases)
     assert len(server.batches) == 3
-    assert set(list(server.batches.values())[-1].custom_ids) == {_custom_id(i, t) for i, t in enumerate(cases)
-                                                                  if i < 4}
+    assert set(list(server.batches.values())[-1].custom_ids) == {_custom_id(i, t) for i, t in enumerate(cases) if i < 4}
     # Everything cached now: nothing is created or polled.
     before = sum(b.polls for b in server.batches.values())
     third = run_edit(cfg, pairs, out, progress=False)
@@ -138,20 +129,41 @@ def test_batch_retries_exhausted_and_rerun(tmp_path, server):
     assert len(server.batches) == 3 and sum(b.polls for b in server.batches.values()) == before
 
 
+@pytest.mark.slow
 def test_killed_run_reattaches_without_a_new_batch(tmp_path, monkeypatch):
     texts = [f"Answer number {i} mentions teh topic once." for i in range(6)]
     pairs = _write_pairs(tmp_path / "pairs.jsonl", texts)
     out, cache = tmp_path / "edits.jsonl", tmp_path / "c.sqlite"
-    with _serving(monkeypatch, batch_polls=10**6) as server:  # never ends while the first run lives
+    with fake_anthropic(
+        monkeypatch, KEY, retry_after_s=0.05, batch_polls=10**6
+    ) as server:  # never ends while the first run lives
         env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.base_url}
-        command = [sys.executable, "-m", "fgrlhf.cli", "edit", "--input", str(pairs), "--output", str(out),
-                   "--editor", "anthropic", "--batch", "--cache", str(cache), "--no-progress", *FAST]
+        command = [
+            sys.executable,
+            "-m",
+            "fgrlhf.cli",
+            "edit",
+            "--input",
+            str(pairs),
+            "--output",
+            str(out),
+            "--editor",
+            "anthropic",
+            "--batch",
+            "--cache",
+            str(cache),
+            "--no-progress",
+            *FAST,
+        ]
         with (tmp_path / "run.log").open("wb") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             deadline = time.monotonic() + 90
             # Polled at least twice: the batch id was stored (it is stored before the first poll).
-            while (not server.batches or next(iter(server.batches.values())).polls < 2) and proc.poll() is None \
-                    and time.monotonic() < deadline:
+            while (
+                (not server.batches or next(iter(server.batches.values())).polls < 2)
+                and proc.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -190,6 +202,18 @@ def test_lost_batch_duplicates_and_size_limit(tmp_path, server, capsys):
     assert summary.counters.requests == 3 == server.count()
 
     # --batch belongs to the Claude editor only: refused before anything is sent.
-    code = cli_main(["edit", "--input", str(pairs), "--output", str(tmp_path / "r.jsonl"), "--editor", "rule",
-                     "--batch", "--no-progress", "tokenizer=tiny"])
+    code = cli_main(
+        [
+            "edit",
+            "--input",
+            str(pairs),
+            "--output",
+            str(tmp_path / "r.jsonl"),
+            "--editor",
+            "rule",
+            "--batch",
+            "--no-progress",
+            "tokenizer=tiny",
+        ]
+    )
     assert code == 2 and "--batch needs --editor anthropic" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import json
 
 from fgrlhf.editing import editors, pipeline
 from fgrlhf.editing.config import EditConfig
-from fgrlhf.editing.editors import EditReply, Editor
+from fgrlhf.editing.editors import Editor, EditReply
 from fgrlhf.editing.prompts import PROMPT_VERSION, user_message
 from fgrlhf.editing.retry import Usage
 

@@ -15,13 +15,13 @@ from fgrlhf.cli import main as cli_main
 from fgrlhf.config import ConfigError, load_config
 from fgrlhf.editing.cache import EditCache
 from fgrlhf.editing.config import EditConfig, RetryConfig, RuleEditorConfig
+from fgrlhf.editing.edit_report import diff_segments
 from fgrlhf.editing.editors import RuleEditor
-from fgrlhf.editing.inspect import diff_segments
 from fgrlhf.editing.pipeline import REJECT_EMPTY, REJECT_TOO_LARGE, classify, run_edit
 from fgrlhf.editing.prompts import parse_reply
 from fgrlhf.editing.retry import RetryPolicy, parse_retry_after
 from fgrlhf.models import load_tokenizer
-from tests.fake_messages_server import FakeMessagesServer
+from tests.helpers import assert_key_absent, fake_anthropic
 
 KEY = "sk-ant-test-SECRET-123"
 FAST_RETRY = ["retry.initial_backoff_s=0.01", "retry.max_backoff_s=0.05", "tokenizer=tiny"]
@@ -40,34 +40,26 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def server(monkeypatch):
-    with FakeMessagesServer(KEY, retry_after_s=1.0, slow_s=1.5) as srv:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.base_url)
+    with fake_anthropic(monkeypatch, KEY, retry_after_s=1.0, slow_s=1.5) as srv:
         yield srv
 
 
 def _write_pairs(path: Path, texts) -> Path:
     with path.open("w", encoding="utf-8") as handle:
         for index, text in enumerate(texts):
-            handle.write(json.dumps({"prompt": f"Question {index}?", "chosen": "ok", "rejected": text, "id": index}) + "\n")
+            handle.write(
+                json.dumps({"prompt": f"Question {index}?", "chosen": "ok", "rejected": text, "id": index}) + "\n"
+            )
     return path
 
 
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _assert_key_absent(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), f"API key leaked into {path}"
 
 
 def test_claude_editor_faults_retries_cache(tmp_path, server):
@@ -83,8 +75,13 @@ def test_claude_editor_faults_retries_cache(tmp_path, server):
     assert first["edited"] == first["original"].replace("teh", "the")
     assert first["edit_distance"] >= 1 and 0 < first["changed_fraction"] <= 0.5
     assert first["editor"] == "anthropic" and first["model"] == cfg.anthropic.model
-    assert summary.counters.retries == {"rate_limit": 1, "server_error": 1, "overloaded": 1, "timeout": 1,
-                                        "malformed": 3}  # always-malformed: 3 attempts = 2 retries
+    assert summary.counters.retries == {
+        "rate_limit": 1,
+        "server_error": 1,
+        "overloaded": 1,
+        "timeout": 1,
+        "malformed": 3,
+    }  # always-malformed: 3 attempts = 2 retries
     assert summary.counters.requests == server.count() == len(CASES) + 7
     assert summary.counters.input_tokens > 0 and summary.counters.output_tokens > 0 and summary.cost_usd > 0
 
@@ -99,17 +96,35 @@ def test_claude_editor_faults_retries_cache(tmp_path, server):
     assert server.count() - before == 3 == again.counters.requests
     assert {r.key for r in server.log[before:]} == {server.requests_for(list(CASES)[6])[0].key}
     assert again.from_cache == len(CASES) - 1 and [r["status"] for r in _read(out)] == list(CASES.values())
-    _assert_key_absent(tmp_path)
+    assert_key_absent(tmp_path, KEY)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_resending(tmp_path, server):
     server.latency_s = 0.3
     texts = [f"Answer number {i} mentions teh topic once." for i in range(10)]
     pairs = _write_pairs(tmp_path / "pairs.jsonl", texts)
     out, cache, log = tmp_path / "edits.jsonl", tmp_path / "cache.sqlite", tmp_path / "run.log"
     env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.base_url}
-    command = [sys.executable, "-m", "fgrlhf.cli", "-v", "edit", "--input", str(pairs), "--output", str(out),
-               "--editor", "anthropic", "--concurrency", "1", "--cache", str(cache), "--no-progress", *FAST_RETRY]
+    command = [
+        sys.executable,
+        "-m",
+        "fgrlhf.cli",
+        "-v",
+        "edit",
+        "--input",
+        str(pairs),
+        "--output",
+        str(out),
+        "--editor",
+        "anthropic",
+        "--concurrency",
+        "1",
+        "--cache",
+        str(cache),
+        "--no-progress",
+        *FAST_RETRY,
+    ]
     with log.open("wb") as handle:
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
@@ -129,14 +144,25 @@ def test_killed_run_resumes_without_resending(tmp_path, server):
     resent = [entry.key for entry in server.log[before:]]
     assert len(resent) == len(set(resent)) == len(texts) - done == summary.counters.requests
     assert summary.from_cache == done and [r["status"] for r in _read(out)] == ["edited"] * len(texts)
-    _assert_key_absent(tmp_path)
+    assert_key_absent(tmp_path, KEY)
 
 
 def test_authentication_failure_stops_the_run(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-wrong")
     pairs = _write_pairs(tmp_path / "pairs.jsonl", list(CASES)[:2])
-    code = cli_main(["edit", "--input", str(pairs), "--output", str(tmp_path / "o.jsonl"), "--editor", "anthropic",
-                     "--no-progress", *FAST_RETRY])
+    code = cli_main(
+        [
+            "edit",
+            "--input",
+            str(pairs),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--editor",
+            "anthropic",
+            "--no-progress",
+            *FAST_RETRY,
+        ]
+    )
     assert code == 3 and "HTTP 401" in capsys.readouterr().err
     assert server.count("401") <= 2  # no retries on a bad key
 
@@ -159,8 +185,10 @@ def test_rule_editor_recall_is_deterministic_and_calibrated():
 
 def test_default_rules_make_plausible_minimal_edits():
     editor = RuleEditor(RuleEditorConfig())
-    text = ("As an AI language model, I can say the the capital is Paris. Paris is large. Paris is large.\n"
-            "It is worth noting that it is basically old. If you have more questions, feel free to ask! Bye.")
+    text = (
+        "As an AI language model, I can say the the capital is Paris. Paris is large. Paris is large.\n"
+        "It is worth noting that it is basically old. If you have more questions, feel free to ask! Bye."
+    )
     assert editor.apply(text) == "I can say the capital is Paris. Paris is large.\nNote that it is old. Bye."
     assert editor.apply("As an AI, the answer is 4.") == "As an AI, the answer is 4."  # no lower-case start
     assert editor.apply("He had had enough. Code:  x  = 1 ;") == "He had had enough. Code:  x  = 1 ;"
@@ -179,6 +207,7 @@ def test_bad_rules_file_names_rule(tmp_path):
         RuleEditor(RuleEditorConfig(rules=str(rules)))
 
 
+@pytest.mark.slow
 def test_hf_editor_tiny_model_fails_honestly(tmp_path):
     pairs = _write_pairs(tmp_path / "pairs.jsonl", ["One teh.", "Two teh."])
     cfg = load_config(EditConfig, None, ["editor=hf", "hf.model=tiny", "hf.max_new_tokens=4", "tokenizer=tiny"])
@@ -192,19 +221,39 @@ def test_hf_editor_tiny_model_fails_honestly(tmp_path):
     "line, message",
     [
         (json.dumps({"prompt": "p", "chosen": "c"}).encode(), "pairs.jsonl:2: missing field 'rejected'"),
-        (json.dumps({"prompt": "p", "chosen": "c", "rejected": 5}).encode(), "pairs.jsonl:2: field 'rejected' must be a string"),
-        (json.dumps({"prompt": "p", "chosen": "c", "rejected": " "}).encode(), "pairs.jsonl:2: field 'rejected' is empty"),
+        (
+            json.dumps({"prompt": "p", "chosen": "c", "rejected": 5}).encode(),
+            "pairs.jsonl:2: field 'rejected' must be a string",
+        ),
+        (
+            json.dumps({"prompt": "p", "chosen": "c", "rejected": " "}).encode(),
+            "pairs.jsonl:2: field 'rejected' is empty",
+        ),
         (b'{"prompt": "p", ', "pairs.jsonl:2: not valid JSON"),
         (b'{"prompt": "\xff"}', "pairs.jsonl:2: line is not valid UTF-8"),
     ],
 )
 def test_edit_cli_reports_bad_input(tmp_path, capsys, line, message):
-    good = json.dumps({"prompt": "p", "chosen": "c",
-                       "rejected": "Paris is the capital of France and a very very old city with a long history."}).encode()
+    good = json.dumps(
+        {
+            "prompt": "p",
+            "chosen": "c",
+            "rejected": "Paris is the capital of France and a very very old city with a long history.",
+        }
+    ).encode()
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_bytes(b"\n".join([good, line, good]) + b"\n")
-    args = ["edit", "--input", str(pairs), "--output", str(tmp_path / "o.jsonl"), "--editor", "rule", "--no-progress",
-            "tokenizer=tiny"]
+    args = [
+        "edit",
+        "--input",
+        str(pairs),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        "--editor",
+        "rule",
+        "--no-progress",
+        "tokenizer=tiny",
+    ]
     assert cli_main(args) == 2
     assert message in capsys.readouterr().err
     if "missing" in message:  # one --skip-invalid run is enough to check the counting
@@ -215,11 +264,25 @@ def test_edit_cli_reports_bad_input(tmp_path, capsys, line, message):
 
 def test_single_responses_and_config_errors(tmp_path, capsys):
     responses = tmp_path / "r.jsonl"
-    responses.write_text(json.dumps({"prompt": "p", "response": "Great question! The <b>answer</b> is 4, see see."}) + "\n")
+    responses.write_text(
+        json.dumps({"prompt": "p", "response": "Great question! The <b>answer</b> is 4, see see."}) + "\n"
+    )
     out = tmp_path / "o.jsonl"
-    base = ["edit", "--input", str(responses), "--output", str(out), "--editor", "rule", "--no-progress", "tokenizer=tiny"]
+    base = [
+        "edit",
+        "--input",
+        str(responses),
+        "--output",
+        str(out),
+        "--editor",
+        "rule",
+        "--no-progress",
+        "tokenizer=tiny",
+    ]
     assert cli_main([*base, "--model", "x"]) == 2 and "--model does not apply" in capsys.readouterr().err
-    assert cli_main([*base, "retry.max_attemps=3"]) == 2 and "unknown key 'retry.max_attemps'" in capsys.readouterr().err
+    assert (
+        cli_main([*base, "retry.max_attemps=3"]) == 2 and "unknown key 'retry.max_attemps'" in capsys.readouterr().err
+    )
     assert cli_main([*base, "max_changed_fraction=0.9"]) == 0
     record = _read(out)[0]
     assert record["source_field"] == "response" and record["edited"] == "The <b>answer</b> is 4, see."
@@ -241,7 +304,9 @@ def test_single_responses_and_config_errors(tmp_path, capsys):
 def test_classify_statuses():
     assert classify([1, 2, 3, 4], [1, 2, 3, 4], "x", 0.5)[0] == "unchanged"
     assert classify([1, 2, 3, 4], [1, 2, 9, 4], "x", 0.5) == (
-        "edited", {"original_tokens": 4, "edited_tokens": 4, "edit_distance": 1, "changed_fraction": 0.25})
+        "edited",
+        {"original_tokens": 4, "edited_tokens": 4, "edit_distance": 1, "changed_fraction": 0.25},
+    )
     assert classify([1, 2, 3, 4], [7, 8, 9, 4], "x", 0.5)[0] == REJECT_TOO_LARGE
     assert classify([1, 2], [], "  ", 0.5)[0] == REJECT_EMPTY
 

@@ -8,10 +8,14 @@ from fgrlhf.envs.gold import gold_breakdown
 from fgrlhf.envs.preferences import bt_prob, label_pairs, sample_label
 
 PROMPT = "Write about the river, the fish and the bridge."
-ON_TOPIC = ("The quiet river rests near the old bridge. The small fish waits under the green bridge. "
-            "The gentle river moves slowly beside the stone.")
-OFF_TOPIC = ("The quiet tower rests near the old lamp. The small train waits under the green street. "
-             "The gentle market moves slowly beside the lamp.")
+ON_TOPIC = (
+    "The quiet river rests near the old bridge. The small fish waits under the green bridge. "
+    "The gentle river moves slowly beside the stone."
+)
+OFF_TOPIC = (
+    "The quiet tower rests near the old lamp. The small train waits under the green street. "
+    "The gentle market moves slowly beside the lamp."
+)
 
 
 def with_filler(text: str) -> str:
@@ -46,8 +50,11 @@ def test_gold_reads_formatted_prompts_and_penalises_local_faults():
 
 def test_clean_generator_beats_faulty_generator_on_gold():
     prompts = synthetic.split_prompts()[0][:20]
-    mean = lambda rates: sum(synthetic.gold_reward(  # noqa: E731
-        prompts, [r[0] for r in synthetic.sample_responses(prompts, 1, 0, rates)])) / len(prompts)
+
+    def mean(rates):
+        responses = [r[0] for r in synthetic.sample_responses(prompts, 1, 0, rates)]
+        return sum(synthetic.gold_reward(prompts, responses)) / len(prompts)
+
     assert mean(synthetic.CLEAN) > mean(synthetic.FaultRates()) + 0.2
 
 
@@ -59,8 +66,7 @@ def test_random_token_text_earns_no_length_credit():
     tok = load_tokenizer("tiny")
     rng = random.Random(0)
     prompts = synthetic.split_prompts()[0][:20]
-    noise = [tok.decode([rng.randrange(tok.vocab_size) for _ in range(40)], skip_special_tokens=True)
-             for _ in prompts]
+    noise = [tok.decode([rng.randrange(tok.vocab_size) for _ in range(40)], skip_special_tokens=True) for _ in prompts]
     assert max(synthetic.gold_reward(prompts, noise)) < 0.1
     assert synthetic.gold_reward([PROMPT], [OFF_TOPIC]) == [0.0]
     assert synthetic.gold_reward([PROMPT], [ON_TOPIC])[0] > 0.8
@@ -68,7 +74,7 @@ def test_random_token_text_earns_no_length_credit():
 
 def test_bt_labels_deterministic_without_noise_and_large_gap():
     assert bt_prob(1.0, 0.0, 0.0) == 1.0 and bt_prob(0.0, 0.0, 0.0) == 0.5
-    assert bt_prob(0.3, 0.1, 0.1) == pytest.approx(1 / (1 + 2.718281828459045 ** -2))
+    assert bt_prob(0.3, 0.1, 0.1) == pytest.approx(1 / (1 + 2.718281828459045**-2))
     rng = random.Random(0)
     assert all(sample_label(1.0, 0.0, 0.05, 0.0, rng) for _ in range(500))
     assert not any(sample_label(0.0, 1.0, 0.05, 0.0, rng) for _ in range(500))
@@ -82,10 +88,11 @@ def test_label_noise_and_bt_rates_are_respected():
     assert all(p["chosen"] == "bad" for p in pairs if not p["gold_agrees"])
     # Without noise, BT sampling alone: P(a > b) = sigmoid(0.1 / 0.1) = 0.731.
     pairs = label_pairs(["p"] * n, [("a", "b")] * n, [(0.2, 0.1)] * n, 0.1, 0.0, seed=4)
-    p = 1 / (1 + 2.718281828459045 ** -1)
+    p = 1 / (1 + 2.718281828459045**-1)
     assert abs(sum(r["chosen"] == "a" for r in pairs) / n - p) < 3 * (p * (1 - p) / n) ** 0.5
 
 
+@pytest.mark.slow
 def test_synthetic_sft_lowers_heldout_loss(tmp_path):
     result = synthetic.sft_synthetic_policy(tmp_path / "policy", steps=4, seed=0, batch_size=4, log_every=0)
     assert result["heldout_loss_after"] < result["heldout_loss_before"] - 0.5
@@ -93,7 +100,7 @@ def test_synthetic_sft_lowers_heldout_loss(tmp_path):
 
 
 def test_env_data_synthetic_writes_labelled_pairs(tmp_path):
-    from fgrlhf.envs.cli_env_data import EnvDataConfig, build
+    from fgrlhf.envs.env_data import EnvDataConfig, build
 
     summary = build("synthetic", EnvDataConfig(n_prompts=12, label_noise=0.0, bt_temperature=0.0), tmp_path)
     assert summary["pairs"] == 12 and summary["train_prompts"] + summary["eval_prompts"] == 80

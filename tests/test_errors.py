@@ -17,8 +17,9 @@ from fgrlhf.editing.cache import EditCache
 from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.editing.pipeline import EXIT_INCOMPLETE, exit_status
-from fgrlhf.ppo_trainer import PPOTrainConfig
+from fgrlhf.ppo.config import PPOTrainConfig
 from tests.fake_messages_server import FakeMessagesServer
+from tests.helpers import fake_anthropic, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-ant-test-errors"
@@ -26,15 +27,7 @@ FAST = ["retry.initial_backoff_s=0.01", "retry.max_backoff_s=0.05", "tokenizer=t
 BOM = "\ufeff"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-def _pairs(path: Path, rejected: list[str], prefix: str = "") -> Path:
-    path.write_text(prefix + "".join(json.dumps({"prompt": f"Q{i}?", "chosen": "ok", "rejected": text}) + "\n"
-                                     for i, text in enumerate(rejected)), encoding="utf-8")
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_error_line(capsys) -> str:
@@ -56,17 +49,26 @@ def test_directory_given_as_a_data_file(tmp_path, capsys):
     empty = tmp_path / "somedir"
     empty.mkdir()
     out = str(tmp_path / "o")
-    _fails_fast(capsys, ["edit", "--input", str(empty), "--output", str(tmp_path / "o.jsonl"), "--editor", "rule"],
-                "is a directory")
+    _fails_fast(
+        capsys,
+        ["edit", "--input", str(empty), "--output", str(tmp_path / "o.jsonl"), "--editor", "rule"],
+        "is a directory",
+    )
     _fails_fast(capsys, ["inspect-edits", str(empty)], "is a directory")
-    _fails_fast(capsys, ["train-rm", "--data", str(empty), "--out", out, "--config",
-                         str(ROOT / "configs/rm-token-tiny-cpu.yaml")], "--data")
+    _fails_fast(
+        capsys,
+        ["train-rm", "--data", str(empty), "--out", out, "--config", str(ROOT / "configs/rm-token-tiny-cpu.yaml")],
+        "--data",
+    )
     rm = tmp_path / "rm"
     rm.mkdir()
     (rm / "config.json").write_text("{}")
     _fails_fast(capsys, ["eval-rm", "--rm", str(rm), "--data", str(empty)], "--data")
-    _fails_fast(capsys, ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out,
-                         f"prompts.path={empty}"], "prompts.path")
+    _fails_fast(
+        capsys,
+        ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out, f"prompts.path={empty}"],
+        "prompts.path",
+    )
     _fails_fast(capsys, ["winrate", "--model", "tiny", "--eval-set", str(empty)], "--eval-set")
     with pytest.raises(DataError, match="is a directory"):
         load_pairs(empty)
@@ -75,27 +77,55 @@ def test_directory_given_as_a_data_file(tmp_path, capsys):
 def test_missing_models_are_found_before_ray(tmp_path, capsys):
     out = str(tmp_path / "o")
     missing = str(tmp_path / "no-such-rm")
-    pairs = str(_pairs(tmp_path / "pairs.jsonl", ["a b"]))
+    pairs = str(write_pairs(tmp_path / "pairs.jsonl", ["a b"]))
     _fails_fast(capsys, ["eval-rm", "--rm", missing, "--data", pairs], "--rm")
-    _fails_fast(capsys, ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out,
-                         f"reward.model={missing}"], f"reward.model: {missing}: no such reward-model directory")
+    _fails_fast(
+        capsys,
+        ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out, f"reward.model={missing}"],
+        f"reward.model: {missing}: no such reward-model directory",
+    )
     assert not Path(out).exists()  # refused before the run directory is made
-    _fails_fast(capsys, ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out,
-                         f"policy.name={missing}"], "policy.name")
+    _fails_fast(
+        capsys,
+        ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out, f"policy.name={missing}"],
+        "policy.name",
+    )
     # The critic is read from a reward-model directory: a policy name such as "tiny" is not one.
-    _fails_fast(capsys, ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out,
-                         "critic_init=tiny"], "critic_init: tiny: no such reward-model directory")
-    _fails_fast(capsys, ["train-rm", "--data", pairs, "--out", out, "--model", missing, "--config",
-                         str(ROOT / "configs/rm-token-tiny-cpu.yaml")], "model.name")
-    _fails_fast(capsys, ["figa", "--config", str(ROOT / "configs/figa-tiny-cpu.yaml"), "--out", out,
-                         f"data.edits_path={missing}"], "data.edits_path")
-    _fails_fast(capsys, ["figa-data", "--config", str(ROOT / "configs/figa-data-tiny-cpu.yaml"), "--out", out,
-                         f"filter.rm={missing}"], "filter.rm")
+    _fails_fast(
+        capsys,
+        ["ppo", "--config", str(ROOT / "configs/ppo-tiny-cpu.yaml"), "--out", out, "critic_init=tiny"],
+        "critic_init: tiny: no such reward-model directory",
+    )
+    _fails_fast(
+        capsys,
+        [
+            "train-rm",
+            "--data",
+            pairs,
+            "--out",
+            out,
+            "--model",
+            missing,
+            "--config",
+            str(ROOT / "configs/rm-token-tiny-cpu.yaml"),
+        ],
+        "model.name",
+    )
+    _fails_fast(
+        capsys,
+        ["figa", "--config", str(ROOT / "configs/figa-tiny-cpu.yaml"), "--out", out, f"data.edits_path={missing}"],
+        "data.edits_path",
+    )
+    _fails_fast(
+        capsys,
+        ["figa-data", "--config", str(ROOT / "configs/figa-data-tiny-cpu.yaml"), "--out", out, f"filter.rm={missing}"],
+        "filter.rm",
+    )
     _fails_fast(capsys, ["winrate", "--model", missing], "--model")
 
 
 def test_config_path_that_is_a_directory_or_missing(tmp_path, capsys):
-    pairs = str(_pairs(tmp_path / "pairs.jsonl", ["a b"]))
+    pairs = str(write_pairs(tmp_path / "pairs.jsonl", ["a b"]))
     edit = ["edit", "--input", pairs, "--output", str(tmp_path / "o.jsonl")]
     _fails_fast(capsys, [*edit, "--config", str(tmp_path)], "is a directory")
     _fails_fast(capsys, [*edit, "--config", str(tmp_path / "nope.yaml")], "config file not found")
@@ -112,7 +142,7 @@ def test_utf8_bom_is_accepted(tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text(BOM + "- {name: typo, pattern: 'teh', replacement: 'the'}\n", encoding="utf-8")
     assert RuleEditor(RuleEditorConfig(rules=str(rules))).apply("teh cat") == "the cat"
-    assert load_pairs(_pairs(tmp_path / "pairs.jsonl", ["a", "b"], prefix=BOM))[0]["prompt"] == "Q0?"
+    assert load_pairs(write_pairs(tmp_path / "pairs.jsonl", ["a", "b"], prefix=BOM))[0]["prompt"] == "Q0?"
     as_json = tmp_path / "pairs.json"
     as_json.write_text(BOM + json.dumps([{"prompt": "p", "chosen": "c", "rejected": "r"}]), encoding="utf-8")
     assert load_pairs(as_json)[0]["rejected"] == "r"
@@ -120,8 +150,9 @@ def test_utf8_bom_is_accepted(tmp_path):
 
 def test_batch_size_error_names_the_keys_not_the_config(tmp_path):
     with pytest.raises(ConfigError) as info:
-        load_config(PPOTrainConfig, ROOT / "configs/ppo-tiny-cpu.yaml",
-                    ["ppo.rollout_batch_size=6", "ppo.step_batch_size=4"])
+        load_config(
+            PPOTrainConfig, ROOT / "configs/ppo-tiny-cpu.yaml", ["ppo.rollout_batch_size=6", "ppo.step_batch_size=4"]
+        )
     message = str(info.value)
     assert "ppo.rollout_batch_size 6 must be a multiple of ppo.step_batch_size 4" in message
     assert "policy" not in message and "input" not in message and len(message.splitlines()) == 2
@@ -137,17 +168,25 @@ def test_exit_status_from_statuses():
 
 def test_edit_exits_3_with_counts_by_cause_when_items_fail(tmp_path, monkeypatch, capsys):
     texts = ["One teh.", "Two teh. [[always-malformed]]", "Three teh. [[faults:400]]", "Four teh."]
-    pairs = _pairs(tmp_path / "pairs.jsonl", texts)
-    with FakeMessagesServer(KEY) as server:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        code = cli_main(["edit", "--input", str(pairs), "--output", str(tmp_path / "o.jsonl"), "--editor",
-                         "anthropic", "--no-progress", *FAST])
+    pairs = write_pairs(tmp_path / "pairs.jsonl", texts)
+    with fake_anthropic(monkeypatch, KEY):
+        code = cli_main(
+            [
+                "edit",
+                "--input",
+                str(pairs),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--editor",
+                "anthropic",
+                "--no-progress",
+                *FAST,
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 3
     assert "2 items failed (malformed reply 1, HTTP 400 invalid_request_error 1)" in out
-    assert [json.loads(line)["status"] for line in (tmp_path / "o.jsonl").read_text().splitlines()].count(
-        "edited") == 2
+    assert [json.loads(line)["status"] for line in (tmp_path / "o.jsonl").read_text().splitlines()].count("edited") == 2
 
 
 def _closed_port() -> int:
@@ -162,15 +201,46 @@ def test_edit_stops_early_when_nothing_connects_and_keeps_cached_items(tmp_path,
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     with FakeMessagesServer(KEY) as server:  # a first run edits 5 items
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        assert cli_main(["edit", "--input", str(_pairs(tmp_path / "few.jsonl", texts[:5])), "--output",
-                         str(tmp_path / "few-out.jsonl"), "--editor", "anthropic", "--cache", str(cache),
-                         "--no-progress", *FAST]) == 0
+        assert (
+            cli_main(
+                [
+                    "edit",
+                    "--input",
+                    str(write_pairs(tmp_path / "few.jsonl", texts[:5])),
+                    "--output",
+                    str(tmp_path / "few-out.jsonl"),
+                    "--editor",
+                    "anthropic",
+                    "--cache",
+                    str(cache),
+                    "--no-progress",
+                    *FAST,
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     start = time.perf_counter()
-    code = cli_main(["edit", "--input", str(_pairs(tmp_path / "all.jsonl", texts)), "--output",
-                     str(tmp_path / "all-out.jsonl"), "--editor", "anthropic", "--cache", str(cache),
-                     "--concurrency", "2", "--max-initial-connect-failures", "4", "--no-progress", *FAST])
+    code = cli_main(
+        [
+            "edit",
+            "--input",
+            str(write_pairs(tmp_path / "all.jsonl", texts)),
+            "--output",
+            str(tmp_path / "all-out.jsonl"),
+            "--editor",
+            "anthropic",
+            "--cache",
+            str(cache),
+            "--concurrency",
+            "2",
+            "--max-initial-connect-failures",
+            "4",
+            "--no-progress",
+            *FAST,
+        ]
+    )
     line = _one_error_line(capsys)
     assert code == 3 and time.perf_counter() - start < 60
     assert "the first 4 requests all failed to connect" in line and "completed items are cached" in line
@@ -181,7 +251,10 @@ def test_edit_stops_early_when_nothing_connects_and_keeps_cached_items(tmp_path,
 
 def test_winrate_rejects_an_empty_reference(tmp_path, capsys):
     eval_set = tmp_path / "eval.jsonl"
-    eval_set.write_text(json.dumps({"prompt": "p", "reference": "r"}) + "\n"
-                        + json.dumps({"prompt": "q", "reference": "  "}) + "\n", encoding="utf-8")
-    _fails_fast(capsys, ["winrate", "--model", "tiny", "--eval-set", str(eval_set)],
-                "eval.jsonl:2: field 'reference' is empty")
+    eval_set.write_text(
+        json.dumps({"prompt": "p", "reference": "r"}) + "\n" + json.dumps({"prompt": "q", "reference": "  "}) + "\n",
+        encoding="utf-8",
+    )
+    _fails_fast(
+        capsys, ["winrate", "--model", "tiny", "--eval-set", str(eval_set)], "eval.jsonl:2: field 'reference' is empty"
+    )

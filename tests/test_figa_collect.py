@@ -19,17 +19,25 @@ from fgrlhf.figa.config import FIGA_DATA_RUN, FigaCollectConfig, PromptSourceCon
 from fgrlhf.run_dir import open_run
 
 RULES = str(Path(__file__).resolve().parents[1] / "configs" / "edit-rules-alpaca-sim.yaml")
-PROMPTS = [f"Describe the {thing} in two sentences." for thing in
-           ("apple", "river", "bridge", "violin", "desert", "glacier", "lantern", "harbor")]
+PROMPTS = [
+    f"Describe the {thing} in two sentences."
+    for thing in ("apple", "river", "bridge", "violin", "desert", "glacier", "lantern", "harbor")
+]
 # What the policy "said" to the first prompts: rule-editor faults (filler, boilerplate, a repeated sentence)
 # and one clean answer. The tiny random policy answers the rest.
 ROLLOUTS = [
-    ("Basically, an apple is a round fruit that grows on trees in orchards. It can be red, green or yellow, "
-     "and it tastes sweet or tart. I hope this helps!"),
-    ("A river is a stream of fresh water. A river is a stream of fresh water. It flows from hills and "
-     "mountains down to a lake or to the sea, and it shapes the valley around it."),
-    ("As an AI, I can tell you that a bridge is a structure that crosses a gap such as a river, a road or a "
-     "valley. Bridges are built of stone, steel or wood. Feel free to ask more."),
+    (
+        "Basically, an apple is a round fruit that grows on trees in orchards. It can be red, green or yellow, "
+        "and it tastes sweet or tart. I hope this helps!"
+    ),
+    (
+        "A river is a stream of fresh water. A river is a stream of fresh water. It flows from hills and "
+        "mountains down to a lake or to the sea, and it shapes the valley around it."
+    ),
+    (
+        "As an AI, I can tell you that a bridge is a structure that crosses a gap such as a river, a road or a "
+        "valley. Bridges are built of stone, steel or wood. Feel free to ask more."
+    ),
     "A violin is a small wooden string instrument. It is played with a bow and has four strings.",
 ]
 
@@ -46,8 +54,7 @@ def sources(tmp_path_factory) -> dict:
     build_reward_model("sequence", ModelConfig(name="tiny", seed=1)).save_pretrained(rm_dir, load_tokenizer("tiny"))
     config = {
         "model": {"name": "tiny"},
-        "prompts": {"source": str(root / "prompts.jsonl"), "heldout_fraction": None, "shuffle_seed": None,
-                    "limit": 6},
+        "prompts": {"source": str(root / "prompts.jsonl"), "heldout_fraction": None, "shuffle_seed": None, "limit": 6},
         "generation": {"max_prompt_tokens": 32, "max_new_tokens": 64, "temperature": 1.0, "batch_size": 2},
         "save_every": 1,
         "filter": {"rm": str(rm_dir), "max_prompt_tokens": 32, "max_response_tokens": 32},
@@ -71,6 +78,7 @@ def test_prompt_list_excludes_heldout_and_limit_is_a_prefix(tmp_path):
     assert load_prompt_list(PromptSourceConfig(source=str(tmp_path / "p.jsonl"), limit=5)) == full[:5]
 
 
+@pytest.mark.slow
 def test_collect_rollouts_band_and_edits(sources):
     out = sources["root"] / "run"
     out.mkdir()
@@ -119,16 +127,25 @@ def test_bad_config_errors_name_the_key(sources, capsys):
     out = str(sources["root"] / "bad")
     assert cli_main(["figa-data", "--config", str(sources["config"]), "--out", out, "filter.lowr=1"]) == 2
     assert "unknown key 'filter.lowr'" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="filter.low/filter.high need filter.rm"):
+    with pytest.raises(ConfigError, match=r"filter\.low/filter\.high need filter\.rm"):
         load_config(FigaCollectConfig, sources["config"], ["filter.rm=null", "filter.low=0"])
     with pytest.raises(ConfigError, match=r"filter.low \(2.0\) must not exceed"):
         load_config(FigaCollectConfig, sources["config"], ["filter.low=2.0", "filter.high=1.0"])
 
 
+@pytest.mark.slow
 def test_changed_settings_do_not_extend_existing_rollouts(sources, capsys):
     out = sources["root"] / "changed"
-    args = ["figa-data", "--config", str(sources["config"]), "--out", str(out), "--no-progress",
-            "prompts.limit=2", "filter.rm=null"]
+    args = [
+        "figa-data",
+        "--config",
+        str(sources["config"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "prompts.limit=2",
+        "filter.rm=null",
+    ]
     assert cli_main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rollouts"]["generated"] == 2
     assert cli_main(args + ["generation.max_new_tokens=8"]) == 2
@@ -145,8 +162,11 @@ def test_truncated_rollout_trains_no_eos():
     from fgrlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer("tiny")
-    record = {"prompt": "Describe the apple.", "original": "Basically, an apple is a round fruit that",
-              "edited": "An apple is a round fruit that"}
+    record = {
+        "prompt": "Describe the apple.",
+        "original": "Basically, an apple is a round fruit that",
+        "edited": "An apple is a round fruit that",
+    }
     ended = build_example(tokenizer, record, "chat", 32, 32)
     cut = build_example(tokenizer, {**record, "truncated": True}, "chat", 32, 32)
     eos = tokenizer.eos_token_id

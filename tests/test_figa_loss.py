@@ -4,11 +4,7 @@ import pytest
 import torch
 
 from fgrlhf.algorithms.figa_loss import figa_loss, figa_token_weights, token_cross_entropy
-
-
-def t(*rows):
-    return torch.tensor(rows, dtype=torch.float32)
-
+from tests.helpers import t
 
 # revised side: 3 real tokens + padding; positive = inserted/substituted (+ EOS)
 CE_REV = t([0.2, 1.0, 0.5, 3.0])

@@ -14,19 +14,23 @@ from fgrlhf.config import ModelConfig
 from fgrlhf.figa.data import build_example, collate
 from fgrlhf.figa.task import FigaLossConfig, FigaTask
 from fgrlhf.models import load_tokenizer
+from tests.helpers import read_metrics
 
 # Real rule-editor edits (configs/edit-rules-alpaca-sim.yaml: filler adverb, "I hope this helps" tail).
 RECORDS = [
-    {"prompt": "Describe apples.", "original": "Basically, apples are red fruits.",
-     "edited": "Apples are red fruits.", "status": "edited"},
-    {"prompt": "Describe apples.", "original": "Apples are red fruits. I hope this helps!",
-     "edited": "Apples are red or green fruits.", "status": "edited"},
+    {
+        "prompt": "Describe apples.",
+        "original": "Basically, apples are red fruits.",
+        "edited": "Apples are red fruits.",
+        "status": "edited",
+    },
+    {
+        "prompt": "Describe apples.",
+        "original": "Apples are red fruits. I hope this helps!",
+        "edited": "Apples are red or green fruits.",
+        "status": "edited",
+    },
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("tiny")
 
 
 def _marked(tokenizer, ids, mask):
@@ -37,14 +41,20 @@ def test_masks_match_hand_checked_positions(tokenizer):
     deleted = build_example(tokenizer, RECORDS[0], "chat", 64, 64)
     # "Basically, apples" -> "Apples": the tokens differ ("App"+"les" vs " apples"), so they are substituted.
     assert [tokenizer.decode([i]) for i in deleted["revised_ids"]] == [
-        "App", "les", " are", " red", " fruits", ".", "<|im_end|>"]
+        "App",
+        "les",
+        " are",
+        " red",
+        " fruits",
+        ".",
+        "<|im_end|>",
+    ]
     assert deleted["positive_mask"] == [True, True, False, False, False, False, True]  # EOS is positive
     assert deleted["negative_mask"] == [True, True, True, False, False, False, False, False]  # EOS never negative
 
     mixed = build_example(tokenizer, RECORDS[1], "chat", 64, 64)
     assert _marked(tokenizer, mixed["revised_ids"], mixed["positive_mask"]) == [" or", " green", "<|im_end|>"]
-    assert _marked(tokenizer, mixed["original_ids"], mixed["negative_mask"]) == [
-        " I", " hope", " this", " helps", "!"]
+    assert _marked(tokenizer, mixed["original_ids"], mixed["negative_mask"]) == [" I", " hope", " this", " helps", "!"]
     assert mixed["positive_mask"].index(True) == 4 and mixed["negative_mask"].index(True) == 6
 
 
@@ -73,9 +83,10 @@ def test_sft_config_is_mean_ce_over_revised_tokens(tokenizer):
     labels = torch.full_like(batch["revised_input_ids"], -100)
     for row, example in enumerate(examples):
         start = len(example["prompt_ids"])
-        labels[row, start:start + len(example["revised_ids"])] = torch.tensor(example["revised_ids"])
-    reference = model(input_ids=batch["revised_input_ids"], attention_mask=batch["revised_attention_mask"],
-                      labels=labels).loss
+        labels[row, start : start + len(example["revised_ids"])] = torch.tensor(example["revised_ids"])
+    reference = model(
+        input_ids=batch["revised_input_ids"], attention_mask=batch["revised_attention_mask"], labels=labels
+    ).loss
     assert torch.allclose(loss, reference, atol=1e-5)
     assert metrics["weighted_tokens"] == sum(len(e["revised_ids"]) for e in examples) / len(examples)
 
@@ -90,21 +101,28 @@ FIXTURE = Path(__file__).parent / "fixtures" / "figa_edits_tiny.jsonl"
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.slow
 def test_figa_cli_trains_exports_resumes_and_evaluates(ray_session, tmp_path):
     from fgrlhf.cli import main
     from fgrlhf.models import load_causal_lm
 
     run = tmp_path / "figa"
-    args = ["figa", "--config", str(CONFIGS / "figa-tiny-cpu.yaml"), "--out", str(run),
-            f"data.edits_path={FIXTURE}", "epochs=2", "save_every=2",
-            "eval.gold_reward=fgrlhf.envs.alpaca_sim:gold_reward", "eval.limit=3",
-            "eval.generation.max_new_tokens=6", "eval.generation.max_prompt_tokens=64"]
+    args = [
+        "figa",
+        "--config",
+        str(CONFIGS / "figa-tiny-cpu.yaml"),
+        "--out",
+        str(run),
+        f"data.edits_path={FIXTURE}",
+        "epochs=2",
+        "save_every=2",
+        "eval.gold_reward=fgrlhf.envs.alpaca_sim:gold_reward",
+        "eval.limit=3",
+        "eval.generation.max_new_tokens=6",
+        "eval.generation.max_prompt_tokens=64",
+    ]
     assert main(args) == 0
-    first = _metrics(run)
+    first = read_metrics(run)
     assert [m["step"] for m in first] == [1, 2, 3, 4]  # 8 pairs (the unchanged record is dropped) / batch 4
     assert all(math.isfinite(m["loss"]) for m in first)
     assert first[-1]["loss"] < first[0]["loss"] and first[-1]["ce_revised"] < first[0]["ce_revised"]
@@ -122,19 +140,22 @@ def test_figa_cli_trains_exports_resumes_and_evaluates(ray_session, tmp_path):
 
     # A finished run is not retrained on --resume.
     assert main(args + ["--resume"]) == 0
-    assert _metrics(run) == first and json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert read_metrics(run) == first and json.loads((run / "run.json").read_text())["status"] == "finished"
     # A crash after step 2 (status running, no final/): resume redoes steps 3-4 from the step-2 checkpoint with
     # the same data and weights.
     shutil.rmtree(run / "final")
     manifest = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
     assert main(args + ["--resume"]) == 0
-    resumed = _metrics(run)
+    resumed = read_metrics(run)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     for before, after in zip(first[2:], resumed[2:]):
         assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
-    assert torch.allclose(load_causal_lm(ModelConfig(name=str(run / "final"))).state_dict()["model.embed_tokens.weight"],
-                          exported, atol=1e-6)
+    assert torch.allclose(
+        load_causal_lm(ModelConfig(name=str(run / "final"))).state_dict()["model.embed_tokens.weight"],
+        exported,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("name", ["figa-tiny-cpu.yaml", "sft-tiny-cpu.yaml", "figa-smollm2-cpu.yaml"])

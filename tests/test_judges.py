@@ -8,28 +8,18 @@ import pytest
 from fgrlhf.cli import main as cli_main
 from fgrlhf.editing.config import RetryConfig
 from fgrlhf.judges import ClaudeJudge, ClaudeJudgeConfig, GoldJudge, combine_orders, parse_verdict
-from tests.fake_messages_server import FakeMessagesServer
+from tests.helpers import assert_key_absent, fake_anthropic
 
 KEY = "sk-ant-judge-SECRET-456"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def server(monkeypatch):
-    with FakeMessagesServer(KEY, retry_after_s=0.3) as srv:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.base_url)
+    with fake_anthropic(monkeypatch, KEY, retry_after_s=0.3) as srv:
         yield srv
-
-
-def _assert_key_absent(directory) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), f"API key leaked into {path}"
 
 
 def test_parse_verdict_and_combine_orders():
@@ -66,8 +56,12 @@ def test_claude_judge_both_orders_faults_and_cache(tmp_path, server):
     ]
     instructions = [f"Question {i}?" for i in range(len(cases))]
     refs, outs = [c[0] for c in cases], [c[1] for c in cases]
-    cfg = ClaudeJudgeConfig(model="claude-test", concurrency=3, cache=str(tmp_path / "judge.sqlite"),
-                            retry=RetryConfig(initial_backoff_s=0.01, max_backoff_s=0.05))
+    cfg = ClaudeJudgeConfig(
+        model="claude-test",
+        concurrency=3,
+        cache=str(tmp_path / "judge.sqlite"),
+        retry=RetryConfig(initial_backoff_s=0.01, max_backoff_s=0.05),
+    )
     judge = ClaudeJudge(cfg)
     verdicts = judge.compare(instructions, refs, outs)
     assert [v.preference for v in verdicts] == [c[2] for c in cases]
@@ -86,14 +80,33 @@ def test_claude_judge_both_orders_faults_and_cache(tmp_path, server):
     again = ClaudeJudge(cfg)
     assert [v.preference for v in again.compare(instructions, refs, outs)] == [c[2] for c in cases]
     assert server.count() == before and again.counters.requests == 0 and again.from_cache == 2 * len(cases)
-    _assert_key_absent(tmp_path)
+    assert_key_absent(tmp_path, KEY)
 
 
+@pytest.mark.slow
 def test_winrate_cli_with_claude_judge(tmp_path, server, capsys):
     out = tmp_path / "run"
-    code = cli_main(["winrate", "--model", "tiny", "--env", "synthetic", "--judge", "claude", "--judge-model",
-                     "claude-test", "--judge-cache", str(tmp_path / "judge.sqlite"), "--n", "2",
-                     "--max-new-tokens", "4", "--out", str(out)])
+    code = cli_main(
+        [
+            "winrate",
+            "--model",
+            "tiny",
+            "--env",
+            "synthetic",
+            "--judge",
+            "claude",
+            "--judge-model",
+            "claude-test",
+            "--judge-cache",
+            str(tmp_path / "judge.sqlite"),
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     saved = json.loads((out / "winrate.json").read_text())
     rows = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
@@ -102,12 +115,28 @@ def test_winrate_cli_with_claude_judge(tmp_path, server, capsys):
     for row in rows:
         assert row["preference"] == combine_orders(row["judge_detail"]["order_ab"], row["judge_detail"]["order_ba"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == saved
-    _assert_key_absent(tmp_path)
+    assert_key_absent(tmp_path, KEY)
 
 
+@pytest.mark.slow
 def test_winrate_cli_bad_key_stops_without_retries(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-wrong")
-    code = cli_main(["winrate", "--model", "tiny", "--env", "synthetic", "--judge", "claude",
-                     "--judge-cache", str(tmp_path / "judge.sqlite"), "--n", "1", "--max-new-tokens", "2"])
+    code = cli_main(
+        [
+            "winrate",
+            "--model",
+            "tiny",
+            "--env",
+            "synthetic",
+            "--judge",
+            "claude",
+            "--judge-cache",
+            str(tmp_path / "judge.sqlite"),
+            "--n",
+            "1",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
     assert code == 3 and "HTTP 401" in capsys.readouterr().err
     assert server.count("401") <= 2  # one per order at most, no retries

@@ -1,10 +1,9 @@
+import pytest
 import torch
 
 from fgrlhf.config import ModelConfig
 from fgrlhf.models import ModelLoadError, load_causal_lm, load_tokenizer
 from fgrlhf.tokenization import encode_example, format_prompt
-
-import pytest
 
 
 def test_tiny_model_is_deterministic_and_shares_smollm2_tokenizer():

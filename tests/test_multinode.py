@@ -34,18 +34,24 @@ def test_tiny_ppo_across_two_nodes(two_nodes, tmp_path, monkeypatch):
     import ray
 
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import Cluster, PPOTrainConfig, train
+    from fgrlhf.ppo.cluster import Cluster
+    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.ppo.trainer import train
 
     seen: dict = {}
     original_shutdown = Cluster.shutdown
 
     def observe_then_shutdown(cluster):
         """Before the actors go: where each ran, and the weights the rollout actor last received."""
+
         def node_of(actor):
             return ray.get(actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
 
-        seen["nodes"] = {(role, i): node_of(actor) for role in ("policy", "critic", "rollout")
-                         for i, actor in enumerate(getattr(cluster, role))}
+        seen["nodes"] = {
+            (role, i): node_of(actor)
+            for role in ("policy", "critic", "rollout")
+            for i, actor in enumerate(getattr(cluster, role))
+        }
         seen["nodes"]["reward", 0], seen["nodes"]["reference", 0] = node_of(cluster.reward), node_of(cluster.reference)
         seen["learner"] = ray.get([r.weights_checksum.remote() for r in cluster.policy])[0]
         seen["rollout"] = ray.get([a.weights_checksum.remote() for a in cluster.rollout])
@@ -54,9 +60,19 @@ def test_tiny_ppo_across_two_nodes(two_nodes, tmp_path, monkeypatch):
     monkeypatch.setattr(Cluster, "shutdown", observe_then_shutdown)
     # SPREAD: consecutive bundles go to different nodes, so of two rollout actors one is on the node without
     # policy rank 0 (8 actors x 0.25 CPU fill both nodes). ZeRO-1: each policy rank writes its own shard.
-    cfg = load_config(PPOTrainConfig, CONFIG, ["steps=2", "save_every=1", "rollout.max_new_tokens=8",
-                                               "rollout.num_actors=2", "placement.strategy=SPREAD",
-                                               "policy_learner.zero_stage=1", "weight_sync.backend=gloo"])
+    cfg = load_config(
+        PPOTrainConfig,
+        CONFIG,
+        [
+            "steps=2",
+            "save_every=1",
+            "rollout.max_new_tokens=8",
+            "rollout.num_actors=2",
+            "placement.strategy=SPREAD",
+            "policy_learner.zero_stage=1",
+            "weight_sync.backend=gloo",
+        ],
+    )
     record = train(cfg, tmp_path)
 
     assert record["step"] == 2
@@ -71,5 +87,7 @@ def test_tiny_ppo_across_two_nodes(two_nodes, tmp_path, monkeypatch):
     # Both policy ranks, on different nodes, wrote their optimizer shards into the shared directory.
     step = tmp_path / "checkpoints" / "step_2" / "policy" / "ds"
     assert {p.name for p in step.glob("*optim_states.pt")} == {
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    }
     assert (tmp_path / "final" / "config.json").is_file()

@@ -71,8 +71,22 @@ def test_non_editable_wheel_carries_the_data(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     shutil.copytree(PACKAGE, source / "fgrlhf", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("fgrlhf-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"fgrlhf/resources/data/{name}" for name in PACKAGED_FILES} <= names
@@ -87,11 +101,13 @@ def test_env_data_and_demo_first_stage_run_from_a_lone_copy_of_the_package(tmp_p
     work = tmp_path / "work"
     work.mkdir()
     # The demo's default config lives in the repository's configs/, not in the package: give it one.
-    (work / "demo.yaml").write_text(textwrap.dedent("""\
+    (work / "demo.yaml").write_text(
+        textwrap.dedent("""\
         model: tiny
         pair_prompts: 4
         env_data_overrides: [generation.max_new_tokens=4]
-    """))
+    """)
+    )
     script = textwrap.dedent(f"""\
         import sys
         import fgrlhf
@@ -105,8 +121,9 @@ def test_env_data_and_demo_first_stage_run_from_a_lone_copy_of_the_package(tmp_p
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("FGRLHF_DATA_DIR", "RAY_ADDRESS")}
     env.update(PYTHONPATH=str(lone), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     eval_set = done.stdout.split("EVAL_SET ", 1)[1].splitlines()[0]
     assert eval_set == str(lone / "fgrlhf" / "resources" / "data" / "alpaca_eval" / "eval_set.jsonl")
@@ -121,6 +138,7 @@ def test_env_data_and_demo_first_stage_run_from_a_lone_copy_of_the_package(tmp_p
     assert not (work / "demo" / "edits.jsonl").exists() and not (work / "demo" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_local_ray_listens_on_loopback_only(ray_session):
     """The module's Ray instance comes from fgrlhf.distributed.init_local_ray (tests/conftest.py), as the
     commands' own does; every node of it, and a task run on it, reports 127.0.0.1."""
@@ -142,17 +160,15 @@ def test_termination_signals_unwind_with_their_exit_status(sig):
     """SIGTERM/SIGHUP become SystemExit(128 + n), so ``ray_instance``'s ``finally`` shuts Ray down; also when
     Ray's ray.get has turned the SystemExit into SystemExit(1) on the way. The old handlers come back."""
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
-    with pytest.raises(SystemExit) as direct:
-        with exit_on_termination():
+    with pytest.raises(SystemExit) as direct, exit_on_termination():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+    assert direct.value.code == 128 + sig
+    with pytest.raises(SystemExit) as through_ray, exit_on_termination():
+        try:
             os.kill(os.getpid(), sig)
             time.sleep(5)
-    assert direct.value.code == 128 + sig
-    with pytest.raises(SystemExit) as through_ray:
-        with exit_on_termination():
-            try:
-                os.kill(os.getpid(), sig)
-                time.sleep(5)
-            except SystemExit:
-                raise SystemExit(1) from None  # what ray.get re-raises
+        except SystemExit:
+            raise SystemExit(1) from None  # what ray.get re-raises
     assert through_ray.value.code == 128 + sig
     assert {s: signal.getsignal(s) for s in before} == before

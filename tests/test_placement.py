@@ -17,7 +17,7 @@ def _load(cls_path: str, name: str):
     from fgrlhf.config import load_config
 
     if cls_path == "ppo":
-        from fgrlhf.ppo_trainer import PPOTrainConfig as cls
+        from fgrlhf.ppo.config import PPOTrainConfig as cls
     else:
         from fgrlhf.reward.train import RMTrainConfig as cls
     return load_config(cls, CONFIGS / name)
@@ -33,8 +33,7 @@ def sim_cluster(request):
     if ray.is_initialized():
         ray.shutdown()
     nodes, gpus = request.param
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0,
-                                                            "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False})
     for _ in range(nodes):
         # Logical CPUs: as many as a job asks for (the RM's 8 ranks x 8), so only the GPUs constrain packing.
         cluster.add_node(num_cpus=64, num_gpus=gpus)

@@ -11,9 +11,9 @@ import pytest
 
 from fgrlhf.placement import assign_gpus, ppo_placement
 from fgrlhf.planning import (
-    GiB,
     PROCESS_BASELINE_GB,
     Arch,
+    GiB,
     Role,
     activation_bytes,
     checkpoint_bytes,
@@ -24,11 +24,22 @@ from fgrlhf.planning import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-LLAMA_7B = Arch(hidden=4096, layers=32, heads=32, kv_heads=32, head_dim=128, intermediate=11008, vocab=32000,
-                lm_params=6_738_415_616, lm_head_params=131_072_000)
-TRAINING = sorted(p.name for p in CONFIGS.glob("*.yaml")
-                  if p.name.startswith(("ppo-", "rm-", "sft-")) or (p.name.startswith("figa-")
-                                                                    and not p.name.startswith("figa-data")))
+LLAMA_7B = Arch(
+    hidden=4096,
+    layers=32,
+    heads=32,
+    kv_heads=32,
+    head_dim=128,
+    intermediate=11008,
+    vocab=32000,
+    lm_params=6_738_415_616,
+    lm_head_params=131_072_000,
+)
+TRAINING = sorted(
+    p.name
+    for p in CONFIGS.glob("*.yaml")
+    if p.name.startswith(("ppo-", "rm-", "sft-")) or (p.name.startswith("figa-") and not p.name.startswith("figa-data"))
+)
 NOT_TRAINING = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in TRAINING)
 
 
@@ -40,12 +51,15 @@ def test_zero3_bf16_adam_over_8_ranks():
     assert sum(out.values()) == 16 * 7e9 / 8  # the ZeRO paper's 16 bytes a parameter, partitioned
 
 
-@pytest.mark.parametrize("stage,expected", [
-    (0, (2e9, 2e9, 12e9)),       # nothing partitioned
-    (1, (2e9, 2e9, 12e9 / 4)),   # optimizer states
-    (2, (2e9, 2e9 / 4, 12e9 / 4)),  # + gradients
-    (3, (2e9 / 4, 2e9 / 4, 12e9 / 4)),  # + weights
-])
+@pytest.mark.parametrize(
+    "stage,expected",
+    [
+        (0, (2e9, 2e9, 12e9)),  # nothing partitioned
+        (1, (2e9, 2e9, 12e9 / 4)),  # optimizer states
+        (2, (2e9, 2e9 / 4, 12e9 / 4)),  # + gradients
+        (3, (2e9 / 4, 2e9 / 4, 12e9 / 4)),  # + weights
+    ],
+)
 def test_zero_stages_partition_what_they_should(stage, expected):
     out = learner_state_bytes(1_000_000_000, stage, 4, weight_bytes=2, mixed_precision=True)
     assert (out["weights"], out["gradients"], out["optimizer"]) == pytest.approx(expected)
@@ -113,7 +127,7 @@ def test_missing_checkpoint_needs_model_config():
 # --- placement --------------------------------------------------------------------------------------------
 def _ppo_cfg(path="ppo-llama7b-8xa100.yaml", *overrides):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig
+    from fgrlhf.ppo.config import PPOTrainConfig
 
     return load_config(PPOTrainConfig, CONFIGS / path, list(overrides))
 
@@ -121,16 +135,31 @@ def _ppo_cfg(path="ppo-llama7b-8xa100.yaml", *overrides):
 def test_8xa100_placement_packs_the_half_gpus_together():
     plan = ppo_placement(_ppo_cfg())
     assert [(s.role, s.index, s.bundle) for s in plan.slots] == [
-        ("policy", 0, 0), ("policy", 1, 1), ("policy", 2, 2), ("policy", 3, 3), ("critic", 0, 4), ("critic", 1, 5),
-        ("rollout", 0, 6), ("reward", 0, 7), ("reference", 0, 8)]
+        ("policy", 0, 0),
+        ("policy", 1, 1),
+        ("policy", 2, 2),
+        ("policy", 3, 3),
+        ("critic", 0, 4),
+        ("critic", 1, 5),
+        ("rollout", 0, 6),
+        ("reward", 0, 7),
+        ("reference", 0, 8),
+    ]
     assert plan.num_gpus == 8
     assert assign_gpus(plan) == [[0], [1], [2], [3], [4], [5], [6], [7], [7]]
 
 
 def test_colocated_bundles_sum_each_index():
-    cfg = _ppo_cfg("ppo-llama7b-8xa100.yaml", "placement.mode=colocated", "policy_learner.num_gpus_per_rank=0.25",
-                   "critic_learner.num_gpus_per_rank=0.25", "rollout.num_gpus=0.25", "reward.num_gpus=0.125",
-                   "reference.num_gpus=0.125", "weight_sync.backend=gloo")
+    cfg = _ppo_cfg(
+        "ppo-llama7b-8xa100.yaml",
+        "placement.mode=colocated",
+        "policy_learner.num_gpus_per_rank=0.25",
+        "critic_learner.num_gpus_per_rank=0.25",
+        "rollout.num_gpus=0.25",
+        "reward.num_gpus=0.125",
+        "reference.num_gpus=0.125",
+        "weight_sync.backend=gloo",
+    )
     plan = ppo_placement(cfg)
     # bundle 0: policy 0, critic 0, rollout 0, reward, reference; bundle 1: policy 1 + critic 1; 2-3: policy.
     assert [b["GPU"] for b in plan.bundles] == [1.0, 0.5, 0.25, 0.25]
@@ -139,8 +168,14 @@ def test_colocated_bundles_sum_each_index():
 
 
 def test_plan_rejects_two_ranks_of_one_learner_on_one_gpu(capsys):
-    code, plan = _plan(capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b",
-                       "policy_learner.num_gpus_per_rank=0.5", "weight_sync.backend=gloo")
+    code, plan = _plan(
+        capsys,
+        CONFIGS / "ppo-llama7b-8xa100.yaml",
+        "--model-config",
+        "llama-7b",
+        "policy_learner.num_gpus_per_rank=0.5",
+        "weight_sync.backend=gloo",
+    )
     assert code == 1
     assert any("policy" in p and "NCCL" in p for p in plan["problems"]), plan["problems"]
 
@@ -190,8 +225,9 @@ def test_plan_refuses_configs_that_train_nothing(capsys, name):
 
 
 def test_paper_setup_fits_8xa100_and_names_the_role_that_does_not_fit_24gb(capsys):
-    code, plan = _plan(capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b",
-                       "--gpu-memory-gb", "80")
+    code, plan = _plan(
+        capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b", "--gpu-memory-gb", "80"
+    )
     assert code == 0 and plan["fits"] and plan["gpus"] == 8
     roles = {r["role"]: r for r in plan["roles"]}
     assert roles["policy"]["zero_stage"] == 3 and roles["policy"]["gpus"] == 1
@@ -199,15 +235,15 @@ def test_paper_setup_fits_8xa100_and_names_the_role_that_does_not_fit_24gb(capsy
     assert roles["policy"]["components_gb"]["optimizer"] == pytest.approx(12 * 6_738_415_616 / 4 / GiB, abs=1e-3)
     gpu7 = plan["placement"]["nodes"][0]["gpus"][7]
     assert gpu7["roles"] == ["reward[0]", "reference[0]"]
-    code, plan = _plan(capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b",
-                       "--gpu-memory-gb", "24")
+    code, plan = _plan(
+        capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b", "--gpu-memory-gb", "24"
+    )
     assert code == 1 and not plan["fits"]
     assert any("critic[0]" in p for p in plan["problems"])  # 16 B x 6.6B / 2 ranks = 49 GiB
 
 
 def test_two_nodes_split_the_devices(capsys):
-    _, plan = _plan(capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b",
-                    "--gpus-per-node", "4")
+    _, plan = _plan(capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b", "--gpus-per-node", "4")
     nodes = plan["placement"]["nodes"]
     assert [len(n["gpus"]) for n in nodes] == [4, 4]
     assert nodes[1]["gpus"][3]["roles"] == ["reward[0]", "reference[0]"]
@@ -218,13 +254,24 @@ def test_ppo_and_train_rm_refuse_a_job_that_cannot_fit(capsys, tmp_path):
 
     from fgrlhf.cli import main
 
-    code = main(["ppo", "--config", str(CONFIGS / "ppo-tiny-cpu.yaml"), "--out", str(tmp_path / "ppo"),
-                 "--host-ram-gb", "1"])
+    code = main(
+        ["ppo", "--config", str(CONFIGS / "ppo-tiny-cpu.yaml"), "--out", str(tmp_path / "ppo"), "--host-ram-gb", "1"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "does not fit" in err and "host RAM of node 0" in err and "policy" in err
-    code = main(["train-rm", "--config", str(CONFIGS / "rm-token-tiny-cpu.yaml"), "--data",
-                 str(ROOT / "tests" / "fixtures" / "figa_edits_tiny.jsonl"), "--out", str(tmp_path / "rm"),
-                 "--host-ram-gb", "0.5"])
+    code = main(
+        [
+            "train-rm",
+            "--config",
+            str(CONFIGS / "rm-token-tiny-cpu.yaml"),
+            "--data",
+            str(ROOT / "tests" / "fixtures" / "figa_edits_tiny.jsonl"),
+            "--out",
+            str(tmp_path / "rm"),
+            "--host-ram-gb",
+            "0.5",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "learner[0]" in err and "--force" in err
     assert not ray.is_initialized() and not (tmp_path / "ppo").exists() and not (tmp_path / "rm").exists()
@@ -232,9 +279,14 @@ def test_ppo_and_train_rm_refuse_a_job_that_cannot_fit(capsys, tmp_path):
 
 # --- the estimate against measured memory -----------------------------------------------------------------
 def _measure(name: str, rows: int, prompt: int, response: int) -> dict:
-    out = subprocess.run([sys.executable, "-m", "tests.memory_probe", name, str(rows), str(prompt), str(response)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, env={
-                             **__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.memory_probe", name, str(rows), str(prompt), str(response)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -244,16 +296,27 @@ def _estimate(name: str, rows: int, prompt: int, response: int) -> float:
     from fgrlhf.planning import _learner, load_arch
 
     arch = load_arch(name, ModelConfig(name=name))
-    role = _learner("policy", arch, arch.lm_params, DeepSpeedConfig(micro_batch_size=rows), rows,
-                    prompt + response, "float32", logit_tokens=response)
+    role = _learner(
+        "policy",
+        arch,
+        arch.lm_params,
+        DeepSpeedConfig(micro_batch_size=rows),
+        rows,
+        prompt + response,
+        "float32",
+        logit_tokens=response,
+    )
     return role.total
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,rows,prompt,response", [
-    ("tiny", 4, 96, 32),      # logits dominate: 4 x 128 x 49152 vocab
-    ("smollm2", 2, 48, 16),   # Adam states dominate: 16 bytes x 134.5M parameters
-])
+@pytest.mark.parametrize(
+    "name,rows,prompt,response",
+    [
+        ("tiny", 4, 96, 32),  # logits dominate: 4 x 128 x 49152 vocab
+        ("smollm2", 2, 48, 16),  # Adam states dominate: 16 bytes x 134.5M parameters
+    ],
+)
 def test_estimate_matches_measured_learner_memory(name, rows, prompt, response):
     """Peak RSS growth of a real learner over two PPO optimizer steps vs the plan's per-rank estimate.
 

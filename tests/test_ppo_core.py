@@ -18,11 +18,7 @@ from fgrlhf.algorithms.ppo_core import (
     policy_loss,
     value_loss,
 )
-
-
-def t(*rows):
-    return torch.tensor(rows, dtype=torch.float32)
-
+from tests.helpers import t
 
 # ---------------------------------------------------------------- KL estimators
 LOGP = t([-1.0, -2.0])
@@ -146,8 +142,9 @@ def _normalised_returns(lengths: list[int], sequence_rewards: list[float]) -> to
     """Return at t = 0 through compute_rewards → masked_rescale → compute_gae (γ = λ = 1, V = 0, no KL)."""
     width = max(lengths)
     mask = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths])
-    rewards = compute_rewards("sequence", torch.zeros_like(mask), mask, kl_coef=0.1,
-                              sequence_reward=torch.tensor(sequence_rewards))
+    rewards = compute_rewards(
+        "sequence", torch.zeros_like(mask), mask, kl_coef=0.1, sequence_reward=torch.tensor(sequence_rewards)
+    )
     _, returns = compute_gae(masked_rescale(rewards, mask), torch.zeros_like(mask), mask, 1.0, 1.0)
     return returns[:, 0]
 

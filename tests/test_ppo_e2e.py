@@ -1,7 +1,6 @@
 """End-to-end PPO on CPU with tiny models: 2 DeepSpeed ranks each for policy and critic, separate rollout,
 reward and reference actors; every reward mode; a rollout/reference actor killed mid-run."""
 
-import json
 import math
 import threading
 import time
@@ -9,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import read_metrics
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ppo-tiny-cpu.yaml"
-REQUIRED = ("step", "reward_mean", "kl_mean", "entropy", "clip_fraction", "value_loss", "tokens_per_s",
-            "phase_seconds")
+REQUIRED = ("step", "reward_mean", "kl_mean", "entropy", "clip_fraction", "value_loss", "tokens_per_s", "phase_seconds")
 
 
 def gold_length(prompts, responses):
@@ -22,29 +22,25 @@ def gold_length(prompts, responses):
 
 def _config(*overrides):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig
+    from fgrlhf.ppo.config import PPOTrainConfig
 
-    return load_config(PPOTrainConfig, CONFIG, ["steps=2", "save_every=0", "rollout.max_new_tokens=8",
-                                                *overrides])
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return load_config(PPOTrainConfig, CONFIG, ["steps=2", "save_every=0", "rollout.max_new_tokens=8", *overrides])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,rm", [("token", "tiny-token"), ("sequence", "tiny-sequence"),
-                                     ("fine_grained_sequence", "tiny-token")])
+@pytest.mark.parametrize(
+    "mode,rm", [("token", "tiny-token"), ("sequence", "tiny-sequence"), ("fine_grained_sequence", "tiny-token")]
+)
 def test_ppo_runs_each_reward_mode(ray_session, tmp_path, mode, rm):
     from transformers import AutoModelForCausalLM
 
-    from fgrlhf.ppo_trainer import train
+    from fgrlhf.ppo.trainer import train
 
     overrides = [f"ppo.reward_mode={mode}", f"reward.model={rm}"]
     if mode == "token":
         overrides += ["ppo.kl_estimator=k3", "gold_reward=tests.test_ppo_e2e:gold_length"]
     train(_config(*overrides), tmp_path)
-    records = _metrics(tmp_path)
+    records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == [1, 2]
     for record in records:
         for key in REQUIRED:
@@ -64,7 +60,8 @@ def test_ppo_runs_each_reward_mode(ray_session, tmp_path, mode, rm):
 
 @pytest.mark.slow
 def test_run_survives_killed_actors(ray_session, tmp_path):
-    from fgrlhf.ppo_trainer import PPO_RUN, PPOTrainer
+    from fgrlhf.ppo.config import PPO_RUN
+    from fgrlhf.ppo.trainer import PPOTrainer
     from fgrlhf.run_dir import open_run
 
     ray = ray_session
@@ -75,7 +72,7 @@ def test_run_survives_killed_actors(ray_session, tmp_path):
     def killer():
         # Kill the rollout actor once step 1 is logged, the reference actor once step 2 is.
         for step, role in ((1, "rollout"), (2, "reference")):
-            while not (tmp_path / "metrics.jsonl").is_file() or len(_metrics(tmp_path)) < step:
+            while not (tmp_path / "metrics.jsonl").is_file() or len(read_metrics(tmp_path)) < step:
                 time.sleep(0.2)
             actor = trainer.cluster.rollout[0] if role == "rollout" else trainer.cluster.reference
             ray.kill(actor, no_restart=False)
@@ -85,7 +82,7 @@ def test_run_survives_killed_actors(ray_session, tmp_path):
     thread.start()
     trainer.run()
     thread.join(timeout=5)
-    records = _metrics(tmp_path)
+    records = read_metrics(tmp_path)
     assert killed == ["rollout", "reference"]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     # The rollout restart is always seen (a restarted generator refuses to sample with initial weights); a

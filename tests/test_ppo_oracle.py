@@ -8,12 +8,9 @@ import pytest
 import torch
 
 from fgrlhf.algorithms.ppo_core import compute_gae, compute_rewards, telescoped_rewards
+from tests.helpers import t
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def t(*rows):
-    return torch.tensor(rows, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- telescoping (pure)
@@ -43,11 +40,15 @@ def test_telescoped_rewards_needs_the_empty_prefix_column():
 def test_oracle_modes_share_their_counterparts_arithmetic():
     kl = t([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8])
     gold = torch.tensor([0.4, 0.3])
-    assert torch.equal(compute_rewards("oracle_sequence", kl, MASK, 0.5, sequence_reward=gold),
-                       compute_rewards("sequence", kl, MASK, 0.5, sequence_reward=gold))
+    assert torch.equal(
+        compute_rewards("oracle_sequence", kl, MASK, 0.5, sequence_reward=gold),
+        compute_rewards("sequence", kl, MASK, 0.5, sequence_reward=gold),
+    )
     dense = telescoped_rewards(PREFIX, MASK)
-    assert torch.equal(compute_rewards("oracle_token", kl, MASK, 0.5, token_rewards=dense),
-                       compute_rewards("token", kl, MASK, 0.5, token_rewards=dense))
+    assert torch.equal(
+        compute_rewards("oracle_token", kl, MASK, 0.5, token_rewards=dense),
+        compute_rewards("token", kl, MASK, 0.5, token_rewards=dense),
+    )
     with pytest.raises(ValueError, match="oracle_token"):
         compute_rewards("oracle_token", kl, MASK, 0.5, sequence_reward=gold)
 
@@ -73,12 +74,14 @@ def test_with_gamma_lambda_one_telescoping_acts_as_a_baseline():
 def test_prefix_gold_scores_telescope_to_the_synthetic_gold():
     from fgrlhf.envs.synthetic import gold_reward
     from fgrlhf.models import load_tokenizer
-    from fgrlhf.ppo_trainer import prefix_gold_scores
+    from fgrlhf.ppo.inputs import prefix_gold_scores
 
     tok = load_tokenizer("tiny")
     prompt = "Write about the river, the fish and the bridge."
-    texts = ["The quiet fish rests slowly under the old bridge. The bank waits basically near the stone.",
-             "The cold owl sleeps."]
+    texts = [
+        "The quiet fish rests slowly under the old bridge. The bank waits basically near the stone.",
+        "The cold owl sleeps.",
+    ]
     responses = [tok(x, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for x in texts]
     calls = []
 
@@ -91,7 +94,7 @@ def test_prefix_gold_scores_telescope_to_the_synthetic_gold():
     assert scores.shape == (2, max(len(r) for r in responses) + 1)
     mask = torch.zeros(2, scores.size(1) - 1)
     for row, r in enumerate(responses):
-        mask[row, :len(r)] = 1.0
+        mask[row, : len(r)] = 1.0
     rewards = telescoped_rewards(scores, mask)
     full = gold_reward([prompt, prompt], tok.batch_decode(responses, skip_special_tokens=True))
     assert scores[:, 0].tolist() == [0.0, 0.0]  # the empty response has no words: gold 0
@@ -104,7 +107,7 @@ def test_prefix_gold_scores_telescope_to_the_synthetic_gold():
 # ---------------------------------------------------------------- configs
 def _load(*overrides, path=ROOT / "configs" / "ppo-synthetic-cpu.yaml"):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig
+    from fgrlhf.ppo.config import PPOTrainConfig
 
     return load_config(PPOTrainConfig, path, list(overrides))
 
@@ -136,12 +139,13 @@ def test_ppo_configs_follow_alpacafarm_shaping_and_critic_init(path):
 
 
 def test_gold_target_reached_uses_the_trailing_window():
-    from fgrlhf.ppo_trainer import StopAtGold, gold_target_reached
+    from fgrlhf.ppo.config import StopAtGold
+    from fgrlhf.ppo.trainer import gold_target_reached
 
     stop = StopAtGold(target=0.5, window=2)
-    assert not gold_target_reached([0.9], stop)             # no full window yet
-    assert not gold_target_reached([0.9, 0.0], stop)        # mean 0.45
-    assert gold_target_reached([0.0, 0.4, 0.6], stop)       # last two: 0.5
+    assert not gold_target_reached([0.9], stop)  # no full window yet
+    assert not gold_target_reached([0.9, 0.0], stop)  # mean 0.45
+    assert gold_target_reached([0.0, 0.4, 0.6], stop)  # last two: 0.5
     assert not gold_target_reached([0.9, 0.9], None)
 
 
@@ -179,16 +183,27 @@ def gold_words(prompts, responses):
 @pytest.mark.slow
 def test_oracle_token_run_stops_at_the_gold_target(ray_session, tmp_path):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig, train
+    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.ppo.trainer import train
 
-    cfg = load_config(PPOTrainConfig, ROOT / "configs" / "ppo-tiny-cpu.yaml", [
-        "steps=4", "save_every=0", "rollout.max_new_tokens=8", "reward.model=tiny-sequence",
-        "ppo.reward_mode=oracle_token", "gold_reward=tests.test_ppo_oracle:gold_words",
-        "stop_at_gold.target=-1.0", "stop_at_gold.window=2"])
+    cfg = load_config(
+        PPOTrainConfig,
+        ROOT / "configs" / "ppo-tiny-cpu.yaml",
+        [
+            "steps=4",
+            "save_every=0",
+            "rollout.max_new_tokens=8",
+            "reward.model=tiny-sequence",
+            "ppo.reward_mode=oracle_token",
+            "gold_reward=tests.test_ppo_oracle:gold_words",
+            "stop_at_gold.target=-1.0",
+            "stop_at_gold.window=2",
+        ],
+    )
     train(cfg, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2]       # stopped once 2 steps were in the window
+    assert [r["step"] for r in records] == [1, 2]  # stopped once 2 steps were in the window
     assert [r["stopped_at_gold"] for r in records] == [False, True]
     assert all(r["reward_mean"] == pytest.approx(r["gold_reward_mean"]) for r in records)
-    assert "token_reward_mean" not in records[0]        # the RM is not asked in oracle modes
+    assert "token_reward_mean" not in records[0]  # the RM is not asked in oracle modes
     assert (tmp_path / "checkpoints" / "step_2" / "state.json").is_file() and (tmp_path / "final").is_dir()

@@ -2,12 +2,12 @@
 a used --out is refused, a finished run is not redone, and a longer run continues it."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from fgrlhf.ppo_trainer import batch_indices
+from fgrlhf.ppo.inputs import batch_indices
+from tests.helpers import crashed_copy, read_metrics
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ppo-tiny-cpu.yaml"
 
@@ -20,33 +20,23 @@ def test_batch_order_depends_only_on_seed_and_step():
     assert first != [batch_indices(10, 4, step, seed=4) for step in range(5)]
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_resume_continues_at_same_step_and_data(ray_session, tmp_path, capsys):
     from fgrlhf.cli import main as fgrlhf
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig, train
+    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.ppo.trainer import train
     from fgrlhf.run_dir import latest_checkpoint
 
     cfg = load_config(PPOTrainConfig, CONFIG, ["steps=4", "save_every=2", "rollout.max_new_tokens=8"])
     full = tmp_path / "full"
     train(cfg, full)
     # Simulate a crash after step 3: keep only the step-2 checkpoint and metrics up to step 3, status running.
-    crashed = tmp_path / "crashed"
-    shutil.copytree(full, crashed)
-    shutil.rmtree(crashed / "checkpoints" / "step_4")
-    shutil.rmtree(crashed / "final")
-    lines = (crashed / "metrics.jsonl").read_text().splitlines()
-    (crashed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
-    manifest = json.loads((crashed / "run.json").read_text())
-    (crashed / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
+    crashed = crashed_copy(full, tmp_path / "crashed")
     assert latest_checkpoint(crashed).step == 2
 
     train(cfg, crashed, resume=True)
-    want, got = _metrics(full), _metrics(crashed)
+    want, got = read_metrics(full), read_metrics(crashed)
     assert [r["step"] for r in got] == [1, 2, 3, 4]  # step 3 was redone, not duplicated
     for a, b in zip(want[2:], got[2:]):
         # Same prompts, same sampling seeds and the restored policy/critic/optimizer give the same step.
@@ -62,10 +52,9 @@ def test_resume_continues_at_same_step_and_data(ray_session, tmp_path, capsys):
     assert fgrlhf([*args, "steps=2"]) == 2
     assert f"{full} already holds a ppo run (finished); pass --resume" in capsys.readouterr().err
     assert fgrlhf([*args, "steps=4", "--resume"]) == 0
-    assert _metrics(full) == want
+    assert read_metrics(full) == want
     assert fgrlhf(["ppo", "steps=5", "--resume", *args[1:]]) == 0  # overrides before --resume work too
-    assert [r["step"] for r in _metrics(full)] == [1, 2, 3, 4, 5] and _metrics(full)[:4] == want
+    assert [r["step"] for r in read_metrics(full)] == [1, 2, 3, 4, 5] and read_metrics(full)[:4] == want
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["step_4", "step_5"]
     (resume,) = [json.loads(line) for line in (full / "resumes.jsonl").read_text().splitlines()]
     assert resume["status_before"] == "finished" and resume["changes"] == {"steps": [4, 5]}
-

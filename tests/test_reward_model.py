@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from fgrlhf.config import ModelConfig
-from fgrlhf.models import load_tokenizer
 from fgrlhf.reward.data import collate_pairs, encode_pairs, load_preference_records
 from fgrlhf.reward.model import (
     SequenceRewardModel,
@@ -24,11 +23,6 @@ from fgrlhf.reward.task import RewardModelTask
 
 PROMPTS = [[5, 6, 7], [8, 9]]
 RESPONSES = [[11, 12, 13, 2], [14, 2]]  # 2 = EOS of the tiny tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("tiny")
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +43,10 @@ def test_token_rewards_are_read_at_each_response_tokens_own_position(models, tok
     for row, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         alone = _full_sequence_scores(model, prompt, response)
         # r_t = head(h at prompt_len + t): prompt positions are never read, EOS is (it is a response token).
-        torch.testing.assert_close(out["token"][row, : len(response)], alone[len(prompt):], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["token"][row, : len(response)], alone[len(prompt) :], atol=1e-5, rtol=0)
         assert out["response_mask"][row].tolist() == [1.0] * len(response) + [0.0] * (4 - len(response))
-        assert out["token"][row, len(response):].abs().sum() == 0  # padding is zeroed, not scored
-        assert out["sequence"][row].item() == pytest.approx(alone[len(prompt):].mean().item(), abs=1e-5)
+        assert out["token"][row, len(response) :].abs().sum() == 0  # padding is zeroed, not scored
+        assert out["sequence"][row].item() == pytest.approx(alone[len(prompt) :].mean().item(), abs=1e-5)
 
 
 def test_right_padding_does_not_change_scores(models, tokenizer):
@@ -79,6 +73,7 @@ def test_token_reward_sees_its_own_token_but_not_later_ones(models, tokenizer):
     assert abs(base[1] - changed[1]) > 1e-6  # r_1 is read after reading token 1 itself
 
 
+@pytest.mark.slow
 def test_save_then_load_in_a_fresh_process_scores_identically(models, tokenizer, tmp_path):
     for kind, model in models.items():
         directory = tmp_path / kind
@@ -93,8 +88,13 @@ def test_save_then_load_in_a_fresh_process_scores_identically(models, tokenizer,
             f"out = m.score({PROMPTS}, {RESPONSES}, t.pad_token_id); "
             "print(json.dumps({'kind': m.kind, 'token': out['token'].tolist(), 'sequence': out['sequence'].tolist()}))"
         )
-        proc = subprocess.run([sys.executable, "-c", script, str(directory)], capture_output=True, text=True,
-                              timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        )
         assert proc.returncode == 0, proc.stderr
         loaded = json.loads(proc.stdout.strip().splitlines()[-1])
         assert loaded["kind"] == kind
@@ -106,10 +106,18 @@ def test_save_then_load_in_a_fresh_process_scores_identically(models, tokenizer,
 
 
 EDITS = [
-    {"prompt": "Describe the sky.", "original": "The sky is green today.", "edited": "The sky is blue today.",
-     "status": "edited"},
-    {"prompt": "Describe grass.", "original": "Grass is green.", "edited": "Grass is green and soft.",
-     "status": "edited"},
+    {
+        "prompt": "Describe the sky.",
+        "original": "The sky is green today.",
+        "edited": "The sky is blue today.",
+        "status": "edited",
+    },
+    {
+        "prompt": "Describe grass.",
+        "original": "Grass is green.",
+        "edited": "Grass is green and soft.",
+        "status": "edited",
+    },
     {"prompt": "Not used.", "original": "x", "edited": "", "status": "failed"},
 ]
 
@@ -132,16 +140,23 @@ def test_edit_records_give_u1_masks_in_the_response_layout(tokenizer, tmp_path):
     batch = collate_pairs(examples, tokenizer.pad_token_id)
     assert batch["input_ids"].shape[0] == 4  # chosen rows, then rejected rows
     width = batch["response_mask"].shape[1]
-    for row, (ids, mask) in enumerate([(sky.chosen_ids, sky.chosen_changed), (grass.chosen_ids, grass.chosen_changed),
-                                       (sky.rejected_ids, sky.rejected_changed),
-                                       (grass.rejected_ids, grass.rejected_changed)]):
+    for row, (ids, mask) in enumerate(
+        [
+            (sky.chosen_ids, sky.chosen_changed),
+            (grass.chosen_ids, grass.chosen_changed),
+            (sky.rejected_ids, sky.rejected_changed),
+            (grass.rejected_ids, grass.rejected_changed),
+        ]
+    ):
         assert batch["changed"][row].tolist() == [float(m) for m in mask] + [0.0] * (width - len(mask))
         positions = batch["response_index"][row, : len(ids)]
         assert batch["input_ids"][row, positions].tolist() == ids  # index points at the response tokens
     pairs, from_edits = load_preference_records(
-        _write(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}]))
+        _write(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    )
     assert not from_edits and "changed" not in collate_pairs(
-        encode_pairs(pairs, tokenizer, "chat", 64, 64, with_edit_masks=False), tokenizer.pad_token_id)
+        encode_pairs(pairs, tokenizer, "chat", 64, 64, with_edit_masks=False), tokenizer.pad_token_id
+    )
 
 
 class _FixedScores(torch.nn.Module):
@@ -159,21 +174,26 @@ class _FixedScores(torch.nn.Module):
 
 
 def test_each_loss_reads_the_positions_it_should(tokenizer):
-    records = [{"prompt": "Describe the sky.", "chosen": "The sky is blue today.",
-                "rejected": "The sky is green today."}]
+    records = [
+        {"prompt": "Describe the sky.", "chosen": "The sky is blue today.", "rejected": "The sky is green today."}
+    ]
     edits = encode_pairs(records, tokenizer, "chat", 64, 64, with_edit_masks=True)
     batch = collate_pairs(edits, tokenizer.pad_token_id)
     prompt_len, n = len(edits[0].prompt_ids), len(edits[0].chosen_ids)
     changed_at = edits[0].chosen_changed.index(True)
     base = torch.zeros(batch["input_ids"].shape)
     losses = {}
-    for name, position in (("prompt", 0), ("unchanged", prompt_len), ("changed", prompt_len + changed_at),
-                           ("eos", prompt_len + n - 1)):
+    for name, position in (
+        ("prompt", 0),
+        ("unchanged", prompt_len),
+        ("changed", prompt_len + changed_at),
+        ("eos", prompt_len + n - 1),
+    ):
         scores = base.clone()
         scores[0, position] = 2.0  # reward only the chosen row, at one position
         for kind, loss in (("token", "eq4"), ("token", "eq3"), ("sequence", "bt")):
             task = RewardModelTask(kind, loss, ModelConfig(), 64, 64, from_edits=True)
-            value, metrics = task.loss(_FixedScores(scores, kind), batch)
+            value, _ = task.loss(_FixedScores(scores, kind), batch)
             losses[name, loss] = value.item()
     log2 = math.log(2)
     assert all(losses["prompt", loss] == pytest.approx(log2) for loss in ("eq3", "eq4", "bt"))  # prompt unread

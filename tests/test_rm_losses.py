@@ -6,10 +6,10 @@ import torch
 
 from fgrlhf.algorithms.rm_losses import (
     bootstrap_ci,
-    mean_by_position,
-    pearson_correlation,
     bradley_terry_loss,
+    mean_by_position,
     pairwise_accuracy,
+    pearson_correlation,
     token_rm_loss_eq3,
     token_rm_loss_eq4,
     token_rm_sequence_reward,
@@ -126,7 +126,10 @@ def test_mean_by_position_hand_computed():
     assert mean_by_position(values, mask, 2) == pytest.approx([8.25, 37 / 3, 5.0])
     # a bin no row reaches is None, not 0
     assert mean_by_position(values, torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]]), 2) == [
-        pytest.approx(13 / 3), None, None]
+        pytest.approx(13 / 3),
+        None,
+        None,
+    ]
 
 
 def test_pearson_correlation_hand_computed():

@@ -12,7 +12,7 @@ import pytest
 from fgrlhf.cli import build_parser
 from fgrlhf.cli import main as fgrlhf
 from fgrlhf.config import load_config
-from fgrlhf.ppo_trainer import PPO_RUN, PPOTrainConfig
+from fgrlhf.ppo.config import PPO_RUN, PPOTrainConfig
 from fgrlhf.run_dir import RunDirError, latest_checkpoint, open_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_refuses_a_dir_holding_a_run(tmp_path, finish):
 def test_refuses_unrelated_files_whatever_the_flag(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     for flags in ({}, {"resume": True}, {"overwrite": True}):
-        with pytest.raises(RunDirError, match="holds no run \\(notes.txt\\)"):
+        with pytest.raises(RunDirError, match=r"holds no run \(notes\.txt\)"):
             open_run(tmp_path, PPO_RUN, ppo_cfg(), **flags)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -107,7 +107,7 @@ def test_overwrite_removes_only_the_old_runs_files(tmp_path):
     finished_run(tmp_path)
     (tmp_path / "tiny_rm_token").mkdir()  # built by a tiny-RM run: the run's own
     (tmp_path / "timing.json").write_text("{}")  # a benchmark's file beside the run: not the run's
-    with pytest.raises(RunDirError, match="also holds timing.json"):
+    with pytest.raises(RunDirError, match=r"also holds timing\.json"):
         open_run(tmp_path, PPO_RUN, ppo_cfg(), overwrite=True)
     assert (tmp_path / "final").is_dir()  # nothing was removed
 
@@ -138,13 +138,29 @@ def test_resume_records_allowed_changes(tmp_path, caplog):
 def test_resume_refuses_meaning_changes_with_a_diff(tmp_path):
     open_run(tmp_path, PPO_RUN, ppo_cfg()).start()
     with pytest.raises(RunDirError) as err:
-        open_run(tmp_path, PPO_RUN, ppo_cfg("seed=1", "ppo.reward_mode=sequence", "steps=9",
-                                            "ppo.rollout_batch_size=16"), resume=True)
+        open_run(
+            tmp_path,
+            PPO_RUN,
+            ppo_cfg("seed=1", "ppo.reward_mode=sequence", "steps=9", "ppo.rollout_batch_size=16"),
+            resume=True,
+        )
     message = str(err.value)
     assert "  seed: 0 -> 1" in message and '  ppo.reward_mode: "token" -> "sequence"' in message
     assert "  ppo.rollout_batch_size: 8 -> 16" in message
     assert "steps" not in message  # an allowed change is not reported as a reason
     assert not (tmp_path / "resumes.jsonl").exists()
+
+
+def test_a_key_added_since_the_run_is_a_change_only_off_its_default(tmp_path):
+    import yaml
+
+    open_run(tmp_path, PPO_RUN, ppo_cfg()).start()
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["ppo"]["async_rollout"]  # a run written before the key existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert open_run(tmp_path, PPO_RUN, ppo_cfg(), resume=True).mode == "resume"
+    with pytest.raises(RunDirError, match=r"ppo\.async_rollout: false -> true"):
+        open_run(tmp_path, PPO_RUN, ppo_cfg("ppo.async_rollout=true"), resume=True)
 
 
 def test_input_files_are_compared_by_content(tmp_path):
@@ -251,8 +267,12 @@ def _specs():
     from fgrlhf.figa.config import FIGA_DATA_RUN, FIGA_RUN, FigaCollectConfig, FigaTrainConfig
     from fgrlhf.reward.train import RM_RUN, RMTrainConfig
 
-    return [(PPO_RUN, ppo_cfg()), (RM_RUN, RMTrainConfig()),
-            (FIGA_RUN, FigaTrainConfig(data={"edits_path": str(FIGA_EDITS)})), (FIGA_DATA_RUN, FigaCollectConfig())]
+    return [
+        (PPO_RUN, ppo_cfg()),
+        (RM_RUN, RMTrainConfig()),
+        (FIGA_RUN, FigaTrainConfig(data={"edits_path": str(FIGA_EDITS)})),
+        (FIGA_DATA_RUN, FigaCollectConfig()),
+    ]
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -339,8 +359,10 @@ def _subparsers():
     return action.choices
 
 
-@pytest.mark.parametrize("name", sorted(name for name, command in _subparsers().items()
-                                        if any(a.dest == "overrides" for a in command._actions)))
+@pytest.mark.parametrize(
+    "name",
+    sorted(name for name, command in _subparsers().items() if any(a.dest == "overrides" for a in command._actions)),
+)
 def test_overrides_before_and_after_options(name):
     command = _subparsers()[name]
     required = []
@@ -349,8 +371,11 @@ def test_overrides_before_and_after_options(name):
             required += [action.option_strings[-1], action.choices[0] if action.choices else "x"]
     flag = "--resume" if any(a.dest == "resume" for a in command._actions) else None
     flags = [flag] if flag else []
-    for argv in ([*required, *flags, "a.b=1", "c=2"], [*required, "a.b=1", *flags, "c=2"],
-                 ["a.b=1", *required, "c=2", *flags]):
+    for argv in (
+        [*required, *flags, "a.b=1", "c=2"],
+        [*required, "a.b=1", *flags, "c=2"],
+        ["a.b=1", *required, "c=2", *flags],
+    ):
         args = build_parser().parse_args([name, *argv])
         assert args.overrides == ["a.b=1", "c=2"], argv
         if flag:

@@ -20,8 +20,11 @@ from fgrlhf.envs.gold import content_stems, words
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_RULES = ROOT / "configs" / "edit-rules-synthetic-global.yaml"
 PROMPT = "Write about the river, the fish and the bridge."
-GRAMMAR = set(synthetic.NOUNS) | {w.lower() for w in synthetic.ADJECTIVES + synthetic.VERBS + synthetic.ADVERBS
-                                  + synthetic.PREPOSITIONS} | {"the"}
+GRAMMAR = (
+    set(synthetic.NOUNS)
+    | {w.lower() for w in synthetic.ADJECTIVES + synthetic.VERBS + synthetic.ADVERBS + synthetic.PREPOSITIONS}
+    | {"the"}
+)
 
 
 def _apply(fixes, text):
@@ -40,7 +43,7 @@ def test_off_topic_sentence_gets_the_prompts_nouns_at_the_same_length():
     assert len(fixes) == 1  # the on-topic sentence is left alone
     edited = _apply(fixes, text)
     assert edited.startswith(on + " The small ") and len(words(edited)) == len(words(text))
-    second = edited[len(on) + 1:]
+    second = edited[len(on) + 1 :]
     assert content_stems(second) & {"river", "fish", "bridge"} and not content_stems(second) & {"train", "street"}
     # A sentence that names a noun of the prompt's topic is not off-topic, even if not a prompt noun.
     assert synthetic.fix_off_topic_nouns(PROMPT, "The small boat waits under the green street.") == []
@@ -49,11 +52,11 @@ def test_off_topic_sentence_gets_the_prompts_nouns_at_the_same_length():
 def test_missing_aspect_swaps_one_noun_and_never_uncovers_another():
     text = "The quiet river rests near the old bank. The small river waits under the green bridge."
     (fix,) = synthetic.fix_missing_aspect(PROMPT, text)
-    assert text[fix[0]:fix[1]] == "bank" and fix[2] == "fish"  # the one noun the prompt does not name
+    assert text[fix[0] : fix[1]] == "bank" and fix[2] == "fish"  # the one noun the prompt does not name
     # Without such a noun, a prompt noun mentioned twice gives way; "bridge" (once) is never swapped.
     text = "The quiet river rests near the old river. The small river waits under the green bridge."
     (fix,) = synthetic.fix_missing_aspect(PROMPT, text)
-    assert text[fix[0]:fix[1]] == "river" and fix[2] == "fish"
+    assert text[fix[0] : fix[1]] == "river" and fix[2] == "fish"
     assert content_stems(_apply([fix], text)) >= {"river", "fish", "bridge"}
     assert synthetic.fix_missing_aspect(PROMPT, "The fish rests near the river and the bridge.") == []
 
@@ -67,7 +70,7 @@ def test_too_short_appends_one_grammar_sentence_and_too_long_drops_trailing_sent
     assert synthetic.fix_too_short(PROMPT, short, min_words=8) == []
 
     sentence = "The quiet river rests near the old bridge."  # 8 words
-    long = " ".join([sentence] * 7)                          # 56 words
+    long = " ".join([sentence] * 7)  # 56 words
     (fix,) = synthetic.fix_too_long(PROMPT, long, max_words=45)
     kept = _apply([fix], long)
     assert kept == " ".join([sentence] * 5) and len(words(kept)) == 40  # 6 sentences would be 48 > 45
@@ -109,10 +112,14 @@ def test_bad_fixer_rules_name_the_rule(tmp_path):
     for body, message in [
         ("- {name: gone, fixer: 'fgrlhf.envs.synthetic:no_such_fixer'}\n", r"rule 0 \(gone\): fixer .*no_such_fixer"),
         ("- {name: form, fixer: 'no colon'}\n", r"rule 0 \(form\): fixer 'no colon': expected 'module:function'"),
-        ("- {name: opt, fixer: 'fgrlhf.envs.synthetic:fix_too_long', options: {max_wrds: 3}}\n",
-         r"rule 0 \(opt\): options \['max_wrds'\] do not fit"),
-        ("- {name: r, fixer: 'fgrlhf.envs.synthetic:fix_too_long', options: {max_words: 3}, recall: 2}\n",
-         r"rule 0: recall"),
+        (
+            "- {name: opt, fixer: 'fgrlhf.envs.synthetic:fix_too_long', options: {max_wrds: 3}}\n",
+            r"rule 0 \(opt\): options \['max_wrds'\] do not fit",
+        ),
+        (
+            "- {name: r, fixer: 'fgrlhf.envs.synthetic:fix_too_long', options: {max_words: 3}, recall: 2}\n",
+            r"rule 0: recall",
+        ),
     ]:
         with pytest.raises(ConfigError, match=message):
             RuleEditor(RuleEditorConfig(rules=_rules(tmp_path, body)))
@@ -141,8 +148,12 @@ def test_edit_run_reports_fixes_per_fault(tmp_path):
     prompts = synthetic.split_prompts()[0][:12]
     rng = random.Random(5)
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": "x", "rejected": synthetic.sample_response(p, rng)})
-                             + "\n" for p in prompts))
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": p, "chosen": "x", "rejected": synthetic.sample_response(p, rng)}) + "\n"
+            for p in prompts
+        )
+    )
     cfg = EditConfig(editor="rule", tokenizer="tiny", rule=RuleEditorConfig(rules=str(GLOBAL_RULES)))
     out = tmp_path / "edits.jsonl"
     summary = run_edit(cfg, pairs, out, progress=False)

@@ -15,8 +15,14 @@ def llama_tokenizer(add_bos: bool) -> LlamaTokenizer:
     """A tiny word-level LLaMA tokenizer built in memory (no download)."""
     backend = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return LlamaTokenizer(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                          add_bos_token=add_bos, add_eos_token=False)
+    return LlamaTokenizer(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        add_bos_token=add_bos,
+        add_eos_token=False,
+    )
 
 
 def test_llama_style_tokenizer_gets_bos_in_prompts_not_responses():

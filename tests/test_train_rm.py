@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 
 from fgrlhf.cli import main as fgrlhf
+from tests.helpers import last_json, read_metrics
 
 SUBJECTS = ["the weather", "this recipe", "the movie", "my garden", "the lecture", "our trip"]
-TRAIN = ["max_steps=4", "deepspeed.micro_batch_size=2", "deepspeed.lr=1e-3", "max_prompt_tokens=48",
-         "max_response_tokens=32", "eval_fraction=0.2"]
+TRAIN = [
+    "max_steps=4",
+    "deepspeed.micro_batch_size=2",
+    "deepspeed.lr=1e-3",
+    "max_prompt_tokens=48",
+    "max_response_tokens=32",
+    "eval_fraction=0.2",
+]
 
 
 def _edit_records() -> list[dict]:
@@ -22,9 +29,15 @@ def _edit_records() -> list[dict]:
     records = []
     for i in range(20):
         subject = SUBJECTS[i % len(SUBJECTS)]
-        records.append({"prompt": f"Describe {subject} in one sentence ({i}).", "editor": "rules",
-                        "original": f"Honestly, {subject} was <b>dull</b> & boring.",
-                        "edited": f"Honestly, {subject} was <b>lively</b> & fun.", "status": "edited"})
+        records.append(
+            {
+                "prompt": f"Describe {subject} in one sentence ({i}).",
+                "editor": "rules",
+                "original": f"Honestly, {subject} was <b>dull</b> & boring.",
+                "edited": f"Honestly, {subject} was <b>lively</b> & fun.",
+                "status": "edited",
+            }
+        )
     records.append({"prompt": "Describe nothing.", "original": "x", "edited": "", "status": "failed"})
     return records
 
@@ -33,35 +46,45 @@ def _edit_records() -> list[dict]:
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rm-data")
     edits = _edit_records()
-    pairs = [{"prompt": r["prompt"], "chosen": r["edited"], "rejected": r["original"]}
-             for r in edits if r["status"] == "edited"]
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["edited"], "rejected": r["original"]}
+        for r in edits
+        if r["status"] == "edited"
+    ]
     paths = {"edits": root / "edits.jsonl", "pairs": root / "pairs.jsonl"}
     for name, records in (("edits", edits), ("pairs", pairs)):
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return paths
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def _last_json(text: str) -> dict:
-    return json.loads(text.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def token_run(ray_session, data, tmp_path_factory) -> Path:
     """Token RM on edit records (Eq. 4), 1 rank x 2 accumulation steps, a checkpoint at step 2."""
     out = tmp_path_factory.mktemp("rm-token") / "run"
-    code = fgrlhf(["train-rm", "--data", str(data["edits"]), "--kind", "token", "--model", "tiny", "--out", str(out),
-                   *TRAIN, "deepspeed.gradient_accumulation_steps=2", "save_every=2", "eval_every=2"])
+    code = fgrlhf(
+        [
+            "train-rm",
+            "--data",
+            str(data["edits"]),
+            "--kind",
+            "token",
+            "--model",
+            "tiny",
+            "--out",
+            str(out),
+            *TRAIN,
+            "deepspeed.gradient_accumulation_steps=2",
+            "save_every=2",
+            "eval_every=2",
+        ]
+    )
     assert code == 0
     return out
 
 
 @pytest.mark.slow
 def test_token_rm_trains_and_evaluates(token_run, data, capsys, tmp_path):
-    rows = _metrics(token_run)
+    rows = read_metrics(token_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for key in ("loss", "lr", "examples_per_s", "accuracy"):
         assert all(key in r for r in rows)
@@ -74,9 +97,23 @@ def test_token_rm_trains_and_evaluates(token_run, data, capsys, tmp_path):
 
     capsys.readouterr()
     heatmap = tmp_path / "heat.html"
-    assert fgrlhf(["eval-rm", "--rm", str(token_run / "final"), "--data", str(data["pairs"]),
-                   "--heatmap", str(heatmap), "--heatmap-k", "2"]) == 0
-    result = _last_json(capsys.readouterr().out)
+    assert (
+        fgrlhf(
+            [
+                "eval-rm",
+                "--rm",
+                str(token_run / "final"),
+                "--data",
+                str(data["pairs"]),
+                "--heatmap",
+                str(heatmap),
+                "--heatmap-k",
+                "2",
+            ]
+        )
+        == 0
+    )
+    result = last_json(capsys.readouterr().out)
     assert result["n"] == 20 and 0 <= result["ci_low"] <= result["accuracy"] <= result["ci_high"] <= 1
     assert result["accuracy"] > 0.5
     assert json.loads((token_run / "final" / "eval-pairs.json").read_text())["accuracy"] == result["accuracy"]
@@ -93,42 +130,88 @@ def test_token_rm_trains_and_evaluates(token_run, data, capsys, tmp_path):
 @pytest.mark.slow
 def test_resume_continues_at_the_same_step_and_data_order(token_run, data, caplog, capsys):
     caplog.set_level(logging.INFO)
-    before = _metrics(token_run)
+    before = read_metrics(token_run)
     # A crash after the step-2 checkpoint: status running, no final/.
     shutil.rmtree(token_run / "final")
     manifest = json.loads((token_run / "run.json").read_text())
     (token_run / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
-    code = fgrlhf(["train-rm", "--data", str(data["edits"]), "--kind", "token", "--model", "tiny",
-                   "--out", str(token_run), "--resume", *TRAIN, "deepspeed.gradient_accumulation_steps=2",
-                   "save_every=2", "eval_every=2"])
+    code = fgrlhf(
+        [
+            "train-rm",
+            "--data",
+            str(data["edits"]),
+            "--kind",
+            "token",
+            "--model",
+            "tiny",
+            "--out",
+            str(token_run),
+            "--resume",
+            *TRAIN,
+            "deepspeed.gradient_accumulation_steps=2",
+            "save_every=2",
+            "eval_every=2",
+        ]
+    )
     assert code == 0
     assert "at step 2" in caplog.text
-    after = _metrics(token_run)
+    after = read_metrics(token_run)
     assert [r["step"] for r in after] == [1, 2, 3, 4]
     for old, new in zip(before[2:], after[2:]):
         assert new["loss"] == pytest.approx(old["loss"], rel=1e-5)
         assert new["eval_loss" if "eval_loss" in old else "loss"] == pytest.approx(
-            old["eval_loss" if "eval_loss" in old else "loss"], rel=1e-5)
+            old["eval_loss" if "eval_loss" in old else "loss"], rel=1e-5
+        )
 
     # Finished now: --resume with other data is refused and retrains nothing.
     capsys.readouterr()
     final = (token_run / "final" / "model.safetensors").stat().st_mtime_ns
-    code = fgrlhf(["train-rm", "--data", str(data["pairs"]), "--kind", "token", "--model", "tiny",
-                   "--out", str(token_run), "--resume", *TRAIN, "deepspeed.gradient_accumulation_steps=2",
-                   "save_every=2", "eval_every=2"])
+    code = fgrlhf(
+        [
+            "train-rm",
+            "--data",
+            str(data["pairs"]),
+            "--kind",
+            "token",
+            "--model",
+            "tiny",
+            "--out",
+            str(token_run),
+            "--resume",
+            *TRAIN,
+            "deepspeed.gradient_accumulation_steps=2",
+            "save_every=2",
+            "eval_every=2",
+        ]
+    )
     assert code == 2 and "data (content sha256)" in capsys.readouterr().err
-    assert _metrics(token_run) == after and (token_run / "final" / "model.safetensors").stat().st_mtime_ns == final
+    assert read_metrics(token_run) == after and (token_run / "final" / "model.safetensors").stat().st_mtime_ns == final
 
 
 @pytest.mark.slow
 def test_one_rank_equals_two_zero3_ranks(token_run, data, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "two-ranks"
-    code = fgrlhf(["train-rm", "--data", str(data["edits"]), "--kind", "token", "--model", "tiny", "--out", str(out),
-                   *TRAIN, "deepspeed.world_size=2", "deepspeed.zero_stage=3", "eval_every=2"])
+    code = fgrlhf(
+        [
+            "train-rm",
+            "--data",
+            str(data["edits"]),
+            "--kind",
+            "token",
+            "--model",
+            "tiny",
+            "--out",
+            str(out),
+            *TRAIN,
+            "deepspeed.world_size=2",
+            "deepspeed.zero_stage=3",
+            "eval_every=2",
+        ]
+    )
     assert code == 0
     assert "ZeRO stage 3, 2 rank(s), global batch 4" in caplog.text
-    one, two = _metrics(token_run), _metrics(out)
+    one, two = read_metrics(token_run), read_metrics(out)
     assert len(one) == len(two) == 4
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
@@ -140,16 +223,17 @@ def test_one_rank_equals_two_zero3_ranks(token_run, data, tmp_path, caplog):
 def test_sequence_rm_on_plain_pairs(ray_session, data, tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "seq"
-    code = fgrlhf(["train-rm", "--data", str(data["pairs"]), "--kind", "sequence", "--model", "tiny",
-                   "--out", str(out), *TRAIN])
+    code = fgrlhf(
+        ["train-rm", "--data", str(data["pairs"]), "--kind", "sequence", "--model", "tiny", "--out", str(out), *TRAIN]
+    )
     assert code == 0
     assert "ZeRO stage 0" in caplog.text and "loss bt" in caplog.text
-    rows = _metrics(out)
+    rows = read_metrics(out)
     assert len(rows) == 4 and "eval_accuracy" in rows[-1]
     capsys.readouterr()
     report = tmp_path / "report.json"
     assert fgrlhf(["eval-rm", "--rm", str(out / "final"), "--data", str(data["edits"]), "--report", str(report)]) == 0
-    result = _last_json(capsys.readouterr().out)
+    result = last_json(capsys.readouterr().out)
     assert result["kind"] == "sequence" and result["n"] == 20 and result["data_kind"] == "edit records"
     assert "token_reward_by_position" not in result  # a sequence RM has one reward per response
     # "longer wins" on these edits: "lively & fun" and "dull & boring" are 18 tokens alike, so every pair
@@ -161,11 +245,17 @@ def test_sequence_rm_on_plain_pairs(ray_session, data, tmp_path, capsys, caplog)
 
 
 def test_input_errors_name_the_problem(data, tmp_path, capsys):
-    assert fgrlhf(["train-rm", "--data", str(data["pairs"]), "--kind", "token", "--out", str(tmp_path / "x"),
-                   "loss=eq4"]) == 2
+    assert (
+        fgrlhf(["train-rm", "--data", str(data["pairs"]), "--kind", "token", "--out", str(tmp_path / "x"), "loss=eq4"])
+        == 2
+    )
     assert "eq4 needs edit records" in capsys.readouterr().err
-    assert fgrlhf(["train-rm", "--data", str(data["edits"]), "--kind", "sequence", "--out", str(tmp_path / "x"),
-                   "loss=eq3"]) == 2
+    assert (
+        fgrlhf(
+            ["train-rm", "--data", str(data["edits"]), "--kind", "sequence", "--out", str(tmp_path / "x"), "loss=eq3"]
+        )
+        == 2
+    )
     assert "sequence RM trains with bt" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": 3, "rejected": "b"}\n')

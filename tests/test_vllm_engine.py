@@ -15,23 +15,18 @@ import torch
 
 pytest.importorskip("vllm", reason="vllm is not installed (main venv); run scripts/test_vllm_cpu.sh or use a GPU")
 
-from fgrlhf.config import ModelConfig  # noqa: E402
-from fgrlhf.distributed import free_port  # noqa: E402
-from fgrlhf.models import load_causal_lm, load_tokenizer  # noqa: E402
-from fgrlhf.weight_sync import WeightSyncGroup, buckets, checksums, layout_of  # noqa: E402
-from fgrlhf.workers.rollout_worker import strip_after_eos  # noqa: E402
-from fgrlhf.workers.vllm_engine import VLLMEngine  # noqa: E402
+from fgrlhf.config import ModelConfig
+from fgrlhf.distributed import free_port
+from fgrlhf.models import load_causal_lm
+from fgrlhf.weight_sync import WeightSyncGroup, buckets, checksums, layout_of
+from fgrlhf.workers.rollout_worker import strip_after_eos
+from fgrlhf.workers.vllm_engine import VLLMEngine
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 MAX_NEW = 12
 ATTENTION_SCALE = 4.0
 TEXTS = ["Hello there, how are you?", "Write a haiku about the sea.", "2 + 2 ="]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("tiny")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +40,9 @@ def prompts(tokenizer):
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = VLLMEngine(ModelConfig(name="tiny", seed=0), kv_cache_memory_bytes=128 * 2**20, max_model_len=512,
-                        max_num_seqs=8)
+    engine = VLLMEngine(
+        ModelConfig(name="tiny", seed=0), kv_cache_memory_bytes=128 * 2**20, max_model_len=512, max_num_seqs=8
+    )
     yield engine
     engine.shutdown()
 
@@ -64,15 +60,32 @@ def tiny_model(seed: int, attention_scale: float, tokenizer):
 def hf_greedy(model, tokenizer, prompts: list[list[int]]) -> list[list[int]]:
     out = []
     for ids in prompts:
-        row = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=tokenizer.pad_token_id)
-        out.append(strip_after_eos(row[0, len(ids):].tolist(), tokenizer.eos_token_id))
+        row = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=MAX_NEW,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        out.append(strip_after_eos(row[0, len(ids) :].tolist(), tokenizer.eos_token_id))
     return out
 
 
 def test_greedy_matches_transformers(engine, tokenizer, prompts):
     expected = hf_greedy(tiny_model(0, 1.0, tokenizer), tokenizer, prompts)
     assert engine.generate(prompts, MAX_NEW, 0.0, 1.0, seed=0) == expected
+
+
+def test_logprobs_of_sampled_responses_match_transformers(engine, tokenizer, prompts):
+    """The behaviour log-probs ``ppo.async_rollout`` trains with: teacher-forced and from the raw logits,
+    as the learners (and transformers) compute them on the same weights."""
+    from fgrlhf.workers.packing import response_logprobs
+
+    responses = engine.generate(prompts, MAX_NEW, 1.0, 1.0, seed=5)
+    want = response_logprobs(tiny_model(0, 1.0, tokenizer), prompts, responses, tokenizer.pad_token_id, 2)
+    got = engine.logprobs(prompts, responses)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-4)
 
 
 def test_load_weights_switches_the_served_model(engine, tokenizer, prompts):
@@ -86,7 +99,7 @@ def test_load_weights_switches_the_served_model(engine, tokenizer, prompts):
     flat = torch.cat([p.detach().reshape(-1) for _, p in params])
     views, offset = [], 0
     for name, param in params:
-        views.append((name, flat[offset:offset + param.numel()].view(param.shape)))
+        views.append((name, flat[offset : offset + param.numel()].view(param.shape)))
         offset += param.numel()
     engine.load_weights(views)
     assert engine.generate(prompts, MAX_NEW, 0.0, 1.0, seed=0) == expected_pushed
@@ -166,7 +179,7 @@ def test_load_weights_keeps_tensors_whose_buckets_reuse_memory(engine, tokenizer
             offset = 0
             for i in indices:
                 name, param = named[i]
-                view = arena[offset:offset + param.numel()].view(param.shape)
+                view = arena[offset : offset + param.numel()].view(param.shape)
                 view.copy_(param.detach())
                 yield name, view
                 offset += param.numel()

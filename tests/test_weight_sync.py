@@ -13,8 +13,13 @@ from fgrlhf.weight_sync import WeightSyncGroup, buckets, choose_backend, layout_
 
 
 def test_buckets_split_by_size_and_dtype():
-    tensors = [("a", torch.zeros(256)), ("b", torch.zeros(256)), ("c", torch.zeros(300)),
-               ("d", torch.zeros(10, dtype=torch.bfloat16)), ("e", torch.zeros(10))]
+    tensors = [
+        ("a", torch.zeros(256)),
+        ("b", torch.zeros(256)),
+        ("c", torch.zeros(300)),
+        ("d", torch.zeros(10, dtype=torch.bfloat16)),
+        ("e", torch.zeros(10)),
+    ]
     layout = layout_of(tensors)
     # 2 KiB limit: a+b (2048 bytes) fit together, c alone, then a dtype change starts new buckets.
     assert buckets(layout, 2048 / 2**20) == [[0, 1], [2], [3], [4]]
@@ -24,8 +29,12 @@ def test_buckets_split_by_size_and_dtype():
 
 def test_group_broadcasts_exact_tensors_in_buckets():
     torch.manual_seed(0)
-    sent = [("w1", torch.randn(3, 5)), ("b1", torch.randn(5)), ("half", torch.randn(4).to(torch.bfloat16)),
-            ("w2", torch.randn(7, 2))]
+    sent = [
+        ("w1", torch.randn(3, 5)),
+        ("b1", torch.randn(5)),
+        ("half", torch.randn(4).to(torch.bfloat16)),
+        ("w2", torch.randn(7, 2)),
+    ]
     layout = layout_of(sent)
     port = free_port()
     errors = []
@@ -64,7 +73,7 @@ def test_timeout_reaches_the_group_a_silent_receiver_fails_the_push_instead_of_h
     group = WeightSyncGroup("127.0.0.1", port, 0, 2, "gloo", "t", timeout_s=2)
     assert joined.wait(10)
     start = time.monotonic()
-    with pytest.raises(RuntimeError, match="[Tt]imed out"):
+    with pytest.raises(RuntimeError, match=r"[Tt]imed out"):
         group.send_bucket([torch.zeros(1000)])
     assert time.monotonic() - start < 5  # the group's 2 s, not gloo's 30 min default
     thread.join()
@@ -96,24 +105,37 @@ def test_vllm_tied_head_is_re_tied_by_name_never_by_pointer():
     second = ("model.norm.weight", arena[:2])
     assert first[1].data_ptr() == second[1].data_ptr()
     assert [name for name, _ in tie_lm_head([first, second], tied=True)] == [
-        "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"]
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "model.norm.weight",
+    ]
     out = dict(tie_lm_head([first, second], tied=True))
     assert out["lm_head.weight"] is first[1]
     # A pushed lm_head.weight of a tied model is the embedding again: replaced, not loaded twice.
     head = ("lm_head.weight", torch.ones(1, 2))
     assert [name for name, _ in tie_lm_head([head, first], tied=True)] == [
-        "model.embed_tokens.weight", "lm_head.weight"]
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+    ]
     # Untied: everything passes through as sent.
     assert [name for name, _ in tie_lm_head([first, head, second], tied=False)] == [
-        "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"]
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "model.norm.weight",
+    ]
 
 
 def ppo_config(**overrides):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig
+    from fgrlhf.ppo.config import PPOTrainConfig
 
-    items = ["reward.model=tiny-token", "ppo.rollout_batch_size=4", "ppo.step_batch_size=4",
-             "policy_learner.micro_batch_size=1", "critic_learner.micro_batch_size=1"]
+    items = [
+        "reward.model=tiny-token",
+        "ppo.rollout_batch_size=4",
+        "ppo.step_batch_size=4",
+        "policy_learner.micro_batch_size=1",
+        "critic_learner.micro_batch_size=1",
+    ]
     return load_config(PPOTrainConfig, overrides=items + [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -157,13 +179,12 @@ def test_push_makes_generator_weights_equal_learner_weights(ray_session, zero_st
     through deepspeed.zero.Init (``tiny`` is built in memory)."""
     ray = ray_session
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.workers.learner_worker import LearnerWorker
+    from fgrlhf.workers.learner_worker import PolicyLearner
     from fgrlhf.workers.rollout_worker import RolloutWorker
 
     ds = DeepSpeedConfig(zero_stage=zero_stage, world_size=2, micro_batch_size=1, num_cpus_per_rank=0.5)
     learner_cfg = ModelConfig(name="tiny" if source == "tiny" else save_tiny(tmp_path / "ckpt"), seed=0)
-    ranks = [ray.remote(LearnerWorker).options(num_cpus=0.5).remote("policy", r, 2, ds, learner_cfg)
-             for r in range(2)]
+    ranks = [ray.remote(PolicyLearner).options(num_cpus=0.5).remote(r, 2, ds, learner_cfg) for r in range(2)]
     # The generator starts from different (seed 1) weights, so equality can only come from the push.
     rollout = ray.remote(RolloutWorker).options(num_cpus=0.5).remote("hf", ModelConfig(name="tiny", seed=1))
     try:
@@ -178,11 +199,14 @@ def test_push_makes_generator_weights_equal_learner_weights(ray_session, zero_st
         # The tied lm_head is the embedding: pushed once, under the embedding's name.
         assert [name for name, _, _ in layout] == [n for n in learner_sums if n != "lm_head.weight"]
         addr, port = ray.get(ranks[0].rendezvous_address.remote())
-        ray.get([ranks[0].join_weight_sync.remote(addr, port, 2, "gloo", "test", 60),
-                 rollout.join_weight_sync.remote(addr, port, 1, 2, "gloo", "test", 60)])
+        ray.get(
+            [
+                ranks[0].join_weight_sync.remote(addr, port, 2, "gloo", "test", 60),
+                rollout.join_weight_sync.remote(addr, port, 1, 2, "gloo", "test", 60),
+            ]
+        )
         bucket_mb = 0.05  # ~50 KiB: the tiny model's weights travel in several buckets
-        ray.get([rollout.receive_weights.remote(layout, bucket_mb)]
-                + [r.push_weights.remote(bucket_mb) for r in ranks])
+        ray.get([rollout.receive_weights.remote(layout, bucket_mb)] + [r.push_weights.remote(bucket_mb) for r in ranks])
         assert ray.get(rollout.weights_checksum.remote()) == learner_sums
     finally:
         for actor in ranks + [rollout]:
@@ -222,13 +246,13 @@ def test_backend_comes_from_the_members_and_a_stuck_receiver_fails_the_push(ray_
 
     ray = ray_session
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.ppo_trainer import Cluster
+    from fgrlhf.ppo.cluster import Cluster
     from fgrlhf.weight_sync import WeightPushError
-    from fgrlhf.workers.learner_worker import LearnerWorker
+    from fgrlhf.workers.learner_worker import PolicyLearner
     from fgrlhf.workers.rollout_worker import RolloutWorker
 
     ds = DeepSpeedConfig(world_size=1, micro_batch_size=1, num_cpus_per_rank=0.5)
-    learner = ray.remote(LearnerWorker).options(num_cpus=0.5).remote("policy", 0, 1, ds, ModelConfig(seed=0))
+    learner = ray.remote(PolicyLearner).options(num_cpus=0.5).remote(0, 1, ds, ModelConfig(seed=0))
     rollout = ray.remote(RolloutWorker).options(num_cpus=0.5).remote("hf", ModelConfig(seed=1))
     stopped = None
     try:
@@ -240,7 +264,7 @@ def test_backend_comes_from_the_members_and_a_stuck_receiver_fails_the_push(ray_
         cluster.layout = ray.get(learner.weight_layout.remote())
 
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        with caplog.at_level(logging.INFO, logger="fgrlhf.ppo_trainer"):
+        with caplog.at_level(logging.INFO, logger="fgrlhf.ppo.cluster"):
             assert cluster.connect_weight_sync() == "gloo"
         assert "weight push: gloo" in caplog.text
         cluster.push_weights()

@@ -25,14 +25,16 @@ def test_preference_from_scores_counts_ties_within_epsilon_as_draws():
     assert preference_from_scores(0.52, 0.50, epsilon=0.01) == 2.0
 
 
+@pytest.mark.slow
 def test_gold_judge_end_to_end_with_tiny_model(tmp_path, capsys):
-    from fgrlhf import winrate
+    from fgrlhf import winrate_cli
 
     parser = argparse.ArgumentParser()
-    winrate.add_arguments(parser)
-    args = parser.parse_args(["--model", "tiny", "--judge", "gold", "--n", "3", "--max-new-tokens", "6",
-                              "--out", str(tmp_path)])
-    assert winrate.main(args) == 0
+    winrate_cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--model", "tiny", "--judge", "gold", "--n", "3", "--max-new-tokens", "6", "--out", str(tmp_path)]
+    )
+    assert winrate_cli.main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     saved = json.loads((tmp_path / "winrate.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "outputs.jsonl").read_text().splitlines()]

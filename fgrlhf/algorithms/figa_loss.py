@@ -66,12 +66,21 @@ def figa_loss(
     the loss is 0 (still attached to the graph). α = γ = 1, β = 0 is plain SFT on the revised responses.
     """
     w_revised, w_original = figa_token_weights(
-        ce_revised, positive_mask_revised, mask_revised, ce_original, negative_mask_original, mask_original,
-        alpha=alpha, beta=beta, gamma=gamma, confidence_threshold=confidence_threshold,
+        ce_revised,
+        positive_mask_revised,
+        mask_revised,
+        ce_original,
+        negative_mask_original,
+        mask_original,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        confidence_threshold=confidence_threshold,
     )
     # where, not w·CE: an infinite CE at a zero-weight position (e.g. a -inf logit) must not become NaN.
-    total = torch.where(w_revised != 0, w_revised * ce_revised, 0.0).sum() + torch.where(
-        w_original != 0, w_original * ce_original, 0.0
-    ).sum()
+    total = (
+        torch.where(w_revised != 0, w_revised * ce_revised, 0.0).sum()
+        + torch.where(w_original != 0, w_original * ce_original, 0.0).sum()
+    )
     count = (w_revised != 0).sum() + (w_original != 0).sum()
     return total / count.clamp(min=1)

@@ -2,20 +2,20 @@
 
 KL estimators, per-token reward shaping (sequence / token / fine_grained_sequence / oracle_sequence /
 oracle_token, with the gold telescoped over prefixes for the last), masked statistics,
-GAE, the clipped policy and value losses, and log-prob / entropy from logits. AlpacaFarm defaults:
-γ = λ = 1, ε = 0.2 for both clipped losses.
+GAE, a batch's whole advantage computation (:func:`compute_advantages`), the clipped policy and value
+losses, and log-prob / entropy from logits. AlpacaFarm defaults: γ = λ = 1, ε = 0.2 for both clipped losses.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 KLEstimator = Literal["k1", "k2", "k3", "k1_nonneg"]
 RewardMode = Literal["sequence", "token", "fine_grained_sequence", "oracle_sequence", "oracle_token"]
 SEQUENCE_MODES = ("sequence", "fine_grained_sequence", "oracle_sequence")  # a scalar R at the last token
-TOKEN_MODES = ("token", "oracle_token")                                    # a reward on every token
+TOKEN_MODES = ("token", "oracle_token")  # a reward on every token
 
 
 def kl_penalty(
@@ -100,8 +100,10 @@ def telescoped_rewards(prefix_scores: torch.Tensor, response_mask: torch.Tensor)
     also change which tokens GAE credits.
     """
     if prefix_scores.size(-1) != response_mask.size(-1) + 1:
-        raise ValueError(f"prefix_scores {tuple(prefix_scores.shape)} must have one column more than the "
-                         f"response mask {tuple(response_mask.shape)} (the empty prefix)")
+        raise ValueError(
+            f"prefix_scores {tuple(prefix_scores.shape)} must have one column more than the "
+            f"response mask {tuple(response_mask.shape)} (the empty prefix)"
+        )
     return (prefix_scores[:, 1:] - prefix_scores[:, :-1]) * response_mask.to(prefix_scores.dtype)
 
 
@@ -150,6 +152,60 @@ def masked_rescale(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     (AlpacaFarm's padded tensors spread it over every position alike, which a ragged mask cannot).
     """
     return values * torch.rsqrt(masked_var(values, mask) + 1e-8) * mask.to(values.dtype)
+
+
+class Advantages(NamedTuple):
+    """What :func:`compute_advantages` returns, every tensor ``[B, T]`` and 0 outside the mask."""
+
+    kl: torch.Tensor  # the per-token KL estimate the rewards were shaped with
+    rewards: torch.Tensor  # per-token PPO rewards after shaping and (optional) rescaling
+    advantages: torch.Tensor  # GAE, whitened when asked
+    returns: torch.Tensor  # the critic's targets, advantages (before whitening) + values
+
+
+@torch.no_grad()
+def compute_advantages(
+    mode: RewardMode,
+    response_mask: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    kl_coef: float,
+    kl_estimator: KLEstimator,
+    kl_clamp: float | None = None,
+    sequence_reward: torch.Tensor | None = None,
+    token_rewards: torch.Tensor | None = None,
+    prefix_scores: torch.Tensor | None = None,
+    center_tokens: bool = True,
+    whiten_rewards: bool = True,
+    whiten_advantages: bool = True,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+) -> Advantages:
+    """One PPO batch from its scores to advantages and returns (the driver's whole advantage phase).
+
+    Inputs ``[B, T]`` unless noted: ``logprobs`` of the sampled tokens under the policy that sampled them,
+    ``ref_logprobs`` under the reference, ``values`` the critic's V(s_t). The reward per mode:
+    ``sequence_reward`` ``[B]`` (sequence / fine_grained_sequence / oracle_sequence), ``token_rewards`` (token;
+    centred on the batch when ``center_tokens``, see :func:`center_token_rewards`) or ``prefix_scores``
+    ``[B, T + 1]`` (oracle_token, telescoped by :func:`telescoped_rewards` and never centred: Σ r_t is the
+    gold). Then −β·KL_t shaping (:func:`compute_rewards`), rescaling by the rewards' std
+    (:func:`masked_rescale`, length-neutral), GAE, and whitening of the advantages.
+    """
+    mask = response_mask.to(logprobs.dtype)
+    kl = kl_penalty(logprobs, ref_logprobs, kl_estimator, clamp=kl_clamp) * mask
+    if mode == "token" and token_rewards is not None and center_tokens:
+        token_rewards = center_token_rewards(token_rewards, mask)
+    elif mode == "oracle_token" and prefix_scores is not None:
+        token_rewards = telescoped_rewards(prefix_scores, mask)
+    rewards = compute_rewards(mode, kl, mask, kl_coef, sequence_reward=sequence_reward, token_rewards=token_rewards)
+    if whiten_rewards:
+        rewards = masked_rescale(rewards, mask)
+    advantages, returns = compute_gae(rewards, values, mask, gamma, lam)
+    if whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return Advantages(kl, rewards, advantages * mask, returns * mask)
 
 
 @torch.no_grad()

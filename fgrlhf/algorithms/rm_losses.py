@@ -7,6 +7,7 @@ Token tensors are right-padded ``[B, T]`` with a 0/1 ``mask`` of real response t
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -67,22 +68,27 @@ def mean_by_position(values: torch.Tensor, mask: torch.Tensor, bin_size: int) ->
     mask = mask.to(values.dtype)
     out = []
     for start in range(0, values.size(-1), bin_size):
-        bin_values, bin_mask = values[:, start:start + bin_size], mask[:, start:start + bin_size]
+        bin_values, bin_mask = values[:, start : start + bin_size], mask[:, start : start + bin_size]
         count = bin_mask.sum()
         out.append(float((bin_values * bin_mask).sum() / count) if count > 0 else None)
     return out
 
 
-def length_baseline(chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor) -> dict:
+def length_baseline(chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor) -> dict[str, float | None]:
     """Accuracy of scorers that know only length, on the same pairs: "longer wins" (ties ½, the
     complement of "shorter wins") over every pair, and both rules over the pairs whose lengths differ."""
     chosen, rejected = chosen_lengths.double(), rejected_lengths.double()
     untied = chosen != rejected
     longer_untied = float(pairwise_accuracy(chosen[untied], rejected[untied])) if untied.any() else None
     longer = float(pairwise_accuracy(chosen, rejected))
-    return {"longer_wins": longer, "shorter_wins": 1.0 - longer, "n": int(chosen.numel()),
-            "tied": int((~untied).sum()), "longer_wins_untied": longer_untied,
-            "shorter_wins_untied": None if longer_untied is None else 1.0 - longer_untied}
+    return {
+        "longer_wins": longer,
+        "shorter_wins": 1.0 - longer,
+        "n": int(chosen.numel()),
+        "tied": int((~untied).sum()),
+        "longer_wins_untied": longer_untied,
+        "shorter_wins_untied": None if longer_untied is None else 1.0 - longer_untied,
+    }
 
 
 def pearson_correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -93,7 +99,7 @@ def pearson_correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
 
 
 def bootstrap_ci(
-    correct_per_pair, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0
+    correct_per_pair: torch.Tensor | npt.ArrayLike, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile-bootstrap (1 − alpha) interval of the mean of per-pair scores (1, 0 or ½ for a tie)."""
     values = np.asarray(

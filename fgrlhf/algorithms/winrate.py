@@ -8,6 +8,7 @@ pref is 1 when the reference output wins, 2 when the model's wins, 1.5 for a dra
 from __future__ import annotations
 
 import math
+from typing import Any
 
 REFERENCE_WINS, MODEL_WINS, DRAW = 1.0, 2.0, 1.5
 
@@ -19,7 +20,7 @@ def preference_from_scores(model_score: float, reference_score: float, epsilon: 
     return MODEL_WINS if model_score > reference_score else REFERENCE_WINS
 
 
-def win_rate(prefs: list[float]) -> dict:
+def win_rate(prefs: list[float]) -> dict[str, Any]:
     """``{win_rate, stderr, n, wins, losses, draws}``; wins/losses count prefs above/below 1.5."""
     if not prefs:
         raise ValueError("win rate of zero instructions")

@@ -27,13 +27,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
 
 from tqdm import tqdm
 
 from fgrlhf.config import ConfigError
-from fgrlhf.editing.cache import CacheKey, CachedEdit, EditCache, content_hash
+from fgrlhf.editing.cache import CachedEdit, CacheKey, EditCache, content_hash
 from fgrlhf.editing.config import EditConfig
-from fgrlhf.editing.editors import ClaudeEditor, EditReply, Editor, call_api, classify_status, message_reply
+from fgrlhf.editing.editors import ClaudeEditor, Editor, EditReply, call_api, classify_status, message_reply
 from fgrlhf.editing.pipeline import EditSummary
 from fgrlhf.editing.prompts import PROMPT_VERSION
 from fgrlhf.editing.retry import (
@@ -122,13 +124,15 @@ class _BatchRun:
 
     def chunks(self, custom_ids: list[str]):
         """Requests in groups within the API's per-batch limits on count and size (at least one each)."""
-        chunk, size = [], _BODY_OVERHEAD
+        chunk: list[dict[str, Any]] = []
+        size = _BODY_OVERHEAD
         for custom_id in custom_ids:
             request = {"custom_id": custom_id, "params": self.params(self.items[custom_id].indices[0])}
             # ASCII-escaped JSON: an upper bound on the size of however the client encodes it.
             request_size = len(json.dumps(request)) + 2  # ", "
-            if chunk and (len(chunk) == self.cfg.batch.chunk_size
-                          or size + request_size > self.cfg.batch.max_batch_bytes):
+            if chunk and (
+                len(chunk) == self.cfg.batch.chunk_size or size + request_size > self.cfg.batch.max_batch_bytes
+            ):
                 yield chunk
                 chunk, size = [], _BODY_OVERHEAD
             chunk.append(request)
@@ -138,7 +142,7 @@ class _BatchRun:
 
     async def submit(self, custom_ids: list[str]) -> None:
         for requests in self.chunks(custom_ids):
-            batch = await self.api("create", lambda: self.editor.client.messages.batches.create(requests=requests))
+            batch = await self.api("create", partial(self.editor.client.messages.batches.create, requests=requests))
             ids = [request["custom_id"] for request in requests]
             # Recorded before anything else happens: from here on an interrupted run re-attaches to it.
             self.cache.add_batch(batch.id, self.scope, ids)
@@ -204,9 +208,12 @@ class _BatchRun:
                 self.resolve(custom_id, edited=reply.edited)
         self.cache.close_batch(batch_id, stored)
         for custom_id in self.open.pop(batch_id):
-            if self.owner.get(custom_id) == batch_id and custom_id not in seen:
-                if self.outcome(custom_id, TransientError("missing_result")):
-                    resubmit.append(custom_id)
+            if (
+                self.owner.get(custom_id) == batch_id
+                and custom_id not in seen
+                and self.outcome(custom_id, TransientError("missing_result"))
+            ):
+                resubmit.append(custom_id)
         for custom_id in resubmit:
             self.owner.pop(custom_id, None)
         return resubmit
@@ -216,7 +223,7 @@ class _BatchRun:
         interval = self.cfg.batch.poll_interval_s
         while self.open:
             for batch_id in list(self.open):
-                batch = await self.api(f"retrieve {batch_id}", lambda: self._retrieve(batch_id))
+                batch = await self.api(f"retrieve {batch_id}", partial(self._retrieve, batch_id))
                 if batch is None:  # deleted, or its results expired: send its items again
                     log.warning("message batch %s no longer exists; resubmitting its items", batch_id)
                     self.cache.close_batch(batch_id, [])
@@ -265,11 +272,18 @@ async def collect_edits_batch(
             items[digest] = _Item([index])
     summary.from_cache = n - sum(len(item.indices) for item in items.values())
 
-    bar = tqdm(total=n, initial=summary.from_cache, desc="edit (anthropic, batch)", unit="item",
-               disable=not progress)
-    run = _BatchRun(editor, cache, cfg, summary.counters, items,
-                    lambda index: editor.request(records[index]["prompt"], records[index][source_field]),
-                    edited, failures, bar)
+    bar = tqdm(total=n, initial=summary.from_cache, desc="edit (anthropic, batch)", unit="item", disable=not progress)
+    run = _BatchRun(
+        editor,
+        cache,
+        cfg,
+        summary.counters,
+        items,
+        lambda index: editor.request(records[index]["prompt"], records[index][source_field]),
+        edited,
+        failures,
+        bar,
+    )
     try:
         for batch_id, custom_ids in cache.open_batches(run.scope).items():
             if any(custom_id in items for custom_id in custom_ids):

@@ -92,8 +92,16 @@ class EditCache:
     def put(self, key: CacheKey, edit: CachedEdit) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key.editor, key.model, key.prompt_version, key.content_hash, edit.edited,
-             edit.usage.input_tokens, edit.usage.output_tokens, time.time()),
+            (
+                key.editor,
+                key.model,
+                key.prompt_version,
+                key.content_hash,
+                edit.edited,
+                edit.usage.input_tokens,
+                edit.usage.output_tokens,
+                time.time(),
+            ),
         )
 
     @contextmanager
@@ -109,8 +117,10 @@ class EditCache:
     def add_batch(self, batch_id: str, scope: CacheKey, custom_ids: list[str]) -> None:
         """Record a created batch (``scope`` gives its editor, model and prompt version) and its requests."""
         with self._transaction():
-            self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, NULL)",
-                             (batch_id, scope.editor, scope.model, scope.prompt_version, time.time()))
+            self._db.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, NULL)",
+                (batch_id, scope.editor, scope.model, scope.prompt_version, time.time()),
+            )
             self._db.executemany("INSERT INTO batch_items VALUES (?, ?)", [(batch_id, c) for c in custom_ids])
 
     def open_batches(self, scope: CacheKey) -> dict[str, list[str]]:

@@ -23,8 +23,11 @@ class RetryConfig(StrictModel):
     jitter: float = Field(0.5, ge=0.0, le=1.0, description="fraction of each backoff that is randomised")
     max_retry_after_s: float = Field(300.0, ge=0.0, description="cap on a server's retry-after")
     max_initial_connect_failures: int = Field(
-        16, ge=0, description="stop the run when this many requests fail to connect before any connects "
-                              "(a wrong ANTHROPIC_BASE_URL or no network); 0 = never")
+        16,
+        ge=0,
+        description="stop the run when this many requests fail to connect before any connects "
+        "(a wrong ANTHROPIC_BASE_URL or no network); 0 = never",
+    )
     seed: int = 0
 
 
@@ -48,8 +51,9 @@ class BatchConfig(StrictModel):
 
     enabled: bool = Field(False, description="edit through Message Batches (the --batch flag)")
     chunk_size: int = Field(10_000, ge=1, le=100_000, description="requests per batch (the API allows 100,000)")
-    max_batch_bytes: int = Field(256_000_000, ge=1, le=256_000_000,
-                                 description="JSON size of a batch's requests (the API allows 256 MB)")
+    max_batch_bytes: int = Field(
+        256_000_000, ge=1, le=256_000_000, description="JSON size of a batch's requests (the API allows 256 MB)"
+    )
     poll_interval_s: float = Field(60.0, gt=0.0, description="seconds between status checks of open batches")
     price_factor: float = Field(0.5, ge=0.0, description="batch price / list price, for the cost estimate")
 
@@ -91,8 +95,9 @@ class EditConfig(StrictModel):
         if self.retry.initial_backoff_s > self.retry.max_backoff_s:
             raise ValueError("retry.initial_backoff_s must not exceed retry.max_backoff_s")
         if self.batch.enabled and self.editor != "anthropic":
-            raise ValueError(f"batch.enabled (--batch) needs editor=anthropic, not {self.editor}: "
-                             "only Claude has a batch API")
+            raise ValueError(
+                f"batch.enabled (--batch) needs editor=anthropic, not {self.editor}: only Claude has a batch API"
+            )
         return self
 
     def set_model(self, name: str) -> None:

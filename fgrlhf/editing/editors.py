@@ -16,10 +16,10 @@ import json
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic import Field, ValidationError
@@ -81,8 +81,12 @@ class ClaudeEditor(Editor):
 
     def request(self, instruction: str, text: str) -> dict:
         """Messages API parameters of one edit: sent at once by :meth:`edit`, or in a Message Batch."""
-        return {"model": self.cfg.model, "max_tokens": self.cfg.max_tokens, "system": SYSTEM_PROMPT,
-                "messages": [{"role": "user", "content": user_message(instruction, text)}]}
+        return {
+            "model": self.cfg.model,
+            "max_tokens": self.cfg.max_tokens,
+            "system": SYSTEM_PROMPT,
+            "messages": [{"role": "user", "content": user_message(instruction, text)}],
+        }
 
     @staticmethod
     def reply(text: str, usage: Usage) -> EditReply:
@@ -166,7 +170,8 @@ class HFEditor(Editor):
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": user_message(instruction, text)},
         ]
-        prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # tokenize=False returns the text; transformers types it as every form it can return.
+        prompt = cast(str, self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         prompt_ids = self._torch.tensor([tokenize_prompt(self._tokenizer, prompt)])
         ids = {"input_ids": prompt_ids, "attention_mask": self._torch.ones_like(prompt_ids)}
         sampling = (
@@ -178,8 +183,8 @@ class HFEditor(Editor):
             if self.cfg.do_sample:  # reproducible per item, whatever order items arrive in
                 self._torch.manual_seed(_stable_int(f"{self.cfg.seed}|{instruction}|{text}"))
             out = self._lm.generate(**ids, max_new_tokens=self.cfg.max_new_tokens, **sampling)
-        new = out[0, ids["input_ids"].shape[1]:]
-        reply = self._tokenizer.decode(new, skip_special_tokens=True)
+        new = out[0, ids["input_ids"].shape[1] :]
+        reply = cast(str, self._tokenizer.decode(new, skip_special_tokens=True))  # one sequence in, one string out
         return reply, Usage(int(ids["input_ids"].shape[1]), int(new.shape[0]))
 
     async def edit(self, instruction: str, text: str) -> EditReply:
@@ -213,6 +218,7 @@ class FixerRule(StrictModel):
 
 Fix = tuple[int, int, str]
 Fixer = Callable[..., list[Fix]]
+LoadedRule = tuple[Rule, re.Pattern[str]] | tuple[FixerRule, Fixer]
 
 
 def _stable_int(text: str) -> int:
@@ -225,7 +231,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_rules(path: str | Path) -> list[tuple[Rule | FixerRule, re.Pattern | Fixer]]:
+def load_rules(path: str | Path) -> list[LoadedRule]:
     """A YAML list of regex rules {name, pattern, replacement[, recall]} and fixer rules
     {name, fixer, options[, recall]}; errors name the file, the rule and the field."""
     path = Path(path)
@@ -239,7 +245,7 @@ def load_rules(path: str | Path) -> list[tuple[Rule | FixerRule, re.Pattern | Fi
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: expected a non-empty list of rules {{name, pattern, replacement}}")
-    rules = []
+    rules: list[LoadedRule] = []
     for index, raw in enumerate(data):
         kind = FixerRule if isinstance(raw, dict) and "fixer" in raw else Rule
         try:
@@ -319,17 +325,22 @@ class RuleEditor(Editor):
         """The edited text and, per rule that fixed something, ``{"fixed": faults, "delta_words": Δ}``
         (words added by that rule's fixes; negative when it shortens)."""
         edited, trace = text, {}
-        for rule, compiled in self.rules:
-            before = edited
-            if isinstance(rule, FixerRule):
-                chosen = [fix for ordinal, fix in enumerate(compiled(instruction, edited, **rule.options))
-                          if self._fixes(text, rule, ordinal)]
+        for loaded in self.rules:
+            rule, before = loaded[0], edited
+            if isinstance(loaded[0], FixerRule):  # narrows the pair: a fixer rule with its function
+                fixer_rule, fixer = loaded
+                chosen = [
+                    fix
+                    for ordinal, fix in enumerate(fixer(instruction, edited, **fixer_rule.options))
+                    if self._fixes(text, fixer_rule, ordinal)
+                ]
                 edited = _splice(edited, chosen, rule.name)
                 fixed = len(chosen)
             else:
+                regex_rule, compiled = loaded
                 ordinal, fixed = itertools.count(), 0
 
-                def replace(match: re.Match, rule: Rule = rule) -> str:
+                def replace(match: re.Match, rule: Rule = regex_rule, ordinal: Iterator[int] = ordinal) -> str:
                     nonlocal fixed
                     if not self._fixes(text, rule, next(ordinal)):
                         return match.group(0)

@@ -14,7 +14,7 @@ import re
 from bisect import bisect_left
 
 _ENDS = re.compile(r"[.!?\n]")
-_WS = re.compile(r"\s*")
+_WS = re.compile(r"\s+")
 # A terminator after sentence text, then whitespace, then a sentence that ends in the same two characters:
 # a necessary condition for ending a first copy, checked at C speed (the whitespace is taken atomically, so
 # each sentence is scanned once).
@@ -40,7 +40,7 @@ def repeated_sentences(instruction: str, text: str) -> list[tuple[int, int, str]
         # (?:\s+\1)+ is greedy: more copies while whitespace then the same sentence follow.
         lead = len(sentence) - len(sentence.lstrip())
         while True:
-            run_end = _WS.match(text, end).end()
+            run_end = _whitespace_end(text, end)
             at = run_end - lead
             if at - end < 1 or not text.startswith(sentence, at):
                 break
@@ -50,10 +50,16 @@ def repeated_sentences(instruction: str, text: str) -> list[tuple[int, int, str]
     return fixes
 
 
+def _whitespace_end(text: str, i: int) -> int:
+    """The end of the whitespace run that starts at ``i`` (``i`` itself when there is none)."""
+    match = _WS.match(text, i)
+    return match.end() if match else i
+
+
 def _first_copy(text: str, ends: list[int], q: int, lo: int) -> tuple[int, str, int] | None:
     """The leftmost start p in ``[lo, q)`` whose ``text[p:q+1]`` follows itself after whitespace, with
     that sentence and the end of its first copy; None if no p does."""
-    run_end = _WS.match(text, q + 1).end()
+    run_end = _whitespace_end(text, q + 1)
     if run_end == q + 1 or run_end == len(text):
         return None
     # The copy's part after its leading whitespace runs from run_end to the next terminator.
@@ -70,8 +76,11 @@ def _first_copy(text: str, ends: list[int], q: int, lo: int) -> tuple[int, str, 
     newline = text.rfind("\n", q + 1, run_end)
     copy_min = max(q + 2, newline + 1)
     lead = 0
-    while (body_start - lead - 1 >= lo and run_end - lead - 1 >= copy_min
-           and text[body_start - lead - 1] == text[run_end - lead - 1]):
+    while (
+        body_start - lead - 1 >= lo
+        and run_end - lead - 1 >= copy_min
+        and text[body_start - lead - 1] == text[run_end - lead - 1]
+    ):
         lead += 1
     start = body_start - lead
     if q - start < 1:  # [^.!?\n]+ needs a character before the terminator

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from fgrlhf.algorithms.token_diff import align_tokens
 from fgrlhf.data import LoadReport, load_edit_inputs, write_jsonl
-from fgrlhf.editing.cache import CacheKey, CachedEdit, EditCache, content_hash
+from fgrlhf.editing.cache import CachedEdit, CacheKey, EditCache, content_hash
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.editing.editors import Editor, build_editor
 from fgrlhf.editing.prompts import PROMPT_VERSION
@@ -40,7 +40,7 @@ EXIT_INCOMPLETE = 3
 def failure_causes(statuses: Counter) -> Counter:
     """Failed items per cause: ``failed: connection: APIConnectionError (6 attempts)`` counts as
     ``connection: APIConnectionError``."""
-    causes = Counter()
+    causes: Counter[str] = Counter()
     for status, n in statuses.items():
         if status.startswith("failed: "):
             causes[re.sub(r" \(\d+ attempts\)$", "", status.removeprefix("failed: "))] += n
@@ -93,8 +93,10 @@ class EditSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "items_per_s": round(self.items_per_s, 3),
             "skipped_invalid": self.skipped_invalid,
-            "fixes": {fault: {**t, "mean_delta_words": round(t["delta_words"] / t["fixed"], 3)}
-                      for fault, t in self.fixes.items()},
+            "fixes": {
+                fault: {**t, "mean_delta_words": round(t["delta_words"] / t["fixed"], 3)}
+                for fault, t in self.fixes.items()
+            },
         }
 
     def render(self) -> str:
@@ -108,24 +110,35 @@ class EditSummary:
             f"tokens: input {c.input_tokens:,}, output {c.output_tokens:,}; estimated cost ${self.cost_usd:.4f}",
         ]
         if self.fixes:
-            lines.append("fixes in edited records (mean words added per fix): " + ", ".join(
-                f"{fault} {t['fixed']} ({t['delta_words'] / t['fixed']:+.1f})" for fault, t in self.fixes.items()))
+            lines.append(
+                "fixes in edited records (mean words added per fix): "
+                + ", ".join(
+                    f"{fault} {t['fixed']} ({t['delta_words'] / t['fixed']:+.1f})" for fault, t in self.fixes.items()
+                )
+            )
         if self.skipped_invalid:
             reasons = ", ".join(f"{reason} {n}" for reason, n in self.skip_reasons.most_common())
             lines.append(f"skipped invalid input records: {self.skipped_invalid} ({reasons})")
         causes = failure_causes(self.statuses)
         if causes:
             by_cause = ", ".join(f"{cause} {n}" for cause, n in causes.most_common())
-            lines.append(f"{sum(causes.values())} items failed ({by_cause}); re-run the same command to retry "
-                         "only those")
+            lines.append(
+                f"{sum(causes.values())} items failed ({by_cause}); re-run the same command to retry only those"
+            )
         return "\n".join(lines)
 
 
-def classify(original_ids: list[int], edited_ids: list[int], edited: str, max_changed_fraction: float) -> tuple[str, dict]:
+def classify(
+    original_ids: list[int], edited_ids: list[int], edited: str, max_changed_fraction: float
+) -> tuple[str, dict]:
     """Status and token statistics of one completed edit."""
     if not edited.strip():
-        return REJECT_EMPTY, {"original_tokens": len(original_ids), "edited_tokens": 0,
-                              "edit_distance": None, "changed_fraction": None}
+        return REJECT_EMPTY, {
+            "original_tokens": len(original_ids),
+            "edited_tokens": 0,
+            "edit_distance": None,
+            "changed_fraction": None,
+        }
     alignment = align_tokens(original_ids, edited_ids)
     stats = {
         "original_tokens": len(original_ids),
@@ -174,7 +187,9 @@ async def collect_edits(
             try:
                 reply = await call_with_retries(
                     lambda: editor.edit(record["prompt"], record[source_field]),
-                    policy, summary.counters, retry_malformed=not editor.deterministic,
+                    policy,
+                    summary.counters,
+                    retry_malformed=not editor.deterministic,
                 )
             except ItemFailed as exc:
                 failures[index] = str(exc)
@@ -213,24 +228,30 @@ def build_records(
     for index, record in enumerate(records):
         if edited[index] is None:
             status = f"failed: {failures[index]}"
-            stats = {"original_tokens": len(original_ids[index]), "edited_tokens": None,
-                     "edit_distance": None, "changed_fraction": None}
+            stats = {
+                "original_tokens": len(original_ids[index]),
+                "edited_tokens": None,
+                "edit_distance": None,
+                "changed_fraction": None,
+            }
         else:
             status, stats = classify(original_ids[index], edited_ids[index], texts[index], max_changed_fraction)
         fixes = editor.explain(record["prompt"], originals[index]) if edited[index] is not None else None
-        out.append({
-            **record,
-            "prompt": record["prompt"],
-            "original": originals[index],
-            "edited": texts[index],
-            "editor": editor.name,
-            "model": editor.model,
-            "prompt_version": PROMPT_VERSION,
-            "source_field": source_field,
-            **stats,
-            "status": status,
-            **({"fixes": fixes} if fixes is not None else {}),
-        })
+        out.append(
+            {
+                **record,
+                "prompt": record["prompt"],
+                "original": originals[index],
+                "edited": texts[index],
+                "editor": editor.name,
+                "model": editor.model,
+                "prompt_version": PROMPT_VERSION,
+                "source_field": source_field,
+                **stats,
+                "status": status,
+                **({"fixes": fixes} if fixes is not None else {}),
+            }
+        )
     return out
 
 
@@ -252,8 +273,14 @@ def run_edit(
     tokenizer = load_tokenizer(cfg.tokenizer)
     editor = editor or build_editor(cfg)
     cache = EditCache(cfg.cache or f"{output_path}.cache.sqlite")
-    log.info("editing %d records (field %r) with %s/%s; cache %s", len(records), source_field,
-             editor.name, editor.model, cache.path)
+    log.info(
+        "editing %d records (field %r) with %s/%s; cache %s",
+        len(records),
+        source_field,
+        editor.name,
+        editor.model,
+        cache.path,
+    )
 
     if cfg.batch.enabled:
         from fgrlhf.editing.batch import collect_edits_batch as collect  # imports this module
@@ -278,9 +305,10 @@ def run_edit(
     summary.add_fixes(out)
     if editor.name == "anthropic":
         price = cfg.anthropic
-        summary.cost_usd = (summary.counters.input_tokens * price.input_usd_per_mtok
-                            + summary.counters.output_tokens * price.output_usd_per_mtok) / 1e6
+        summary.cost_usd = (
+            summary.counters.input_tokens * price.input_usd_per_mtok
+            + summary.counters.output_tokens * price.output_usd_per_mtok
+        ) / 1e6
         if cfg.batch.enabled:
             summary.cost_usd *= cfg.batch.price_factor
     return summary
-

@@ -126,8 +126,10 @@ class RetryPolicy:
             return
         self._connect_failures += 1
         if self._connect_failures >= limit:
-            raise FatalError(f"the first {self._connect_failures} requests all failed to connect ({error}); "
-                             "check ANTHROPIC_BASE_URL and the network")
+            raise FatalError(
+                f"the first {self._connect_failures} requests all failed to connect ({error}); "
+                "check ANTHROPIC_BASE_URL and the network"
+            )
 
 
 async def call_with_retries(

@@ -62,5 +62,7 @@ def load_eval_set(path: str | Path = ALPACA_EVAL_SET) -> list[dict]:
 
 def split_records(records: list[dict], eval_fraction: float = 0.2) -> tuple[list[dict], list[dict]]:
     """Deterministic train/eval split by a hash of the instruction (same rule as the synthetic env)."""
-    return ([r for r in records if not in_eval_split(r["prompt"], eval_fraction)],
-            [r for r in records if in_eval_split(r["prompt"], eval_fraction)])
+    return (
+        [r for r in records if not in_eval_split(r["prompt"], eval_fraction)],
+        [r for r in records if in_eval_split(r["prompt"], eval_fraction)],
+    )

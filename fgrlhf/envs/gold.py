@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _DOUBLED = re.compile(r"\b(\w+)\s+\1\b", re.I)
@@ -116,7 +116,7 @@ def length_score(n_words: int, lo: int, hi: int) -> float:
 
 
 def repeated_ngram_share(tokens: list[str], n: int) -> float:
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
@@ -140,6 +140,7 @@ class GoldSpec:
     beta: float = 3.0  # per unit of repeated n-gram share
     ngram: int = 3
     length_needs_relevance: bool = False  # length credit L·R instead of L
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_pattern", phrase_pattern(self.disfavoured))

@@ -32,8 +32,14 @@ def sample_label(g_a: float, g_b: float, temperature: float, label_noise: float,
     return prefers_a
 
 
-def label_pairs(prompts: list[str], responses: list[tuple[str, str]], scores: list[tuple[float, float]],
-                temperature: float, label_noise: float, seed: int) -> list[dict]:
+def label_pairs(
+    prompts: list[str],
+    responses: list[tuple[str, str]],
+    scores: list[tuple[float, float]],
+    temperature: float,
+    label_noise: float,
+    seed: int,
+) -> list[dict]:
     """prompt/chosen/rejected records; gold scores ride along, and ``gold_agrees`` says whether the label
     matches the gold order (False for flipped or BT-sampled-against labels)."""
     rng = random.Random(seed)
@@ -41,6 +47,14 @@ def label_pairs(prompts: list[str], responses: list[tuple[str, str]], scores: li
     for prompt, (a, b), (g_a, g_b) in zip(prompts, responses, scores, strict=True):
         prefers_a = sample_label(g_a, g_b, temperature, label_noise, rng)
         chosen, rejected, g_c, g_r = (a, b, g_a, g_b) if prefers_a else (b, a, g_b, g_a)
-        records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                        "gold_chosen": g_c, "gold_rejected": g_r, "gold_agrees": g_c >= g_r})
+        records.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "gold_chosen": g_c,
+                "gold_rejected": g_r,
+                "gold_agrees": g_c >= g_r,
+            }
+        )
     return records

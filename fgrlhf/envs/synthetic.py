@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fgrlhf.envs import in_eval_split
-from fgrlhf.envs.gold import (
-    GoldSpec, content_stems, extract_instruction, gold_scores, sentence_spans, stem, words)
+from fgrlhf.envs.gold import GoldSpec, content_stems, extract_instruction, gold_scores, sentence_spans, stem, words
 
 NAME = "synthetic"
 TOPICS = {
@@ -83,8 +82,10 @@ def all_prompts() -> list[str]:
 
 def split_prompts(eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
     prompts = all_prompts()
-    return ([p for p in prompts if not in_eval_split(p, eval_fraction)],
-            [p for p in prompts if in_eval_split(p, eval_fraction)])
+    return (
+        [p for p in prompts if not in_eval_split(p, eval_fraction)],
+        [p for p in prompts if in_eval_split(p, eval_fraction)],
+    )
 
 
 def parse_prompt(prompt: str) -> tuple[str, tuple[str, ...]]:
@@ -99,8 +100,7 @@ def parse_prompt(prompt: str) -> tuple[str, tuple[str, ...]]:
 def _sentence(rng: random.Random, nouns: tuple[str, ...], rates: FaultRates) -> str:
     subject, obj = rng.choice(nouns), rng.choice(nouns)
     adverb = rng.choice(ADVERBS)
-    parts = ["The", rng.choice(ADJECTIVES), subject, rng.choice(VERBS), adverb, rng.choice(PREPOSITIONS),
-             "the", obj]
+    parts = ["The", rng.choice(ADJECTIVES), subject, rng.choice(VERBS), adverb, rng.choice(PREPOSITIONS), "the", obj]
     end = "."
     if rng.random() < rates.filler:
         filler = rng.choice(FILLERS)
@@ -134,8 +134,9 @@ def sample_response(prompt: str, rng: random.Random, rates: FaultRates = FaultRa
     return " ".join(out)
 
 
-def sample_responses(prompts: list[str], per_prompt: int, seed: int,
-                     rates: FaultRates = FaultRates()) -> list[list[str]]:
+def sample_responses(
+    prompts: list[str], per_prompt: int, seed: int, rates: FaultRates = FaultRates()
+) -> list[list[str]]:
     rng = random.Random(seed)
     return [[sample_response(p, rng, rates) for _ in range(per_prompt)] for p in prompts]
 
@@ -146,8 +147,9 @@ def eval_records(prompts: list[str], seed: int) -> list[dict]:
     records = []
     for prompt in prompts:
         rng = random.Random(f"{seed}:{prompt}")
-        records.append({"prompt": prompt, "reference": sample_response(prompt, rng),
-                        "reference_generator": "synthetic-grammar"})
+        records.append(
+            {"prompt": prompt, "reference": sample_response(prompt, rng), "reference_generator": "synthetic-grammar"}
+        )
     return records
 
 
@@ -168,8 +170,11 @@ def _prompt_nouns(instruction: str) -> tuple[str, ...]:
 
 def _nouns_in(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, str]]:
     """(start, end, stem) of every grammar noun in ``text[start:end]``, offsets into ``text``."""
-    return [(m.start(), m.end(), stem(m.group().lower())) for m in _WORD_SPAN.finditer(text, start, end or len(text))
-            if stem(m.group().lower()) in NOUNS]
+    return [
+        (m.start(), m.end(), stem(m.group().lower()))
+        for m in _WORD_SPAN.finditer(text, start, end or len(text))
+        if stem(m.group().lower()) in NOUNS
+    ]
 
 
 def _like(word: str, original: str) -> str:
@@ -222,8 +227,10 @@ def fix_too_short(instruction: str, text: str, min_words: int) -> list[tuple[int
         return []
     nouns = _prompt_nouns(instruction)
     rng = random.Random(f"{instruction}\0{text}")
-    sentence = (f"The {rng.choice(ADJECTIVES)} {rng.choice(nouns)} {rng.choice(VERBS)} {rng.choice(ADVERBS)} "
-                f"{rng.choice(PREPOSITIONS)} the {rng.choice(nouns)}.")
+    sentence = (
+        f"The {rng.choice(ADJECTIVES)} {rng.choice(nouns)} {rng.choice(VERBS)} {rng.choice(ADVERBS)} "
+        f"{rng.choice(PREPOSITIONS)} the {rng.choice(nouns)}."
+    )
     body = text.rstrip()
     return [(len(body), len(text), f" {sentence}" if body else sentence)]
 
@@ -234,7 +241,7 @@ def fix_too_long(instruction: str, text: str, max_words: int) -> list[tuple[int,
     spans = sentence_spans(text)
     if len(words(text)) <= max_words or len(spans) < 2:
         return []
-    keep, total = 1, len(words(text[:spans[0][1]]))
+    keep, total = 1, len(words(text[: spans[0][1]]))
     for start, end in spans[1:-1]:
         total += len(words(text[start:end]))
         if total > max_words:
@@ -243,8 +250,9 @@ def fix_too_long(instruction: str, text: str, max_words: int) -> list[tuple[int,
     return [(spans[keep - 1][1], len(text), "")]
 
 
-def sft_synthetic_policy(out_dir: str | Path, steps: int = 200, seed: int = 0, batch_size: int = 8,
-                         lr: float = 3e-3, log_every: int = 50) -> dict:
+def sft_synthetic_policy(
+    out_dir: str | Path, steps: int = 2000, seed: int = 0, batch_size: int = 8, lr: float = 3e-3, log_every: int = 50
+) -> dict:
     """Train the ``tiny`` Llama on generator samples (chat format, loss on response tokens only) and save
     an HF checkpoint with tokenizer to ``out_dir``; usable as ``--model out_dir`` / ``policy.name``.
 
@@ -266,8 +274,13 @@ def sft_synthetic_policy(out_dir: str | Path, steps: int = 200, seed: int = 0, b
         rows = []
         for _ in range(size):
             prompt = rng.choice(train_prompts)
-            ex = encode_example(tokenizer, format_prompt(tokenizer, prompt), sample_response(prompt, rng),
-                                max_prompt_tokens=64, max_response_tokens=160)
+            ex = encode_example(
+                tokenizer,
+                format_prompt(tokenizer, prompt),
+                sample_response(prompt, rng),
+                max_prompt_tokens=64,
+                max_response_tokens=160,
+            )
             rows.append(ex)
         width = max(len(ex.input_ids) for ex in rows)
         ids = torch.full((size, width), tokenizer.pad_token_id, dtype=torch.long)
@@ -277,7 +290,7 @@ def sft_synthetic_policy(out_dir: str | Path, steps: int = 200, seed: int = 0, b
             n = len(ex.input_ids)
             ids[i, :n] = torch.tensor(ex.input_ids)
             mask[i, :n] = 1
-            labels[i, len(ex.prompt_ids):n] = torch.tensor(ex.response_ids)
+            labels[i, len(ex.prompt_ids) : n] = torch.tensor(ex.response_ids)
         return ids, mask, labels
 
     def loss_of(ids, mask, labels) -> torch.Tensor:

@@ -14,7 +14,8 @@ from fgrlhf.data import ALPACA_EVAL_SET
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.figa.data import FigaDataConfig
 from fgrlhf.figa.task import FigaLossConfig
-from fgrlhf.policy_eval import GenerationSettings, PolicyEvalConfig
+from fgrlhf.generation import GenerationSettings
+from fgrlhf.policy_eval import PolicyEvalConfig
 from fgrlhf.run_dir import TRAINER_FILES, RunSpec
 from fgrlhf.supervised_trainer import STATE_FILE, SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, SupervisedConfig
 
@@ -29,17 +30,29 @@ class FigaTrainConfig(SupervisedConfig):
 
 # The evaluation is part of the run's result, so eval.* may not change on --resume; the pairs file is compared
 # by content.
-FIGA_RUN = RunSpec("figa", SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, owned=(*TRAINER_FILES, "eval.json"),
-                   inputs=("data.edits_path",), state_file=STATE_FILE)
+FIGA_RUN = RunSpec(
+    "figa",
+    SUPERVISED_CHANGEABLE,
+    SUPERVISED_EXTENDS,
+    owned=(*TRAINER_FILES, "eval.json"),
+    inputs=("data.edits_path",),
+    state_file=STATE_FILE,
+)
 
 
 class PromptSourceConfig(StrictModel):
-    source: str = Field(ALPACA_EVAL_SET, description="prompts JSONL/JSON/datasets with a 'prompt' field; "
-                                                     "default: the alpaca-sim (AlpacaEval) instructions")
+    source: str = Field(
+        ALPACA_EVAL_SET,
+        description="prompts JSONL/JSON/datasets with a 'prompt' field; "
+        "default: the alpaca-sim (AlpacaEval) instructions",
+    )
     heldout_fraction: float | None = Field(
-        0.2, gt=0.0, lt=1.0,
+        0.2,
+        gt=0.0,
+        lt=1.0,
         description="prompts in this hash split (fgrlhf.envs.in_eval_split, the gold evaluation's) are never "
-                    "rolled out; None = use every prompt")
+        "rolled out; None = use every prompt",
+    )
     shuffle_seed: int | None = Field(0, description="shuffle before `limit` (None = file order)")
     limit: int | None = Field(None, ge=1, description="first N prompts (after the split and the shuffle)")
 
@@ -71,8 +84,9 @@ class FigaCollectConfig(StrictModel):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     save_every: int = Field(8, ge=1, description="generate batches between saves of rollouts.jsonl (resume)")
     filter: RMFilterConfig = Field(default_factory=RMFilterConfig)
-    edit: EditConfig = Field(default_factory=EditConfig, description="the `fgrlhf edit` settings; its tokenizer "
-                                                                      "defaults to the policy's")
+    edit: EditConfig = Field(
+        default_factory=EditConfig, description="the `fgrlhf edit` settings; its tokenizer defaults to the policy's"
+    )
 
 
 # --resume may extend the prompts, move the RM score band (nothing is regenerated or rescored) and change how
@@ -80,9 +94,19 @@ class FigaCollectConfig(StrictModel):
 # finished run is re-run: its stages skip what is done and failed edits are retried.
 FIGA_DATA_RUN = RunSpec(
     "figa-data",
-    changeable=("prompts.limit", "save_every", "filter.low", "filter.high", "filter.micro_batch_size",
-                "edit.concurrency", "edit.cache", "edit.limit", "edit.retry", "edit.anthropic.timeout_s",
-                "edit.anthropic.*_usd_per_mtok"),
+    changeable=(
+        "prompts.limit",
+        "save_every",
+        "filter.low",
+        "filter.high",
+        "filter.micro_batch_size",
+        "edit.concurrency",
+        "edit.cache",
+        "edit.limit",
+        "edit.retry",
+        "edit.anthropic.timeout_s",
+        "edit.anthropic.*_usd_per_mtok",
+    ),
     rerun_finished=True,
     # stages.json: written by versions before run.json, whose checks the config comparison replaced
     owned=("rollouts.jsonl*", "scored.jsonl*", "selected.jsonl*", "edits.jsonl*", "summary.json*", "stages.json"),

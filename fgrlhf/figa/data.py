@@ -32,8 +32,9 @@ class FigaDataConfig(StrictModel):
     edits_path: str = Field(description="an `fgrlhf edit` output file: prompt, original, edited, status")
     max_prompt_tokens: int = Field(256, ge=1)
     max_response_tokens: int = Field(512, ge=2)
-    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0,
-                                 description="pairs whose prompt is in this hash split are held out (eval loss)")
+    eval_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="pairs whose prompt is in this hash split are held out (eval loss)"
+    )
     limit: int | None = Field(None, ge=1, description="first N edited pairs")
 
 
@@ -75,8 +76,13 @@ def build_example(
     }
 
 
-def build_examples(tokenizer: PreTrainedTokenizerBase, records: list[dict], prompt_format: Literal["chat", "alpaca"],
-                   max_prompt_tokens: int, max_response_tokens: int) -> list[dict]:
+def build_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict],
+    prompt_format: Literal["chat", "alpaca"],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+) -> list[dict]:
     """Examples of the records whose revision has a positive token; a token-identical revision, or one cut
     by ``max_response_tokens`` before its first change and its EOS, has nothing to learn from."""
     examples = [build_example(tokenizer, r, prompt_format, max_prompt_tokens, max_response_tokens) for r in records]
@@ -103,8 +109,10 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     ``original_``, plus ``positive_mask`` / ``negative_mask`` in the ``[B, T]`` response layout."""
     prompts = [e["prompt_ids"] for e in examples]
     batch: dict[str, torch.Tensor] = {}
-    for side, ids_key, mask_key in (("revised", "revised_ids", "positive_mask"),
-                                    ("original", "original_ids", "negative_mask")):
+    for side, ids_key, mask_key in (
+        ("revised", "revised_ids", "positive_mask"),
+        ("original", "original_ids", "negative_mask"),
+    ):
         packed = pack(prompts, [e[ids_key] for e in examples], pad_id)
         for name in packed.__dataclass_fields__:
             batch[f"{side}_{name}"] = getattr(packed, name)

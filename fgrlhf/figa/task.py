@@ -7,6 +7,8 @@ The task owns what is FIGA-specific: which model to build, how pairs become tens
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 
@@ -30,15 +32,22 @@ def response_ce(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tenso
 
     logits = model(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"]).logits
     # The logits at the position before token t predict t.
-    return token_cross_entropy(at_response(logits, batch[f"{side}_response_index"], shift=-1),
-                               batch[f"{side}_response_ids"])
+    return token_cross_entropy(
+        at_response(logits, batch[f"{side}_response_index"], shift=-1), batch[f"{side}_response_ids"]
+    )
 
 
 class FigaTask:
     """Picklable: holds configs only; the model and tokenizer are built where they are used."""
 
-    def __init__(self, model_cfg: ModelConfig, loss_cfg: FigaLossConfig, pad_id: int,
-                 max_prompt_tokens: int = 256, max_response_tokens: int = 512):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        loss_cfg: FigaLossConfig,
+        pad_id: int,
+        max_prompt_tokens: int = 256,
+        max_response_tokens: int = 512,
+    ):
         self.model_cfg = model_cfg
         self.loss_cfg = loss_cfg
         self.pad_id = pad_id
@@ -50,8 +59,13 @@ class FigaTask:
         from fgrlhf.figa.data import build_examples
         from fgrlhf.models import load_tokenizer
 
-        return build_examples(load_tokenizer(self.model_cfg.name), records, self.model_cfg.prompt_format,
-                              self.max_prompt_tokens, self.max_response_tokens)
+        return build_examples(
+            load_tokenizer(self.model_cfg.name),
+            records,
+            self.model_cfg.prompt_format,
+            self.max_prompt_tokens,
+            self.max_response_tokens,
+        )
 
     def build_model(self):
         from fgrlhf.models import load_causal_lm
@@ -77,10 +91,20 @@ class FigaTask:
             ce_original = response_ce(model, batch, "original")
         else:  # SFT: the original side has weight 0 everywhere, so skip its forward pass
             ce_original = torch.zeros_like(batch["original_response_mask"], dtype=ce_revised.dtype)
-        args = (ce_revised, batch["positive_mask"], batch["revised_response_mask"],
-                ce_original, batch["negative_mask"], batch["original_response_mask"])
-        weights = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
-                   "confidence_threshold": cfg.confidence_threshold}
+        args = (
+            ce_revised,
+            batch["positive_mask"],
+            batch["revised_response_mask"],
+            ce_original,
+            batch["negative_mask"],
+            batch["original_response_mask"],
+        )
+        weights: dict[str, Any] = {
+            "alpha": cfg.alpha,
+            "beta": cfg.beta,
+            "gamma": cfg.gamma,
+            "confidence_threshold": cfg.confidence_threshold,
+        }
         loss = figa_loss(*args, **weights)
         w_revised, w_original = figa_token_weights(*args, **weights)
         ce = ce_revised.detach()

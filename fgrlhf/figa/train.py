@@ -1,46 +1,16 @@
-"""FIGA fine-tuning on Ray + DeepSpeed:
-``fgrlhf figa --config FILE --out DIR [--resume | --overwrite] [key=value ...]``.
-
-Pairs of an initial response and its revision (an ``fgrlhf edit`` output file) train the policy with
-FIGA's weighted token loss (arXiv 2311.04072; ``figa.alpha/beta/gamma/confidence_threshold``, official-code defaults 1, 0.5, 0, 0.6).
-Plain SFT on the revised responses is the same command with ``figa.alpha=1 figa.beta=0 figa.gamma=1``.
-
-Writes DIR/metrics.jsonl, DIR/tb, DIR/checkpoints/step_N (resumable), DIR/final (HF checkpoint: causal LM +
-tokenizer) and, with an ``eval:`` section, DIR/eval.json (mean gold reward of the base and the trained
-policy on held-out prompts). Connects to the running Ray cluster when RAY_ADDRESS is set (``ray job
-submit``), else starts a local one.
-
-A used DIR is refused unless --resume or --overwrite (fgrlhf.run_dir). --resume may change only epochs,
-max_steps, eval_every, save_every, keep_checkpoints and the ranks' CPUs/GPUs/backend; data.edits_path is
-compared by content. A finished run resumed with the same settings is not retrained: its result is printed.
-"""
+"""FIGA / SFT training (``fgrlhf figa``, :mod:`fgrlhf.figa.figa_cli`): one run on the supervised trainer, then the
+optional gold evaluation of the base and the trained policy."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from typing import TYPE_CHECKING
-
-from fgrlhf.run_dir import add_run_arguments
 
 if TYPE_CHECKING:
     from fgrlhf.figa.config import FigaTrainConfig
     from fgrlhf.run_dir import RunDir
 
 log = logging.getLogger(__name__)
-
-# What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
-RESUME_HINT = "checkpoints written so far are kept; re-run the same command with --resume to continue"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config (see configs/figa-*.yaml, configs/sft-*.yaml)")
-    parser.add_argument("--out", required=True, help="run directory")
-    add_run_arguments(parser)
-    parser.add_argument("--num-cpus", type=float, default=None,
-                        help="CPUs of the local Ray instance started when RAY_ADDRESS is unset")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. figa.beta=0")
 
 
 def train(cfg: FigaTrainConfig, run: RunDir) -> dict:
@@ -52,34 +22,23 @@ def train(cfg: FigaTrainConfig, run: RunDir) -> dict:
     from fgrlhf.supervised_trainer import run_supervised_training
 
     train_records, eval_records = split_records(load_pairs(cfg.data), cfg.data.eval_fraction)
-    task = FigaTask(cfg.model, cfg.figa, load_tokenizer(cfg.model.name).pad_token_id,
-                    cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+    task = FigaTask(
+        cfg.model,
+        cfg.figa,
+        load_tokenizer(cfg.model.name).pad_token_id,
+        cfg.data.max_prompt_tokens,
+        cfg.data.max_response_tokens,
+    )
     result = run_supervised_training(task, train_records, eval_records, cfg, run)
     if cfg.eval is not None:
         trained = cfg.model.model_copy(update={"name": result["final_dir"]})
         report = compare(cfg.model, trained, cfg.eval, run.path / "eval.json", cfg.method)
         result["eval"] = report["summary"]
-        log.info("gold reward %s -> %s (%d held-out prompts)", report["summary"][0]["gold_mean"],
-                 report["summary"][1]["gold_mean"], report["summary"][0]["n"])
+        log.info(
+            "gold reward %s -> %s (%d held-out prompts)",
+            report["summary"][0]["gold_mean"],
+            report["summary"][1]["gold_mean"],
+            report["summary"][0]["n"],
+        )
     run.finish(result)
     return result
-
-
-def main(args: argparse.Namespace) -> int:
-    from fgrlhf.config import load_config
-    from fgrlhf.distributed import ray_instance
-    from fgrlhf.figa.config import FIGA_RUN, FigaTrainConfig
-    from fgrlhf.preflight import check_data, check_model
-    from fgrlhf.run_dir import open_run
-
-    cfg = load_config(FigaTrainConfig, args.config, args.overrides)
-    check_model(cfg.model.name, "model.name")  # before Ray
-    check_data(cfg.data.edits_path, "data.edits_path")
-    run = open_run(args.out, FIGA_RUN, cfg, resume=args.resume, overwrite=args.overwrite)
-    if run.done:
-        print(json.dumps(run.result))
-        return 0
-    with ray_instance(args.num_cpus):
-        result = train(cfg, run)
-    print(json.dumps(result))
-    return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -58,8 +59,14 @@ def load_preference_records(path: str | Path) -> tuple[list[dict], bool]:
     return [{**r, "chosen": r["edited"], "rejected": r["original"]} for r in edits], True
 
 
-def encode_pairs(records: list[dict], tokenizer: PreTrainedTokenizerBase, prompt_format: str,
-                 max_prompt_tokens: int, max_response_tokens: int, with_edit_masks: bool) -> list[PairExample]:
+def encode_pairs(
+    records: list[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_format: Literal["chat", "alpaca"],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    with_edit_masks: bool,
+) -> list[PairExample]:
     """Tokenize pairs (prompt formatted as at generation time); U1 masks when ``with_edit_masks``."""
     examples = []
     for record in records:
@@ -80,11 +87,17 @@ def collate_pairs(examples: list[PairExample], pad_id: int) -> dict[str, torch.T
     prompts = [e.prompt_ids for e in examples] * 2
     responses = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
     packed = pack(prompts, responses, pad_id)
-    batch = {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask,
-             "response_index": packed.response_index, "response_mask": packed.response_mask}
-    if all(e.chosen_changed is not None for e in examples):
+    batch = {
+        "input_ids": packed.input_ids,
+        "attention_mask": packed.attention_mask,
+        "response_index": packed.response_index,
+        "response_mask": packed.response_mask,
+    }
+    masks = [e.chosen_changed for e in examples] + [e.rejected_changed for e in examples]
+    rows = [mask for mask in masks if mask is not None]
+    if len(rows) == len(masks):
         changed = torch.zeros_like(packed.response_mask)
-        for row, mask in enumerate([e.chosen_changed for e in examples] + [e.rejected_changed for e in examples]):
+        for row, mask in enumerate(rows):
             changed[row, : len(mask)] = torch.tensor(mask, dtype=changed.dtype)
         batch["changed"] = changed
     return batch

@@ -69,8 +69,9 @@ class RewardModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
-              micro_batch_size: int = 8) -> dict[str, torch.Tensor]:
+    def score(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, micro_batch_size: int = 8
+    ) -> dict[str, torch.Tensor]:
         """Score responses (each ending in EOS): ``token`` ``[B, T]`` (head at each response token, 0 on
         padding; a token RM's r_t), ``response_mask`` ``[B, T]`` and ``sequence`` ``[B]``."""
         from fgrlhf.workers.packing import at_response, pack
@@ -99,8 +100,11 @@ class RewardModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         # Copies: under ZeRO-3 DeepSpeed may keep small (persistent) parameters as views of one flat buffer,
         # which safetensors refuses as shared storage.
-        save_file({name: tensor.detach().cpu().contiguous().clone() for name, tensor in self.state_dict().items()},
-                  str(directory / WEIGHTS), metadata={"format": "pt"})
+        save_file(
+            {name: tensor.detach().cpu().contiguous().clone() for name, tensor in self.state_dict().items()},
+            str(directory / WEIGHTS),
+            metadata={"format": "pt"},
+        )
         config = self.backbone.config.to_dict()
         config["architectures"] = [type(self.backbone).__name__]
         config[SECTION] = {"kind": self.kind, **self.info}
@@ -142,8 +146,10 @@ def build_reward_model(kind: str, model_cfg: ModelConfig, info: dict[str, Any] |
     if kind not in KINDS:
         raise ValueError(f"reward-model kind must be one of {sorted(KINDS)}, got {kind!r}")
     backbone = load_causal_lm(model_cfg).base_model
-    return KINDS[kind](backbone, {"base_model": model_cfg.name, "prompt_format": model_cfg.prompt_format,
-                                  **(info or {})})
+    assert isinstance(backbone, PreTrainedModel)  # transformers types base_model as a plain Module
+    return KINDS[kind](
+        backbone, {"base_model": model_cfg.name, "prompt_format": model_cfg.prompt_format, **(info or {})}
+    )
 
 
 def read_reward_info(directory: str | Path) -> dict[str, Any]:
@@ -161,9 +167,13 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -
     """Load a saved RM of either kind, in its saved dtype unless ``dtype`` is given.
 
     Also PPO's critic initialisation: the returned module's :func:`per_position_scores` are the values,
-    so the critic starts as the RM (AlpacaFarm)."""
+    so the critic starts as the RM (AlpacaFarm). Inside :func:`fgrlhf.distributed.zero3_init` at ZeRO-3
+    (every rank of the learner group calling this) it is built partitioned and loaded one parameter at a
+    time, so no rank holds it whole."""
     from safetensors import safe_open
     from safetensors.torch import load_model
+
+    from fgrlhf.distributed import load_partitioned, partitioned_construction, zero3_loading
 
     directory = Path(directory)
     info = read_reward_info(directory)
@@ -173,10 +183,15 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -
     if dtype is None:  # keep the saved precision (the head's dtype is the backbone's)
         with safe_open(str(directory / WEIGHTS), framework="pt") as weights:
             dtype = weights.get_tensor("head.weight").dtype
-    with no_init_weights():  # no throw-away random init: every weight comes from the file
+    zero3 = zero3_loading()
+    # Either way no throw-away random init: every weight comes from the file.
+    with partitioned_construction(zero3) if zero3 is not None else no_init_weights():
         backbone = AutoModel.from_config(config, dtype=dtype)
         model = KINDS[info["kind"]](backbone, {k: v for k, v in info.items() if k != "kind"})
-    load_model(model, str(directory / WEIGHTS), strict=True)
+    if zero3 is not None:
+        load_partitioned(model, [directory / WEIGHTS])
+    else:
+        load_model(model, str(directory / WEIGHTS), strict=True)
     return model
 
 

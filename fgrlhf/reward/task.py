@@ -29,8 +29,15 @@ LOSSES_BY_KIND = {"token": ("eq3", "eq4"), "sequence": ("bt",)}
 class RewardModelTask:
     """Picklable: holds configs only; the tokenizer is loaded lazily on whichever process needs it."""
 
-    def __init__(self, kind: Literal["token", "sequence"], loss: RMLoss, model: ModelConfig,
-                 max_prompt_tokens: int, max_response_tokens: int, from_edits: bool):
+    def __init__(
+        self,
+        kind: Literal["token", "sequence"],
+        loss: RMLoss,
+        model: ModelConfig,
+        max_prompt_tokens: int,
+        max_response_tokens: int,
+        from_edits: bool,
+    ):
         if loss not in LOSSES_BY_KIND[kind]:
             raise ValueError(f"a {kind} reward model trains with loss {' or '.join(LOSSES_BY_KIND[kind])}, not {loss}")
         self.kind, self.loss_name, self.model_cfg = kind, loss, model
@@ -51,15 +58,27 @@ class RewardModelTask:
 
     # --- SupervisedTask ---------------------------------------------------------------------------------
     def prepare(self, records: list[dict]) -> list[PairExample]:
-        return encode_pairs(records, self.tokenizer, self.model_cfg.prompt_format, self.max_prompt_tokens,
-                            self.max_response_tokens, with_edit_masks=self.from_edits)
+        return encode_pairs(
+            records,
+            self.tokenizer,
+            self.model_cfg.prompt_format,
+            self.max_prompt_tokens,
+            self.max_response_tokens,
+            with_edit_masks=self.from_edits,
+        )
 
     def build_model(self) -> torch.nn.Module:
         from fgrlhf.reward.model import build_reward_model
 
-        return build_reward_model(self.kind, self.model_cfg, {
-            "loss": self.loss_name, "max_prompt_tokens": self.max_prompt_tokens,
-            "max_response_tokens": self.max_response_tokens})
+        return build_reward_model(
+            self.kind,
+            self.model_cfg,
+            {
+                "loss": self.loss_name,
+                "max_prompt_tokens": self.max_prompt_tokens,
+                "max_response_tokens": self.max_response_tokens,
+            },
+        )
 
     def collate(self, examples: list[PairExample]) -> dict[str, torch.Tensor]:
         return collate_pairs(examples, self.tokenizer.pad_token_id)
@@ -75,15 +94,18 @@ class RewardModelTask:
         chosen, rejected = slice(0, half), slice(half, None)
         if self.loss_name == "eq4":
             changed = batch["changed"]
-            loss = token_rm_loss_eq4(token[chosen], mask[chosen], changed[chosen],
-                                     token[rejected], mask[rejected], changed[rejected])
+            loss = token_rm_loss_eq4(
+                token[chosen], mask[chosen], changed[chosen], token[rejected], mask[rejected], changed[rejected]
+            )
         elif self.loss_name == "eq3":
             loss = token_rm_loss_eq3(token[chosen], mask[chosen], token[rejected], mask[rejected])
         else:
             loss = bradley_terry_loss(sequence[chosen], sequence[rejected])
         detached = sequence.detach()
-        return loss, {"accuracy": float(pairwise_accuracy(detached[chosen], detached[rejected])),
-                      "margin": float((detached[chosen] - detached[rejected]).mean())}
+        return loss, {
+            "accuracy": float(pairwise_accuracy(detached[chosen], detached[rejected])),
+            "margin": float((detached[chosen] - detached[rejected]).mean()),
+        }
 
-    def save_pretrained(self, model: torch.nn.Module, directory: str) -> None:
+    def save_pretrained(self, model: Any, directory: str) -> None:
         model.save_pretrained(directory, self.tokenizer)

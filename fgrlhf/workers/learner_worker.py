@@ -1,38 +1,65 @@
-"""PPO learner ranks: one Ray actor per DeepSpeed data-parallel rank, for the policy or the critic.
+"""PPO learner ranks: one Ray actor per DeepSpeed data-parallel rank, :class:`PolicyLearner` or
+:class:`CriticLearner` over the shared :class:`DeepSpeedLearner`.
 
-Each rank holds its shard of the rollout batch; the driver computes rewards and advantages on the whole
-batch and hands every rank its slice. ``train`` runs the PPO epochs over minibatches (DeepSpeed does the
-gradient accumulation and the all-reduce/ZeRO partitioning). Policy rank 0 also pushes the weights to the
-rollout actors (:mod:`fgrlhf.weight_sync`); every policy rank takes part because ZeRO-3 gathers collectively.
+Data stays where it is used: ``evaluate`` gets the whole rollout batch (one object-store copy shared by every
+actor), keeps this rank's contiguous shard with its old log-probs/values, and returns the latter; the driver
+computes rewards and advantages on the whole batch and ``train`` receives only this shard's advantages
+(policy) or returns (critic). ``train`` runs the PPO epochs over minibatches (DeepSpeed does the gradient
+accumulation and the all-reduce/ZeRO partitioning). Policy rank 0 also pushes the weights to the rollout
+actors (:mod:`fgrlhf.weight_sync`); every policy rank takes part because ZeRO-3 gathers collectively.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from fgrlhf.algorithms import ppo_core
 from fgrlhf.config import DeepSpeedConfig, ModelConfig
-from fgrlhf.workers.packing import Packed, at_response, pack
+from fgrlhf.workers.packing import Packed, at_response, pack, split
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from fgrlhf.weight_sync import WeightSyncGroup
 
 
 def _micro_batches(size: int, micro: int) -> list[slice]:
     return [slice(i, min(i + micro, size)) for i in range(0, size, micro)]
 
 
-class LearnerWorker:
-    def __init__(self, role: Literal["policy", "critic"], rank: int, world_size: int, ds_cfg: DeepSpeedConfig,
-                 policy_cfg: ModelConfig, critic_init: str | None = None,
-                 critic_head_init: Literal["zero", "reward_head"] = "zero"):
+@dataclass(frozen=True)
+class PPOUpdate:
+    """The settings of one ``train`` call, the same for every rank of a role."""
+
+    epochs: int
+    minibatch_size: int  # rows of this rank's shard per optimizer step
+    clip_eps: float  # the ratio clip (policy) or the value clip (critic)
+    coef: float  # scales the loss: 1 for the policy, vf_coef for the critic
+    entropy_coef: float = 0.0  # policy only
+    seed: int = 0  # minibatch order, with the rank
+
+
+class DeepSpeedLearner(ABC):
+    """One DeepSpeed rank holding a model, its shard of the rollout and the PPO epochs over it; a subclass
+    builds the model, scores the shard (``_evaluate_batch``) and computes the loss (``_loss``)."""
+
+    role: str
+    engine: DeepSpeedEngine  # built by setup(), the first call after rendezvous_address
+
+    def __init__(self, rank: int, world_size: int, ds_cfg: DeepSpeedConfig, policy_cfg: ModelConfig):
         torch.set_num_threads(1)
-        self.role, self.rank, self.world_size, self.ds_cfg = role, rank, world_size, ds_cfg
-        self.policy_cfg, self.critic_init, self.critic_head_init = policy_cfg, critic_init, critic_head_init
-        self.engine = None
-        self.sync = None
+        self.rank, self.world_size, self.ds_cfg, self.policy_cfg = rank, world_size, ds_cfg, policy_cfg
+        # this rank's shard of the latest rollout, kept by evaluate() for train()
+        self.prompt_ids: list[list[int]] = []
+        self.response_ids: list[list[int]] = []
+        self.old: torch.Tensor | None = None  # [B/W, T_shard] old log-probs (policy) or old values (critic)
 
     # --- set-up -----------------------------------------------------------------------------------------
     def rendezvous_address(self) -> tuple[str, int]:
@@ -42,91 +69,94 @@ class LearnerWorker:
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the role's DeepSpeed world and build the engine (all ranks call this concurrently)."""
-        from fgrlhf.distributed import build_engine, init_rank, resolve_backend, zero3_init
-        from fgrlhf.models import load_causal_lm, load_tokenizer
+        from fgrlhf.distributed import build_engine, init_rank, resolve_backend
+        from fgrlhf.models import load_tokenizer
 
         init_rank(self.rank, self.world_size, master_addr, master_port, resolve_backend(self.ds_cfg))
         self.tokenizer = load_tokenizer(self.policy_cfg.name)
         self.pad_id = self.tokenizer.pad_token_id
         tiny = self.policy_cfg.name == "tiny"
-        if self.role == "policy":
-            # ZeRO-3: each rank allocates only its partition while loading (the critic, whose head is
-            # re-initialised after loading, is still loaded whole and partitioned by deepspeed.initialize).
-            with zero3_init(self.ds_cfg, tiny_model=tiny):
-                model = load_causal_lm(self.policy_cfg, self.tokenizer)
-        else:
-            if self.critic_init is None:
-                raise ValueError("the critic needs critic_init (a reward-model directory)")
-            model = load_critic(self.critic_init, self.critic_head_init)
-        self.engine, self.optimizer, self.scheduler = build_engine(model, self.ds_cfg, tiny_model=tiny)
+        self.engine, self.optimizer, self.scheduler = build_engine(self._build_model(), self.ds_cfg, tiny_model=tiny)
         self.device = self.engine.device
 
-    # --- forward passes ---------------------------------------------------------------------------------
-    def _forward(self, batch: Packed) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Policy: (log-probs of the response tokens, entropies); critic: (values V(s_t), None)."""
-        batch = batch.to(self.device)
-        if self.role == "policy":
-            logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            logits = at_response(logits, batch.response_index, shift=-1).float()
-            return ppo_core.logprobs_from_logits(logits, batch.response_ids), ppo_core.entropy_from_logits(logits)
-        from fgrlhf.reward.model import per_position_scores
+    @abstractmethod
+    def _build_model(self) -> torch.nn.Module:
+        """The role's model, built after the process group exists (ZeRO-3 may partition it while loading)."""
 
-        scores = per_position_scores(self.engine, batch.input_ids, batch.attention_mask)
-        return at_response(scores, batch.response_index, shift=-1).float(), None
+    @abstractmethod
+    def _evaluate_batch(self, batch: Packed) -> torch.Tensor:
+        """``[b, t]`` old log-probs of the response tokens (policy) or values V(s_t) (critic)."""
 
+    @abstractmethod
+    def _loss(
+        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The role's PPO loss of one micro-batch and its stats; ``target``: advantages or returns."""
+
+    # --- the rollout shard --------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
-        """Old log-probs (policy) or old values (critic) of this rank's shard, ``[B, T_shard]`` on CPU."""
+    def evaluate(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]], old: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Keep this rank's shard of the batch (the rank-th of ``world_size`` contiguous equal slices) for
+        :meth:`train`; return its old log-probs (policy) or old values (critic), ``[B / W, T_shard]`` on CPU.
+
+        ``old`` ``[B, T]``: the whole batch's old log-probs when they are known already, under
+        ``ppo.async_rollout`` the behaviour policy's from the rollout actors; this rank keeps its rows rather
+        than computing them with its own weights, which are one update ahead of the sampler's (see
+        :meth:`fgrlhf.ppo.trainer.PPOTrainer._rollout`)."""
+        self.prompt_ids = split(prompt_ids, self.world_size)[self.rank]
+        self.response_ids = split(response_ids, self.world_size)[self.rank]
+        if old is not None:
+            size, width = len(self.prompt_ids), max(len(r) for r in self.response_ids)
+            self.old = old[self.rank * size : (self.rank + 1) * size, :width].clone()
+            return self.old
         self.engine.eval()
         outs = []
-        for part in _micro_batches(len(prompt_ids), self.ds_cfg.micro_batch_size):
-            out, _ = self._forward(pack(prompt_ids[part], response_ids[part], self.pad_id))
-            outs.append(out.cpu())
+        for part in _micro_batches(len(self.prompt_ids), self.ds_cfg.micro_batch_size):
+            batch = pack(self.prompt_ids[part], self.response_ids[part], self.pad_id).to(self.device)
+            outs.append(self._evaluate_batch(batch).cpu())
         width = max(o.size(1) for o in outs)
-        return torch.cat([torch.nn.functional.pad(o, (0, width - o.size(1))) for o in outs])
+        self.old = torch.cat([torch.nn.functional.pad(o, (0, width - o.size(1))) for o in outs])
+        return self.old
 
     # --- PPO update -------------------------------------------------------------------------------------
-    def train(self, prompt_ids: list[list[int]], response_ids: list[list[int]], tensors: dict[str, torch.Tensor],
-              epochs: int, minibatch_size: int, clip_eps: float, coef: float, entropy_coef: float,
-              seed: int) -> dict[str, float]:
-        """PPO epochs over this rank's shard. ``tensors``: policy {old_logprobs, advantages}; critic
-        {old_values, returns}, all ``[B, T]``. ``coef`` scales the loss (vf_coef for the critic)."""
+    def train(self, targets: torch.Tensor, update: PPOUpdate) -> dict[str, float]:
+        """PPO epochs over the shard :meth:`evaluate` kept. ``targets`` ``[B / W, T]``: this shard's advantages
+        (policy) or returns (critic), right-padded like every per-token tensor."""
+        if self.old is None:
+            raise RuntimeError(f"{self.role} rank {self.rank}: train before evaluate (no rollout shard kept)")
+        size = len(self.prompt_ids)
+        if targets.size(0) != size:
+            raise ValueError(f"{targets.size(0)} target rows for a shard of {size}")
+        if size % update.minibatch_size:
+            raise ValueError(f"shard of {size} is not a multiple of the per-rank minibatch {update.minibatch_size}")
         self.engine.train()
-        size = len(prompt_ids)
-        if size % minibatch_size:
-            raise ValueError(f"shard of {size} is not a multiple of the per-rank minibatch {minibatch_size}")
         order = list(range(size))
-        rng = random.Random(seed * 1009 + self.rank)
+        rng = random.Random(update.seed * 1009 + self.rank)
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(epochs):
+        for _ in range(update.epochs):
             rng.shuffle(order)
-            for start in range(0, size, minibatch_size):
-                minibatch = order[start:start + minibatch_size]
+            for start in range(0, size, update.minibatch_size):
+                minibatch = order[start : start + update.minibatch_size]
                 for part in _micro_batches(len(minibatch), self.ds_cfg.micro_batch_size):
                     rows = minibatch[part]
-                    batch = pack([prompt_ids[i] for i in rows], [response_ids[i] for i in rows], self.pad_id)
+                    batch = pack(
+                        [self.prompt_ids[i] for i in rows], [self.response_ids[i] for i in rows], self.pad_id
+                    ).to(self.device)
                     width = batch.response_ids.size(1)
-                    sel = {k: v[rows, :width].to(self.device) for k, v in tensors.items()}
-                    mask = batch.response_mask.to(self.device)
-                    stats = self._loss_and_backward(batch, sel, mask, clip_eps, coef, entropy_coef)
+                    old, target = (t[rows, :width].to(self.device) for t in (self.old, targets))
+                    stats = self._loss_and_backward(batch, old, target, update)
                     for key, value in stats.items():
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
         return {key: value / count for key, value in sums.items()}
 
-    def _loss_and_backward(self, batch: Packed, sel: dict[str, torch.Tensor], mask: torch.Tensor,
-                           clip_eps: float, coef: float, entropy_coef: float) -> dict[str, float]:
-        out, entropy = self._forward(batch)
-        if self.role == "policy":
-            loss, stats = ppo_core.policy_loss(out, sel["old_logprobs"], sel["advantages"], mask, clip_eps)
-            entropy_mean = ppo_core.masked_mean(entropy, mask)
-            loss = coef * loss - entropy_coef * entropy_mean
-            stats = {**_floats(stats), "policy_loss": float(loss.detach()), "entropy": float(entropy_mean.detach())}
-        else:
-            loss, stats = ppo_core.value_loss(out, sel["old_values"], sel["returns"], mask, clip_eps)
-            loss = coef * loss
-            stats = {**_floats(stats), "value_loss": float(loss.detach()) / coef if coef else 0.0}
+    def _loss_and_backward(
+        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, update: PPOUpdate
+    ) -> dict[str, float]:
+        loss, stats = self._loss(batch, old, target, batch.response_mask, update)
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"{self.role} rank {self.rank}: non-finite loss {float(loss)}")
         self.engine.backward(loss)
@@ -152,6 +182,50 @@ class LearnerWorker:
             if self.rank == 0:
                 save_hf_checkpoint(self.engine.module, state, self.tokenizer, directory)
 
+    def weights_checksum(self) -> dict[str, float]:
+        """Per-tensor fingerprints of the full weights (call on every rank, like ``weight_layout``)."""
+        from fgrlhf.distributed import full_state_dict
+        from fgrlhf.weight_sync import checksums
+
+        with full_state_dict(self.engine, self.ds_cfg.zero_stage) as state:
+            return checksums(state.items())
+
+
+class PolicyLearner(DeepSpeedLearner):
+    """A policy rank: log-probs, the clipped surrogate with an entropy bonus, and the weight push."""
+
+    role = "policy"
+
+    def __init__(self, rank: int, world_size: int, ds_cfg: DeepSpeedConfig, policy_cfg: ModelConfig):
+        super().__init__(rank, world_size, ds_cfg, policy_cfg)
+        self.sync: WeightSyncGroup | None = None  # rank 0's end of the push group (join_weight_sync)
+
+    def _build_model(self) -> torch.nn.Module:
+        from fgrlhf.distributed import zero3_init
+        from fgrlhf.models import load_causal_lm
+
+        # ZeRO-3: each rank allocates only its partition while loading.
+        with zero3_init(self.ds_cfg, tiny_model=self.policy_cfg.name == "tiny"):
+            return load_causal_lm(self.policy_cfg, self.tokenizer)
+
+    def _response_logits(self, batch: Packed) -> torch.Tensor:
+        logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return at_response(logits, batch.response_index, shift=-1).float()
+
+    def _evaluate_batch(self, batch: Packed) -> torch.Tensor:
+        return ppo_core.logprobs_from_logits(self._response_logits(batch), batch.response_ids)
+
+    def _loss(
+        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self._response_logits(batch)
+        logprobs = ppo_core.logprobs_from_logits(logits, batch.response_ids)
+        loss, stats = ppo_core.policy_loss(logprobs, old, target, mask, update.clip_eps)
+        entropy_mean = ppo_core.masked_mean(ppo_core.entropy_from_logits(logits), mask)
+        loss = update.coef * loss - update.entropy_coef * entropy_mean
+        return loss, {**_floats(stats), "policy_loss": float(loss.detach()), "entropy": float(entropy_mean.detach())}
+
+    # --- weights to the rollout actors -------------------------------------------------------------------
     def _pushed_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         # named_parameters lists a tied weight once, under its first name (lm_head.weight of a tied model is
         # the embedding): receivers re-tie by name.
@@ -160,15 +234,18 @@ class LearnerWorker:
     def weight_layout(self):
         """Names, full shapes and dtypes of the pushed parameters, in push order (no gather: a ZeRO-3
         partition records its parameter's full shape in ``ds_shape``)."""
-        return [(name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                for name, p in self._pushed_parameters()]
+        return [
+            (name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+            for name, p in self._pushed_parameters()
+        ]
 
     def sees_cuda(self) -> bool:
         """Whether this process has a GPU: the push backend is decided from the members, not the driver."""
         return torch.cuda.is_available()
 
-    def join_weight_sync(self, address: str, port: int, world_size: int, backend: str, tag: str,
-                         timeout_s: float) -> None:
+    def join_weight_sync(
+        self, address: str, port: int, world_size: int, backend: str, tag: str, timeout_s: float
+    ) -> None:
         from fgrlhf.weight_sync import WeightSyncGroup
 
         self.sync = WeightSyncGroup(address, port, 0, world_size, backend, tag, timeout_s)
@@ -186,15 +263,46 @@ class LearnerWorker:
             bucket = [params[i] for i in group]
             with gathered(bucket, self.ds_cfg.zero_stage):
                 if self.rank == 0:
+                    assert self.sync is not None  # checked on entry
                     self.sync.send_bucket(bucket)
 
-    def weights_checksum(self) -> dict[str, float]:
-        """Per-tensor fingerprints of the full weights (call on every rank, like ``weight_layout``)."""
-        from fgrlhf.distributed import full_state_dict
-        from fgrlhf.weight_sync import checksums
 
-        with full_state_dict(self.engine, self.ds_cfg.zero_stage) as state:
-            return checksums(state.items())
+class CriticLearner(DeepSpeedLearner):
+    """A critic rank: a reward model's module read as V(s_t) (:func:`load_critic`), the clipped value loss."""
+
+    role = "critic"
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        ds_cfg: DeepSpeedConfig,
+        policy_cfg: ModelConfig,
+        critic_init: str,
+        head_init: Literal["zero", "reward_head"] = "zero",
+    ):
+        super().__init__(rank, world_size, ds_cfg, policy_cfg)
+        self.critic_init, self.head_init = critic_init, head_init
+
+    def _build_model(self) -> torch.nn.Module:
+        from fgrlhf.distributed import zero3_init
+
+        # ZeRO-3: each rank allocates only its partition while loading.
+        with zero3_init(self.ds_cfg, tiny_model=self.policy_cfg.name == "tiny"):
+            return load_critic(self.critic_init, self.head_init)
+
+    def _evaluate_batch(self, batch: Packed) -> torch.Tensor:
+        from fgrlhf.reward.model import per_position_scores
+
+        scores = per_position_scores(self.engine, batch.input_ids, batch.attention_mask)
+        return at_response(scores, batch.response_index, shift=-1).float()
+
+    def _loss(
+        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, stats = ppo_core.value_loss(self._evaluate_batch(batch), old, target, mask, update.clip_eps)
+        loss = update.coef * loss
+        return loss, {**_floats(stats), "value_loss": float(loss.detach()) / update.coef if update.coef else 0.0}
 
 
 def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"]):
@@ -202,16 +310,19 @@ def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"]):
 
     ``zero`` (AlpacaFarm) keeps the RM's backbone and starts the value head at 0, so V starts at 0 and
     learns the returns; ``reward_head`` keeps the RM's head, so V(s_t) starts as the RM's score of the
-    prefix, a token reward rather than a return.
+    prefix, a token reward rather than a return. Under ZeRO-3 (:func:`fgrlhf.distributed.zero3_init`) the
+    model comes partitioned and the head is zeroed through a gather.
     """
+    from fgrlhf.distributed import writable
     from fgrlhf.reward.model import load_reward_model
 
+    if head_init not in ("zero", "reward_head"):
+        raise ValueError(f"critic head init {head_init!r}: expected 'zero' or 'reward_head'")
     model = load_reward_model(rm_dir)
     if head_init == "zero":
-        torch.nn.init.zeros_(model.head.weight)
-        torch.nn.init.zeros_(model.head.bias)
-    elif head_init != "reward_head":
-        raise ValueError(f"critic head init {head_init!r}: expected 'zero' or 'reward_head'")
+        with writable(model.head.parameters()):
+            torch.nn.init.zeros_(model.head.weight)
+            torch.nn.init.zeros_(model.head.bias)
     return model
 
 
@@ -231,8 +342,11 @@ def save_hf_checkpoint(module, state: dict[str, torch.Tensor], tokenizer, direct
     config.__dict__.pop("quantization_config", None)
     config.save_pretrained(directory)
     module.generation_config.save_pretrained(directory)
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
-              str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
+        str(directory / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     tokenizer.save_pretrained(directory)
 
 

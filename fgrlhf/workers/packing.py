@@ -59,9 +59,34 @@ def at_response(per_position: torch.Tensor, index: torch.Tensor, shift: int = 0)
     return per_position.gather(1, idx)
 
 
+@torch.no_grad()
+def response_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    pad_id: int,
+    micro_batch_size: int,
+) -> torch.Tensor:
+    """``[B, T]`` teacher-forced log p(a_t | s_t) of the response tokens under a causal LM (the reference
+    model, or the rollout model's own weights for the behaviour policy), 0 on padding, T = longest response,
+    on CPU. The learners compute their log-probs with the same layout and arithmetic."""
+    from fgrlhf.algorithms import ppo_core
+
+    device = next(model.parameters()).device
+    out = torch.zeros(len(prompt_ids), max(len(r) for r in response_ids))
+    for start in range(0, len(prompt_ids), micro_batch_size):
+        rows = slice(start, start + micro_batch_size)
+        batch = pack(prompt_ids[rows], response_ids[rows], pad_id).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = at_response(logits, batch.response_index, shift=-1).float()
+        logprobs = ppo_core.logprobs_from_logits(logits, batch.response_ids) * batch.response_mask
+        out[rows, : logprobs.size(1)] = logprobs.cpu()
+    return out
+
+
 def split(items: list, parts: int) -> list[list]:
     """Split into ``parts`` equal consecutive shards (the caller guarantees divisibility)."""
     if len(items) % parts:
         raise ValueError(f"{len(items)} items cannot be split into {parts} equal shards")
     size = len(items) // parts
-    return [items[i * size:(i + 1) * size] for i in range(parts)]
+    return [items[i * size : (i + 1) * size] for i in range(parts)]

@@ -6,16 +6,24 @@ protocol. The actor receives the policy's weights from policy learner rank 0 ove
 (:mod:`fgrlhf.weight_sync`) and hands them to ``engine.load_weights``; an engine that runs its model in
 another process (vLLM) instead joins the group there itself (``join_weight_sync``/``receive_weights``), so
 the weights go straight from the group into the model, never through this actor.
+
+The actor is a plain (non-async) Ray actor: it runs one call at a time, in the order the driver submitted
+them. ``ppo.async_rollout`` relies on that: a push submitted after a generation waits for it, and
+``generation_info``/``behaviour_logprobs`` submitted right after ``generate`` see the weights it sampled with.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
 from fgrlhf.config import ModelConfig
+
+if TYPE_CHECKING:
+    from fgrlhf.weight_sync import WeightSyncGroup
 
 
 class WeightsNotSynced(RuntimeError):
@@ -27,6 +35,10 @@ class GenerationEngine(Protocol):
         self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float, seed: int
     ) -> list[list[int]]:
         """Sampled response ids per prompt, ending in EOS if one was produced (nothing after it)."""
+
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
+        """``[B, T]`` log p(a_t | s_t) of the given response tokens under the served weights (raw logits, no
+        temperature or top-p: the learners' definition), 0 on padding, T = longest response."""
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the weights named like the HF checkpoint's state dict (``model.layers.0...``)."""
@@ -47,12 +59,14 @@ def strip_after_eos(ids: list[int], eos_id: int | set[int]) -> list[int]:
 class HFEngine:
     """transformers ``generate`` on a left-padded batch; the default engine, and the CPU one."""
 
-    def __init__(self, model_cfg: ModelConfig, device: str | None = None):
+    def __init__(self, model_cfg: ModelConfig, device: str | None = None, logprobs_micro_batch_size: int = 8):
         from fgrlhf.models import load_causal_lm, load_tokenizer
 
+        self.logprobs_micro_batch_size = logprobs_micro_batch_size  # rows per teacher-forced forward
         self.tokenizer = load_tokenizer(model_cfg.name)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_causal_lm(model_cfg, self.tokenizer).to(self.device).eval()
+        # transformers types .to as an unbound Module.to
+        self.model = load_causal_lm(model_cfg, self.tokenizer).to(self.device).eval()  # type: ignore[arg-type]
         self.pad_id = self.tokenizer.pad_token_id
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos) if isinstance(eos, list) else {eos if eos is not None else self.tokenizer.eos_token_id}
@@ -65,8 +79,8 @@ class HFEngine:
         input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for row, ids in enumerate(prompt_ids):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
         torch.manual_seed(seed)
         sampling = temperature > 0
         output = self.model.generate(
@@ -80,6 +94,11 @@ class HFEngine:
             pad_token_id=self.pad_id,
         )
         return [strip_after_eos(row[width:].tolist(), self.eos_ids) for row in output.cpu()]
+
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
+        from fgrlhf.workers.packing import response_logprobs
+
+        return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.logprobs_micro_batch_size)
 
     def weights_checksum(self) -> dict[str, float]:
         from fgrlhf.weight_sync import checksums
@@ -95,7 +114,9 @@ class HFEngine:
             params[name].copy_(tensor)
 
 
-def make_engine(kind: Literal["hf", "vllm"], model_cfg: ModelConfig, engine_kwargs: dict | None = None) -> GenerationEngine:
+def make_engine(
+    kind: Literal["hf", "vllm"], model_cfg: ModelConfig, engine_kwargs: dict | None = None
+) -> GenerationEngine:
     if kind == "hf":
         return HFEngine(model_cfg, **(engine_kwargs or {}))
     from fgrlhf.workers.vllm_engine import VLLMEngine
@@ -109,8 +130,10 @@ class RolloutWorker:
     def __init__(self, kind: Literal["hf", "vllm"], model_cfg: ModelConfig, engine_kwargs: dict | None = None):
         torch.set_num_threads(1)
         self.engine = make_engine(kind, model_cfg, engine_kwargs)
-        self.receiver = None
+        self.receiver: WeightSyncGroup | None = None  # join_weight_sync, unless the engine receives itself
         self.synced = False  # a restarted actor holds the initial weights until the next push
+        self.version: int | None = None  # the policy version of the last push (the driver numbers them)
+        self.last_generation: dict = {}
 
     def ready(self) -> bool:
         return True
@@ -120,14 +143,27 @@ class RolloutWorker:
     ) -> list[list[int]]:
         if not self.synced:
             raise WeightsNotSynced("rollout actor has not received the policy weights (was it restarted?)")
-        return self.engine.generate(prompt_ids, max_new_tokens, temperature, top_p, seed)
+        start = time.perf_counter()
+        out = self.engine.generate(prompt_ids, max_new_tokens, temperature, top_p, seed)
+        self.last_generation = {"version": self.version, "seconds": time.perf_counter() - start}
+        return out
+
+    def generation_info(self) -> dict:
+        """The policy version that the last ``generate`` sampled with and its seconds. The actor runs one call
+        at a time in submission order, so asked right after ``generate`` it describes that call."""
+        return self.last_generation
+
+    def behaviour_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
+        """The behaviour log-probs ``[B, T]`` of responses this actor sampled (call before the next push)."""
+        return self.engine.logprobs(prompt_ids, response_ids)
 
     def sees_cuda(self) -> bool:
         """Whether this actor (and so its engine's worker, which inherits its GPU) has a GPU."""
         return torch.cuda.is_available()
 
-    def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str,
-                         timeout_s: float) -> None:
+    def join_weight_sync(
+        self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float
+    ) -> None:
         if hasattr(self.engine, "join_weight_sync"):
             self.engine.join_weight_sync(address, port, rank, world_size, backend, tag, timeout_s)
             return
@@ -135,15 +171,18 @@ class RolloutWorker:
 
         self.receiver = WeightSyncGroup(address, port, rank, world_size, backend, tag, timeout_s)
 
-    def receive_weights(self, layout: list[tuple[str, tuple[int, ...], str]], bucket_mb: float) -> None:
-        """Take one push from policy rank 0 (``layout`` = names, shapes, dtypes in push order)."""
+    def receive_weights(
+        self, layout: list[tuple[str, tuple[int, ...], str]], bucket_mb: float, version: int | None = None
+    ) -> None:
+        """Take one push from policy rank 0 (``layout`` = names, shapes, dtypes in push order) of the policy
+        after ``version`` updates."""
         if hasattr(self.engine, "receive_weights"):
             self.engine.receive_weights(layout, bucket_mb)
         elif self.receiver is None:
             raise RuntimeError("receive_weights before join_weight_sync")
         else:
             self.engine.load_weights(self.receiver.receive(layout, bucket_mb))
-        self.synced = True
+        self.synced, self.version = True, version
 
     def weights_checksum(self) -> dict[str, float]:
         """Per-tensor fingerprints of the engine's weights, to compare with the learner after a push."""

@@ -7,18 +7,22 @@ micro-batches through the engine, checkpoints it and exports it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fgrlhf.config import DeepSpeedConfig
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
 
 class SupervisedTrainWorker:
+    engine: DeepSpeedEngine  # built by setup(), the first call after rendezvous_address
+
     def __init__(self, task: Any, rank: int, world_size: int, ds_cfg: DeepSpeedConfig, seed: int):
         torch.set_num_threads(1)
         self.task, self.rank, self.world_size, self.ds_cfg, self.seed = task, rank, world_size, ds_cfg, seed
-        self.engine = None
 
     def rendezvous_address(self) -> tuple[str, int]:
         from fgrlhf.distributed import free_port, node_address
@@ -27,11 +31,12 @@ class SupervisedTrainWorker:
 
     def setup(self, master_addr: str, master_port: int, total_steps: int) -> None:
         """Join the process group and build the engine (all ranks concurrently)."""
-        from fgrlhf.distributed import build_engine, init_rank, resolve_backend
+        from fgrlhf.distributed import build_engine, init_rank, resolve_backend, zero3_init
 
         init_rank(self.rank, self.world_size, master_addr, master_port, resolve_backend(self.ds_cfg))
         torch.manual_seed(self.seed)  # same initial weights (e.g. a fresh RM head) on every rank
-        model = self.task.build_model()
+        with zero3_init(self.ds_cfg):  # ZeRO-3: a checkpoint's causal LM loads partitioned, never whole
+            model = self.task.build_model()
         self.engine, self.optimizer, _ = build_engine(model, self.ds_cfg, total_steps)
         self.device = self.engine.device
 
@@ -41,8 +46,10 @@ class SupervisedTrainWorker:
     def train_step(self, micro_batches: list[list[Any]]) -> tuple[dict[str, float], int]:
         """One optimizer step over this rank's micro-batches; (per-example-mean metrics, example count)."""
         if len(micro_batches) != self.ds_cfg.gradient_accumulation_steps:
-            raise ValueError(f"rank {self.rank}: {len(micro_batches)} micro-batches for "
-                             f"{self.ds_cfg.gradient_accumulation_steps} accumulation steps")
+            raise ValueError(
+                f"rank {self.rank}: {len(micro_batches)} micro-batches for "
+                f"{self.ds_cfg.gradient_accumulation_steps} accumulation steps"
+            )
         self.engine.train()
         sums: dict[str, float] = {}
         count = 0

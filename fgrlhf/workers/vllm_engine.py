@@ -33,6 +33,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,23 +93,29 @@ def checkpoint_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
 class WeightLoaderExtension:
     """Mixed into vLLM's worker class inside the engine process (named by ``worker_extension_cls``)."""
 
+    model_runner: Any  # the vLLM worker's attributes, there once mixed in
+    model_config: Any
+
     def fgrlhf_checksums(self) -> dict[str, float]:
         from fgrlhf.weight_sync import checksums
 
-        return checksums(tie_lm_head(checkpoint_weights(self.model_runner.model),
-                                     self.model_config.hf_config.tie_word_embeddings))
+        return checksums(
+            tie_lm_head(checkpoint_weights(self.model_runner.model), self.model_config.hf_config.tie_word_embeddings)
+        )
 
     def _fgrlhf_load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        load_checkpoint_weights(self.model_runner,
-                                tie_lm_head(weights, self.model_config.hf_config.tie_word_embeddings))
+        load_checkpoint_weights(
+            self.model_runner, tie_lm_head(weights, self.model_config.hf_config.tie_word_embeddings)
+        )
 
     def fgrlhf_load_file(self, path: str) -> None:
         from safetensors.torch import load_file
 
         self._fgrlhf_load(load_file(path).items())
 
-    def fgrlhf_join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str,
-                                tag: str, timeout_s: float) -> None:
+    def fgrlhf_join_weight_sync(
+        self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float
+    ) -> None:
         from fgrlhf.weight_sync import WeightSyncGroup
 
         self.fgrlhf_group = WeightSyncGroup(address, port, rank, world_size, backend, tag, timeout_s)
@@ -183,25 +190,43 @@ class VLLMEngine:
         # vLLM stops at the checkpoint's EOS ids and keeps the EOS token in token_ids.
         return [list(out.outputs[0].token_ids) for out in outputs]
 
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
+        """Teacher-forced, as the learners compute theirs: prompt + response as one prompt, and vLLM's
+        ``prompt_logprobs`` (computed from the raw logits: no temperature or top-p) of the response tokens."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)  # 0: the given token only
+        prompts = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompt_ids, response_ids, strict=True)]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        out = torch.zeros(len(prompt_ids), max(len(r) for r in response_ids))
+        for row, (p, r, output) in enumerate(zip(prompt_ids, response_ids, outputs)):
+            # prompt_logprobs[i]: {token id: Logprob} of input token i given the tokens before it
+            for t, token in enumerate(r):
+                out[row, t] = output.prompt_logprobs[len(p) + t][token].logprob
+        return out
+
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Weights held by this process, through a shared-memory file (the push uses ``receive_weights``)."""
         from safetensors.torch import save_file
 
         # A copy each, keyed by name (a tied head is re-tied by name in the worker): safetensors refuses
         # tensors sharing storage, and a push's tensors are views of flat buckets.
-        weights = {name: tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
-                   for name, tensor in named_tensors}
+        weights = {
+            name: tensor.detach().cpu().clone(memory_format=torch.contiguous_format) for name, tensor in named_tensors
+        }
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # RAM-backed when the OS has it
         with tempfile.NamedTemporaryFile(dir=shm, prefix="fgrlhf-weights-", suffix=".safetensors") as file:
             save_file(weights, file.name)
             self.llm.collective_rpc("fgrlhf_load_file", args=(file.name,))
         self._weights_changed()
 
-    def join_weight_sync(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str,
-                         timeout_s: float) -> None:
+    def join_weight_sync(
+        self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float
+    ) -> None:
         """The engine's worker joins the push group as ``rank`` (blocks until every member has joined)."""
-        self.llm.collective_rpc("fgrlhf_join_weight_sync",
-                                args=(address, port, rank, world_size, backend, tag, timeout_s))
+        self.llm.collective_rpc(
+            "fgrlhf_join_weight_sync", args=(address, port, rank, world_size, backend, tag, timeout_s)
+        )
 
     def receive_weights(self, layout: list[tuple[str, tuple[int, ...], str]], bucket_mb: float) -> None:
         """Take one push from policy learner rank 0 straight into the worker's model."""

@@ -40,11 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model of the LLM editor (Claude model id; tiny/smollm2/path for hf)")
     parser.add_argument("--rules", help="rule editor: YAML list of {name, pattern, replacement}")
     parser.add_argument("--concurrency", type=int, help="items in flight at once")
-    parser.add_argument("--max-initial-connect-failures", type=int, metavar="N",
-                        help="stop (exit 3) when the first N requests all fail to connect; 0 = never "
-                             "(config key retry.max_initial_connect_failures, default 16)")
-    parser.add_argument("--batch", action="store_true",
-                        help="anthropic editor: use the Message Batches API (half price; see batch.* keys)")
+    parser.add_argument(
+        "--max-initial-connect-failures",
+        type=int,
+        metavar="N",
+        help="stop (exit 3) when the first N requests all fail to connect; 0 = never "
+        "(config key retry.max_initial_connect_failures, default 16)",
+    )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="anthropic editor: use the Message Batches API (half price; see batch.* keys)",
+    )
     parser.add_argument("--cache", help="SQLite cache path (default OUTPUT.cache.sqlite)")
     parser.add_argument("--config", help="YAML config (see configs/edit-default.yaml)")
     parser.add_argument("--skip-invalid", action="store_true", help="skip malformed input records (counted)")
@@ -84,8 +91,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ConfigError(f"invalid command-line flag: {exc}") from None
     try:
-        summary = run_edit(cfg, args.input, args.output, skip_invalid=args.skip_invalid,
-                           progress=not args.no_progress)
+        summary = run_edit(cfg, args.input, args.output, skip_invalid=args.skip_invalid, progress=not args.no_progress)
     except FatalError as exc:
         print(f"error: {exc}; completed items are cached, re-run to resume", file=sys.stderr)
         return EXIT_INCOMPLETE

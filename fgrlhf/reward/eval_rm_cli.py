@@ -66,8 +66,9 @@ def _tokens_html(tokenizer, ids: list[int], values: list[float], changed: list[b
     return "".join(spans)
 
 
-def write_heatmap(path: Path, tokenizer, records: list[dict], examples, chosen: dict, rejected: dict,
-                  k: int, kind: str) -> None:
+def write_heatmap(
+    path: Path, tokenizer, records: list[dict], examples, chosen: dict, rejected: dict, k: int, kind: str
+) -> None:
     """A self-contained HTML page: per pair, prompt then chosen | rejected with per-token colours."""
     rows = []
     n = min(k, len(examples))
@@ -75,17 +76,26 @@ def write_heatmap(path: Path, tokenizer, records: list[dict], examples, chosen: 
     for i in range(n):
         example = examples[i]
         cells = []
-        for side, ids, scores, changed in (("chosen", example.chosen_ids, chosen, example.chosen_changed),
-                                           ("rejected", example.rejected_ids, rejected, example.rejected_changed)):
+        for side, ids, scores, changed in (
+            ("chosen", example.chosen_ids, chosen, example.chosen_changed),
+            ("rejected", example.rejected_ids, rejected, example.rejected_changed),
+        ):
             values = scores["token"][i, : len(ids)].tolist()
-            cells.append(f'<td><div class="h">{side}: R = {float(scores["sequence"][i]):+.4f}</div>'
-                         f'{_tokens_html(tokenizer, ids, values, changed, scale)}</td>')
+            cells.append(
+                f'<td><div class="h">{side}: R = {float(scores["sequence"][i]):+.4f}</div>'
+                f"{_tokens_html(tokenizer, ids, values, changed, scale)}</td>"
+            )
         c, r = float(chosen["sequence"][i]), float(rejected["sequence"][i])
         verdict = "correct" if c > r else "tie" if c == r else "wrong"
-        rows.append(f'<tr><td colspan="2" class="p">#{i} ({verdict}) {html.escape(records[i]["prompt"])}</td></tr>'
-                    f"<tr>{''.join(cells)}</tr>")
-    note = ("r_t of the token RM" if kind == "token"
-            else "head output per position; a sequence RM's reward is the EOS value")
+        rows.append(
+            f'<tr><td colspan="2" class="p">#{i} ({verdict}) {html.escape(records[i]["prompt"])}</td></tr>'
+            f"<tr>{''.join(cells)}</tr>"
+        )
+    note = (
+        "r_t of the token RM"
+        if kind == "token"
+        else "head output per position; a sequence RM's reward is the EOS value"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fgrlhf token rewards</title><style>
 body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse;width:100%;table-layout:fixed}}
 td{{vertical-align:top;border:1px solid #ccc;padding:6px;white-space:pre-wrap;font-family:monospace}}
@@ -94,7 +104,7 @@ td.p{{background:#f3f3f3;font-family:sans-serif}} .h{{font-family:sans-serif;fon
 <h2>{html.escape(kind)} reward model: {note}</h2>
 <p>Green = rewarded, red = penalised; opacity ∝ |value| (full at {scale:.4f}); hover for the value.
 Underlined: tokens the edit changed (U1).</p>
-<table><tr><th>chosen</th><th>rejected</th></tr>{''.join(rows)}</table></body></html>
+<table><tr><th>chosen</th><th>rejected</th></tr>{"".join(rows)}</table></body></html>
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
@@ -102,7 +112,12 @@ Underlined: tokens the edit changed (U1).</p>
 
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.algorithms.rm_losses import (
-        bootstrap_ci, length_baseline, mean_by_position, pairwise_accuracy, pearson_correlation)
+        bootstrap_ci,
+        length_baseline,
+        mean_by_position,
+        pairwise_accuracy,
+        pearson_correlation,
+    )
     from fgrlhf.models import load_tokenizer
     from fgrlhf.preflight import check_data, check_reward_model
     from fgrlhf.reward.data import encode_pairs, load_preference_records
@@ -116,9 +131,13 @@ def main(args: argparse.Namespace) -> int:
     records, from_edits = load_preference_records(args.data)
     tokenizer = load_tokenizer(str(rm_dir))
     examples = encode_pairs(
-        records, tokenizer, info.get("prompt_format", "chat"),
+        records,
+        tokenizer,
+        info.get("prompt_format", "chat"),
         args.max_prompt_tokens or info.get("max_prompt_tokens", 192),
-        args.max_response_tokens or info.get("max_response_tokens", 300), with_edit_masks=from_edits)
+        args.max_response_tokens or info.get("max_response_tokens", 300),
+        with_edit_masks=from_edits,
+    )
     model = load_reward_model(rm_dir).eval()
     if torch.cuda.is_available():
         model = model.cuda()
@@ -128,6 +147,7 @@ def main(args: argparse.Namespace) -> int:
     per_pair = torch.stack([pairwise_accuracy(c, r) for c, r in zip(chosen["sequence"], rejected["sequence"])])
     masks = _cat_padded(chosen["response_mask"], rejected["response_mask"])  # every scored response
     low, high = bootstrap_ci(per_pair, n_resamples=args.bootstrap)
+
     # What length alone scores on these pairs (full responses, RM tokenizer): an RM near it may have
     # learned only length.
     def full_lengths(side: str) -> torch.Tensor:
@@ -136,21 +156,27 @@ def main(args: argparse.Namespace) -> int:
 
     by_length = length_baseline(full_lengths("chosen"), full_lengths("rejected"))
     result = {
-        "accuracy": float(per_pair.double().mean()), "ci_low": low, "ci_high": high, "n": len(examples),
+        "accuracy": float(per_pair.double().mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "n": len(examples),
         "margin": float((chosen["sequence"] - rejected["sequence"]).mean()),
         # Length bias: correlation of the RM's score with response length over every scored response.
-        "length_correlation": pearson_correlation(torch.cat([chosen["sequence"], rejected["sequence"]]),
-                                                  masks.sum(-1)),
+        "length_correlation": pearson_correlation(torch.cat([chosen["sequence"], rejected["sequence"]]), masks.sum(-1)),
         "length_baseline_accuracy": by_length["longer_wins"],
-        "length_baseline": {"rule": "longer response wins, ties count half", "unit": "response tokens",
-                            **by_length},
-        "kind": info["kind"], "rm": str(rm_dir), "data": str(args.data),
-        "data_kind": "edit records" if from_edits else "pairs", "seconds": round(time.perf_counter() - began, 2),
+        "length_baseline": {"rule": "longer response wins, ties count half", "unit": "response tokens", **by_length},
+        "kind": info["kind"],
+        "rm": str(rm_dir),
+        "data": str(args.data),
+        "data_kind": "edit records" if from_edits else "pairs",
+        "seconds": round(time.perf_counter() - began, 2),
     }
     if info["kind"] == "token":
         tokens = _cat_padded(chosen["token"], rejected["token"])
-        result["token_reward_by_position"] = {"bin_tokens": POSITION_BIN,
-                                              "mean": mean_by_position(tokens, masks, POSITION_BIN)}
+        result["token_reward_by_position"] = {
+            "bin_tokens": POSITION_BIN,
+            "mean": mean_by_position(tokens, masks, POSITION_BIN),
+        }
     report = Path(args.report) if args.report else rm_dir / f"eval-{Path(args.data).stem}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,21 +1,8 @@
-"""Build a simulated-preference data set: prompts for PPO, eval prompts with references, labelled pairs.
-
-  fgrlhf env-data --env synthetic --out runs/env-syn [--n-prompts N] [--seed S] [key=value ...]
-  fgrlhf env-data --env alpaca-sim --out runs/env-alpaca --n-prompts 8 generation.max_new_tokens=64
-
-Writes DIR/prompts_train.jsonl (``prompt``), DIR/prompts_eval.jsonl (``prompt``, ``reference``: the
-win-rate eval set), DIR/pairs.jsonl (``prompt``, ``chosen``, ``rejected`` plus ``gold_chosen``,
-``gold_rejected``, ``gold_agrees``), DIR/env_data.json (summary) and DIR/config.yaml. Two responses per
-pair prompt come from the env's grammar generator (synthetic), from the policy model with HF generate
-(alpaca-sim), or from ``responses_file`` (JSONL of ``prompt``/``response``, the first two per prompt).
-Labels are Bradley–Terry samples on the gold difference with label noise (fgrlhf.envs.preferences).
-``sft_steps > 0`` (synthetic) also trains the tiny policy on the grammar into DIR/policy.
-The rule editor (``fgrlhf edit`` with configs/edit-rules-<env>.yaml) then plays the minimal editor.
-"""
+"""Simulated-preference data sets (``fgrlhf env-data``, :mod:`fgrlhf.envs.env_data_cli`): prompts for PPO,
+eval prompts with references, gold-labelled preference pairs."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -51,17 +38,8 @@ class EnvDataConfig(StrictModel):
     sft_steps: int = Field(0, ge=0, description="synthetic only: SFT steps of the tiny policy into DIR/policy")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", required=True, choices=ENV_CHOICES)
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--config", type=Path, help="YAML with EnvDataConfig keys")
-    parser.add_argument("--n-prompts", type=int, help="number of pair prompts (overrides n_prompts)")
-    parser.add_argument("--seed", type=int, help="overrides seed")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-
-
 def _responses_from_file(path: str, prompts: list[str]) -> list[tuple[str, str]]:
-    from fgrlhf.data import DataError, RESPONSE_FIELDS, load_records
+    from fgrlhf.data import RESPONSE_FIELDS, DataError, load_records
 
     by_prompt: dict[str, list[str]] = {}
     for record in load_records(path, RESPONSE_FIELDS):
@@ -75,23 +53,20 @@ def _responses_from_file(path: str, prompts: list[str]) -> list[tuple[str, str]]
     return pairs
 
 
-def _responses_from_model(cfg: GenerationConfig, prompts: list[str], seed: int) -> list[tuple[str, str]]:
-    from tqdm import tqdm
-
+def responses_from_model(cfg: GenerationConfig, prompts: list[str], seed: int) -> list[tuple[str, str]]:
+    """Two sampled answers per prompt (batches over the prompts listed twice, seeds from ``seed``)."""
     from fgrlhf.config import ModelConfig
-    from fgrlhf.tokenization import encode_prompt, format_prompt
-    from fgrlhf.workers.rollout_worker import HFEngine
+    from fgrlhf.generation import GenerationSettings, generate_batched
 
-    engine = HFEngine(ModelConfig(name=cfg.model), device="cpu")
-    tok = engine.tokenizer
-    ids = [encode_prompt(tok, format_prompt(tok, p, cfg.prompt_format), cfg.max_prompt_tokens)
-           for p in prompts for _ in range(2)]
-    texts = []
-    for start in tqdm(range(0, len(ids), cfg.batch_size), desc="generate pairs", unit="batch"):
-        out = engine.generate(ids[start:start + cfg.batch_size], cfg.max_new_tokens, cfg.temperature,
-                              cfg.top_p, seed + start)
-        texts += tok.batch_decode(out, skip_special_tokens=True)
-    return [(texts[2 * i].strip(), texts[2 * i + 1].strip()) for i in range(len(prompts))]
+    settings = GenerationSettings(**cfg.model_dump(exclude={"model", "prompt_format"}), seed=seed)
+    texts = generate_batched(
+        ModelConfig(name=cfg.model, prompt_format=cfg.prompt_format),
+        [p for p in prompts for _ in range(2)],
+        settings,
+        device="cpu",
+        desc="generate pairs",
+    )
+    return [(texts[2 * i], texts[2 * i + 1]) for i in range(len(prompts))]
 
 
 def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
@@ -109,14 +84,14 @@ def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
         train = [r["prompt"] for r in train_records]
     pair_prompts = list(train)
     random.Random(cfg.seed).shuffle(pair_prompts)
-    pair_prompts = pair_prompts[:cfg.n_prompts or (len(train) if env == "synthetic" else 8)]
+    pair_prompts = pair_prompts[: cfg.n_prompts or (len(train) if env == "synthetic" else 8)]
 
     if cfg.responses_file:
         responses = _responses_from_file(cfg.responses_file, pair_prompts)
     elif env == "synthetic":
         responses = [tuple(r) for r in module.sample_responses(pair_prompts, 2, cfg.seed)]
     else:
-        responses = _responses_from_model(cfg.generation, pair_prompts, cfg.seed)
+        responses = responses_from_model(cfg.generation, pair_prompts, cfg.seed)
     flat_prompts = [p for p in pair_prompts for _ in range(2)]
     flat_scores = module.gold_reward(flat_prompts, [r for pair in responses for r in pair])
     scores = list(zip(flat_scores[::2], flat_scores[1::2]))
@@ -140,20 +115,3 @@ def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
         summary["sft_heldout_loss"] = [sft["heldout_loss_before"], sft["heldout_loss_after"]]
     (out / "env_data.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def main(args: argparse.Namespace) -> int:
-    from fgrlhf.config import load_config
-
-    overrides = list(args.overrides)
-    if args.n_prompts is not None:
-        overrides.append(f"n_prompts={args.n_prompts}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    cfg = load_config(EnvDataConfig, args.config, overrides)
-    if cfg.sft_steps and args.env != "synthetic":
-        from fgrlhf.config import ConfigError
-
-        raise ConfigError("sft_steps: only the synthetic env trains its own policy")
-    print(json.dumps(build(args.env, cfg, args.out)))
-    return 0
