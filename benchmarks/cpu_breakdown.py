@@ -30,10 +30,13 @@ from pathlib import Path
 SAMPLER = -1  # series key of the sampler thread's own CPU (subtracted from the driver's)
 
 # Actor methods by the phase of fgrlhf's PPO step that calls them (matched on the method name, whatever the
-# class): the phases are barriers, so a method's CPU belongs to one phase. Methods not listed (start-up,
-# checkpoints) fall under "other".
+# class): the phases are barriers, so a method's CPU belongs to one phase (under async_rollout the next
+# batch's generation overlaps score and train; its CPU still counts as rollout). Methods not listed
+# (start-up, checkpoints) fall under "other".
 PHASE_OF_METHOD = {
     "generate": "rollout",
+    "behaviour_logprobs": "rollout",
+    "generation_info": "rollout",
     "score": "score",
     "logprobs": "score",
     "evaluate": "score",

@@ -1,8 +1,10 @@
 """PPO step time and CPU of fgrlhf vs TRL's PPO trainer on the same models, batch, generation length and CPU.
 
   python benchmarks/throughput.py [--model tiny|smollm2] [--quick] [--steps 5] [--warmup 1] [--cpus 2]
-                                  [--trl-threads 1] [--json OUT] [--plot OUT.png]
+                                  [--trl-threads 1] [--no-async] [--learner-ranks N [N ...]]
+                                  [--json OUT] [--plot OUT.png]
                                   [key=value ...]   # PPOTrainConfig overrides of configs/ppo-tiny-cpu.yaml
+                                                    # (before --learner-ranks, which would take them in)
 
 Both frameworks get the settings of one ``PPOTrainConfig``: its policy (same weights), its prompts (same
 token ids), rollout batch, minibatch, micro-batch, PPO epochs, response length, sampling temperature, KL
@@ -38,6 +40,15 @@ second: those of the very last step can die with the actors). Reported (medians 
   steps, so its rows add up): each actor process, split by the methods it executed (each phase's actor
   methods, and the CPU outside any method), the driver, and Ray's own processes (GCS, raylet, agents), with
   the trainer's phase timers beside them.
+
+fgrlhf runs twice in the same invocation, from the same weights and prompts: first its synchronous loop
+(``ppo.async_rollout=false``, the run compared with TRL, whose loop is synchronous too), then with
+``ppo.async_rollout=true`` (batch k+1 generated while the learners train on batch k), reported as
+``fgrlhf_async`` with ``ratio_step_time_async_vs_sync`` and ``ratio_cpu_seconds_async_vs_sync``
+(``--no-async`` skips it). The script sets ``ppo.async_rollout`` itself: an override of it is ignored.
+``--learner-ranks 2 1`` sets the DeepSpeed ranks of both learners; with several values the synchronous loop
+is also measured at each further value in the same run (``fgrlhf_by_learner_ranks``: wall and CPU per
+step, and the training phase's CPU), the first value being the main run above.
 
 Without ``trl`` importable the script stops with an error; it never reports a TRL number it did not measure.
 """
@@ -100,13 +111,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch threads of the TRL process (fgrlhf's actors use 1 thread each)",
     )
+    parser.add_argument(
+        "--no-async",
+        action="store_true",
+        help="measure only fgrlhf's synchronous loop (default: also ppo.async_rollout=true, same run)",
+    )
+    parser.add_argument(
+        "--learner-ranks",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="DeepSpeed ranks of the policy and the critic learner (default: the config's); several values: "
+        "fgrlhf's synchronous loop is measured at each, the first being the main run",
+    )
     parser.add_argument("--workdir", type=Path, help="run directories (default: a temporary directory)")
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.add_argument("--plot", metavar="OUT.png", type=Path, help="bar chart of the step times")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="PPOTrainConfig overrides")
 
 
-def load_cfg(args: argparse.Namespace, workdir: Path):
+def load_cfg(args: argparse.Namespace, workdir: Path, learner_ranks: int | None = None):
     from fgrlhf.config import load_config
     from fgrlhf.ppo.config import PPOTrainConfig
 
@@ -116,6 +140,8 @@ def load_cfg(args: argparse.Namespace, workdir: Path):
     )
     if args.model == "smollm2":  # before the user's overrides, which may still change them
         extra = [f"policy.name={args.model}", f"reward.model={workdir / SMOLLM2_RM}", *extra]
+    if learner_ranks is not None:
+        extra += [f"policy_learner.world_size={learner_ranks}", f"critic_learner.world_size={learner_ranks}"]
     # Checkpoints are not part of a step (the final one is saved after the trailing step).
     return load_config(
         PPOTrainConfig, args.config, [*extra, *args.overrides, f"steps={args.warmup + steps + 1}", "save_every=0"]
@@ -178,6 +204,11 @@ def actor_intervals(events: list[dict]) -> list[tuple[str, float, float]]:
     return out
 
 
+def with_rollout_mode(cfg, async_rollout: bool):
+    """``cfg`` with ``ppo.async_rollout`` set (everything else shared by the sync and async runs)."""
+    return cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"async_rollout": async_rollout})})
+
+
 def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
     import shutil
 
@@ -185,7 +216,7 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
 
     from fgrlhf.ppo.trainer import train
 
-    run_dir = workdir / "fgrlhf"
+    run_dir = workdir / ("fgrlhf-async" if cfg.ppo.async_rollout else "fgrlhf")
     shutil.rmtree(run_dir, ignore_errors=True)  # every measurement is a fresh run
     push_bytes = policy_push_bytes(cfg)
     with ray_session(cpus):
@@ -233,12 +264,15 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
                 "driver_compute_s": driver,
                 "phase_seconds": record["phase_seconds"],
                 "push_actor_s": max(pushes),
+                "rollout_staleness": record["rollout_staleness"],
             }
         )
     median = statistics.median
     wall = median(r["wall_s"] for r in rows)
     phases = {name: median(r["phase_seconds"][name] for r in rows) for name in rows[0]["phase_seconds"]}
     return {
+        "async_rollout": cfg.ppo.async_rollout,
+        "rollout_staleness": [r["rollout_staleness"] for r in rows],
         "step_seconds": wall,
         "step_seconds_all": [r["wall_s"] for r in rows],
         "cpu_seconds_per_step": median(r["cpu_s"] for r in rows),
@@ -381,7 +415,7 @@ def run_trl_apart(cfg, workdir: Path, warmup: int, threads: int) -> dict:
 
 # --- report -----------------------------------------------------------------------------------------------
 def render(result: dict) -> str:
-    f, t = result["fgrlhf"], result["trl"]
+    f, t, a = result["fgrlhf"], result["trl"], result.get("fgrlhf_async")
     s = result["settings"]
     lines = [
         (
@@ -397,6 +431,14 @@ def render(result: dict) -> str:
             f"| fgrlhf (Ray + DeepSpeed) | {f['step_seconds']:.2f} | {f['cpu_seconds_per_step']:.2f} | "
             f"{len(f['step_seconds_all'])} |"
         ),
+        *(
+            [
+                f"| fgrlhf, async rollout (one step off-policy) | {a['step_seconds']:.2f} | "
+                f"{a['cpu_seconds_per_step']:.2f} | {len(a['step_seconds_all'])} |"
+            ]
+            if a
+            else []
+        ),
         (
             f"| TRL {t['version']} PPOTrainer | {t['step_seconds']:.2f} | {t['cpu_seconds_per_step']:.2f} | "
             f"{len(t['step_seconds_all'])} |"
@@ -406,15 +448,42 @@ def render(result: dict) -> str:
         "| --- | ---: |",
         f"| ratio_step_time_fgrlhf_vs_trl | {result['ratio_step_time_fgrlhf_vs_trl']:.2f} |",
         f"| ratio_cpu_seconds_fgrlhf_vs_trl | {result['ratio_cpu_seconds_fgrlhf_vs_trl']:.2f} |",
+        *(
+            [
+                f"| ratio_step_time_async_vs_sync | {result['ratio_step_time_async_vs_sync']:.2f} |",
+                f"| ratio_cpu_seconds_async_vs_sync | {result['ratio_cpu_seconds_async_vs_sync']:.2f} |",
+            ]
+            if a
+            else []
+        ),
         f"| ray_overhead_fraction | {f['ray_overhead_fraction']:.3f} |",
         f"| non-actor fraction (incl. driver advantages) | {f['non_actor_fraction']:.3f} |",
         f"| weight_push_mb_per_s (driver phase) | {f['weight_push_mb_per_s']:.1f} |",
         f"| weight push MB/s (sender execution) | {f['weight_push_actor_mb_per_s']:.1f} |",
         f"| weight push size (MB) | {f['weight_push_bytes'] / 1e6:.1f} |",
         "",
-        "| fgrlhf phase | s (median) |",
-        "| --- | ---: |",
-        *[f"| {name} | {seconds:.3f} |" for name, seconds in f["phase_seconds"].items()],
+        "| fgrlhf phase | sync s (median) |" + (" async s (median) |" if a else ""),
+        "| --- | ---: |" + (" ---: |" if a else ""),
+        *[
+            f"| {name} | {seconds:.3f} |" + (f" {a['phase_seconds'].get(name, 0.0):.3f} |" if a else "")
+            for name, seconds in f["phase_seconds"].items()
+        ],
+        *(
+            [
+                "",
+                "| DeepSpeed ranks per learner (sync) | wall s / step | CPU s / step | train phase s | "
+                "train CPU s (actors) | Ray processes CPU s |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: |",
+                *[
+                    f"| {ranks} | {r['step_seconds']:.2f} | {r['cpu_seconds_per_step']:.2f} | "
+                    f"{r['train_phase_seconds']:.2f} | {r['train_actor_cpu_seconds']:.2f} | "
+                    f"{r['ray_processes_cpu_seconds']:.2f} |"
+                    for ranks, r in result["fgrlhf_by_learner_ranks"].items()
+                ],
+            ]
+            if "fgrlhf_by_learner_ranks" in result
+            else []
+        ),
         "",
         cpu_breakdown.render(f["breakdown"]),
     ]
@@ -432,11 +501,14 @@ def plot(result: dict, path: Path) -> None:
     trl_label = f"TRL {t['version']}"
     fig, (wall, cpu) = plt.subplots(1, 2, figsize=(10, 4))
     color = {name: f"C{i}" for i, name in enumerate(f["phase_seconds"])}  # a phase keeps its colour in both panels
-    bottom = 0.0
-    for name, seconds in f["phase_seconds"].items():  # fgrlhf: stacked phases, the rest is the loop itself
-        wall.bar("fgrlhf", seconds, bottom=bottom, label=name, color=color[name])
-        bottom += seconds
-    wall.bar("fgrlhf", max(f["step_seconds"] - bottom, 0.0), bottom=bottom, label="other", color="lightgrey")
+    runs = [("fgrlhf", f)] + ([("fgrlhf async", result["fgrlhf_async"])] if "fgrlhf_async" in result else [])
+    for i, (bar, run) in enumerate(runs):  # stacked phases, the rest is the loop itself; legend from the first
+        bottom = 0.0
+        for name, seconds in run["phase_seconds"].items():
+            wall.bar(bar, seconds, bottom=bottom, label=None if i else name, color=color.get(name, "C7"))
+            bottom += seconds
+        rest = max(run["step_seconds"] - bottom, 0.0)
+        wall.bar(bar, rest, bottom=bottom, label=None if i else "other", color="lightgrey")
     wall.bar(trl_label, t["step_seconds"], color="tab:grey")
     wall.set_ylabel("wall seconds per PPO step (median)")
     wall.legend(fontsize=7, loc="upper right")
@@ -478,11 +550,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        cfg = load_cfg(args, workdir)
+        cfgs = [load_cfg(args, workdir, ranks) for ranks in args.learner_ranks or [None]]  # all checked first
+        cfg = cfgs[0]
         trl_result = run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)  # first: fails fast without trl
         if cfg.reward.model == str(workdir / SMOLLM2_RM):
             save_token_rm(cfg, workdir / SMOLLM2_RM)
-        fg_result = run_fgrlhf(cfg, workdir, args.warmup, args.cpus)
+        fg_result = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
+        async_result = (
+            None if args.no_async else run_fgrlhf(with_rollout_mode(cfg, True), workdir, args.warmup, args.cpus)
+        )
+        by_ranks = {cfg.policy_learner.world_size: fg_result}
+        for other in cfgs[1:]:
+            by_ranks[other.policy_learner.world_size] = run_fgrlhf(
+                with_rollout_mode(other, False), workdir, args.warmup, args.cpus
+            )
     result = {
         "benchmark": "throughput",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -513,6 +594,25 @@ def main(argv: list[str] | None = None) -> int:
         "weight_push_mb_per_s": fg_result["weight_push_mb_per_s"],
         "breakdown": fg_result["breakdown"],
     }
+    if len(by_ranks) > 1:
+        result["fgrlhf_by_learner_ranks"] = {
+            str(ranks): {
+                "step_seconds": run["step_seconds"],
+                "cpu_seconds_per_step": run["cpu_seconds_per_step"],
+                "train_phase_seconds": run["phase_seconds"]["train"],
+                "train_actor_cpu_seconds": run["breakdown"]["phases"]["train"]["actor_cpu_s"],
+                "ray_processes_cpu_seconds": run["breakdown"]["ray_processes_cpu_s"],
+                "step_seconds_all": run["step_seconds_all"],
+            }
+            for ranks, run in by_ranks.items()
+        }
+    if async_result is not None:
+        result |= {
+            "fgrlhf_async": async_result,
+            "fgrlhf_async_step_seconds": async_result["step_seconds"],
+            "ratio_step_time_async_vs_sync": async_result["step_seconds"] / fg_result["step_seconds"],
+            "ratio_cpu_seconds_async_vs_sync": async_result["cpu_seconds_per_step"] / fg_result["cpu_seconds_per_step"],
+        }
     publish(args, result, plot, render)
     return 0
 

@@ -42,8 +42,11 @@ samples the initial policy); a run that never does is censored at ``--max-steps`
 step, and the PPO loop seconds up to it (sum of ``step_seconds``; actor start-up excluded). Medians with
 half or more runs censored are lower bounds and flagged; a ratio of a bound is reported as a bound (or not
 at all when both sides are). Ratios are medians over seeds with a bootstrap CI over seeds (pairs kept).
-Table 1 from the same runs: each final policy answers the env's eval split (greedy) and the gold judge
-compares it with the env's reference (fgrlhf.winrate); win rates pool the seeds of an arm.
+Table 1 from the same runs: each final policy answers the env's eval split and the gold judge compares
+it with the env's reference (fgrlhf.winrate); win rates pool the seeds of an arm. Twice: greedy answers
+(``table1``), and ``eval_samples`` answers per prompt sampled as in the rollouts (temperature and top-p of
+the PPO config; ``table1_sampled``), the distribution PPO optimised and the target was measured on. A
+prompt's sampled preferences are averaged first, so the s.e. is over prompts × seeds.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ FULL = {
     "plateau_steps": 10,
     "initial_samples": 512,
     "eval_n": None,
+    "eval_samples": 8,
 }
 QUICK = {
     "ppo": ("ppo.rollout_batch_size=8", "ppo.step_batch_size=4", "rollout.max_new_tokens=24", "save_every=0"),
@@ -148,6 +152,7 @@ QUICK = {
     "plateau_steps": 2,
     "initial_samples": 16,
     "eval_n": 8,
+    "eval_samples": 2,
 }
 
 
@@ -305,30 +310,39 @@ def initial_gold(args, prepared, cfg, workdir: Path, n: int) -> dict:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg) -> dict:
-    """The policy's greedy answers on the env's eval split (prompt format and lengths of the PPO config
-    ``cfg``) judged against the references by the gold."""
+def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg, samples: int = 0) -> dict:
+    """The policy's answers on the env's eval split (prompt format and lengths of the PPO config ``cfg``)
+    judged against the references by the gold: greedy (``samples`` 0), or ``samples`` answers per prompt
+    sampled with the rollouts' temperature and top-p, whose preferences are averaged per prompt (the
+    ``preferences`` kept are those per-prompt means, one per prompt, as in the greedy case)."""
 
     def build() -> None:
+        from fgrlhf.algorithms.winrate import win_rate
         from fgrlhf.config import ModelConfig
         from fgrlhf.generation import GenerationSettings, generate_batched
         from fgrlhf.judges import build_judge
         from fgrlhf.winrate import judge_outputs, load_eval_records
 
         records = load_eval_records(env, None, n)
-        prompts = [r["prompt"] for r in records]
+        repeat = max(samples, 1)
+        prompts = [r["prompt"] for r in records for _ in range(repeat)]
         gen = GenerationSettings(
             max_prompt_tokens=cfg.prompts.max_prompt_tokens,
             max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=0.0,
-            top_p=1.0,
+            temperature=cfg.rollout.temperature if samples else 0.0,
+            top_p=cfg.rollout.top_p if samples else 1.0,
             batch_size=32,
             seed=0,
         )
         outputs = generate_batched(ModelConfig(name=policy, prompt_format=cfg.policy.prompt_format), prompts, gen)
-        result, rows = judge_outputs(prompts, outputs, [r["reference"] for r in records], build_judge("gold", env), env)
+        references = [r["reference"] for r in records for _ in range(repeat)]
+        result, rows = judge_outputs(prompts, outputs, references, build_judge("gold", env), env)
+        prefs = [
+            statistics.fmean(row["preference"] for row in rows[i : i + repeat]) for i in range(0, len(rows), repeat)
+        ]
+        result |= win_rate(prefs)  # per prompt: the s.e. is not understated by the correlated samples
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, {**result, "policy": policy, "preferences": [row["preference"] for row in rows]})
+        write_json(out, {**result, "policy": policy, "samples_per_prompt": samples, "preferences": prefs})
 
     stage(out, build)
     return json.loads(out.read_text(encoding="utf-8"))
@@ -438,19 +452,24 @@ def run(args: argparse.Namespace) -> dict:
                     config,
                     overrides(variant, seed, args.max_steps, (target, args.window)),
                 )
-        evals = {
-            ("initial", None): win_rate_of(
-                prepared.backbone,
-                workdir / "winrate" / (f"initial-n{preset['eval_n'] or 'all'}-t{shared.rollout.max_new_tokens}.json"),
-                args.env,
-                preset["eval_n"],
-                shared,
-            )
-        }
-        for key, run_dir in run_dirs.items():
-            evals[key] = win_rate_of(
-                str(run_dir / "final"), run_dir / "winrate.json", args.env, preset["eval_n"], shared
-            )
+        evals: dict[int, dict[tuple[str, int | None], dict]] = {}  # samples per prompt (0: greedy) -> ...
+        for samples in (0, preset["eval_samples"]):
+            suffix = f"-sampled{samples}" if samples else ""
+            initial_file = f"initial-n{preset['eval_n'] or 'all'}-t{shared.rollout.max_new_tokens}{suffix}.json"
+            evals[samples] = {
+                ("initial", None): win_rate_of(
+                    prepared.backbone, workdir / "winrate" / initial_file, args.env, preset["eval_n"], shared, samples
+                )
+            }
+            for key, run_dir in run_dirs.items():
+                evals[samples][key] = win_rate_of(
+                    str(run_dir / "final"),
+                    run_dir / f"winrate{suffix}.json",
+                    args.env,
+                    preset["eval_n"],
+                    shared,
+                    samples,
+                )
 
     per_run: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     for (variant, seed), records in metrics.items():
@@ -459,29 +478,33 @@ def run(args: argparse.Namespace) -> dict:
                 "seed": seed,
                 **time_to_target(records, target, args.window),
                 "stopped_at_gold": bool(records[-1].get("stopped_at_gold")),
-                "win_rate": evals[(variant, seed)]["win_rate"],
+                "win_rate": evals[0][(variant, seed)]["win_rate"],
+                "win_rate_sampled": evals[preset["eval_samples"]][(variant, seed)]["win_rate"],
             }
         )
     variants = {v: summarise_variant(runs) for v, runs in per_run.items()}
     # Every run's step 1 samples the same initial policy: their spread / √window measures the smoothed noise.
     step1 = [records[0]["gold_reward_mean"] for records in metrics.values()]
-    table1 = {
-        "initial": {
-            k: evals[("initial", None)][k]
-            for k in ("win_rate", "stderr", "n", "gold_model_mean", "gold_reference_mean")
+
+    def table1_of(mode: dict[tuple[str, int | None], dict]) -> dict[str, dict]:
+        table = {
+            "initial": {
+                k: mode[("initial", None)][k]
+                for k in ("win_rate", "stderr", "n", "gold_model_mean", "gold_reference_mean")
+            }
         }
-    }
-    for variant in args.variants:
-        prefs = [p for seed in args.seeds for p in evals[(variant, seed)]["preferences"]]
-        pooled = win_rate(prefs)
-        table1[variant] = {
-            "win_rate": pooled["win_rate"],
-            "stderr": pooled["stderr"],
-            "n": pooled["n"],
-            "per_seed": [evals[(variant, seed)]["win_rate"] for seed in args.seeds],
-            "gold_model_mean": statistics.fmean(evals[(variant, s)]["gold_model_mean"] for s in args.seeds),
-            "gold_reference_mean": evals[(variant, args.seeds[0])]["gold_reference_mean"],
-        }
+        for variant in args.variants:
+            pooled = win_rate([p for seed in args.seeds for p in mode[(variant, seed)]["preferences"]])
+            table[variant] = {
+                "win_rate": pooled["win_rate"],
+                "stderr": pooled["stderr"],
+                "n": pooled["n"],
+                "per_seed": [mode[(variant, seed)]["win_rate"] for seed in args.seeds],
+                "gold_model_mean": statistics.fmean(mode[(variant, s)]["gold_model_mean"] for s in args.seeds),
+                "gold_reference_mean": mode[(variant, args.seeds[0])]["gold_reference_mean"],
+            }
+        return table
+
     result = {
         "benchmark": "training_hours",
         "env": args.env,
@@ -528,7 +551,9 @@ def run(args: argparse.Namespace) -> dict:
         },
         "variants": variants,
         "runs": per_run,
-        "table1": table1,
+        "table1": table1_of(evals[0]),
+        "table1_sampled": table1_of(evals[preset["eval_samples"]]),
+        "eval_samples_per_prompt": preset["eval_samples"],
         "paper_hours": PAPER_HOURS,
     }
     for variant, summary in variants.items():
@@ -618,20 +643,28 @@ def markdown(result: dict) -> str:
                     f"- {key}: {fmt(result[key], 2)}{ci_text} ({result[f'{key}_note']}; censored runs: "
                     f"{censored})" + ("; paper 2 h / 4 h = 0.50" if pair == "token_vs_sequence" else "")
                 )
-    lines += [
-        "",
-        "Table 1 in the simulation: win rate vs the env's references on the eval split, gold judge, "
-        "greedy answers (seeds pooled; runs that reached the target stopped there).",
-        "",
-        "| policy | win rate % ± s.e. | n | per seed | gold mean (policy / reference) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for name, row in result["table1"].items():
-        per_seed = ", ".join(f"{v:.1f}" for v in row.get("per_seed", []))
-        lines.append(
-            f"| {name} | {row['win_rate']:.1f} ± {row['stderr']:.1f} | {row['n']} | {per_seed} | "
-            f"{row['gold_model_mean']:.3f} / {row['gold_reference_mean']:.3f} |"
-        )
+    for key, answers in (
+        ("table1", "greedy answers"),
+        (
+            "table1_sampled",
+            f"{result['eval_samples_per_prompt']} answers per prompt sampled as in the rollouts "
+            "(preferences averaged per prompt; n = prompts × seeds)",
+        ),
+    ):
+        lines += [
+            "",
+            f"Table 1 in the simulation: win rate vs the env's references on the eval split, gold judge, {answers} "
+            "(seeds pooled; runs that reached the target stopped there).",
+            "",
+            "| policy | win rate % ± s.e. | n | per seed | gold mean (policy / reference) |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, row in result[key].items():
+            per_seed = ", ".join(f"{v:.1f}" for v in row.get("per_seed", []))
+            lines.append(
+                f"| {name} | {row['win_rate']:.1f} ± {row['stderr']:.1f} | {row['n']} | {per_seed} | "
+                f"{row['gold_model_mean']:.3f} / {row['gold_reference_mean']:.3f} |"
+            )
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
@@ -309,12 +310,20 @@ def gathered(params, zero_stage: int, modifier_rank: int | None = None):
     return deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank)
 
 
-@contextmanager
-def full_state_dict(engine, zero_stage: int):
-    """Yield the module's full (unpartitioned) state dict on every rank, e.g. to save or push weights."""
-    module = engine.module
-    with gathered(module.parameters(), zero_stage):
-        yield {name: tensor.detach() for name, tensor in module.state_dict().items()}
+def iter_full_state(module: torch.nn.Module, zero_stage: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every entry of ``module.state_dict()``, in its order, each whole: under ZeRO-3
+    a parameter is gathered only while it is yielded, so no rank ever holds more of the model than its
+    partition plus one parameter (gathering them all at once would put a whole copy on every device). A tied
+    weight comes under each of its names, as in ``state_dict()``. Below ZeRO-3 it is the state dict itself.
+
+    Each gather is collective: every rank must exhaust the iterator. A yielded tensor is valid only until
+    the next one is asked for (its gathered storage is then released); copy what you keep.
+    """
+    # keep_vars: the Parameter objects themselves, which GatheredParameters needs (their data is empty while
+    # partitioned, so this costs nothing); buffers are never partitioned, and gathering them is a no-op.
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        with gathered([tensor], zero_stage):
+            yield name, tensor.detach()
 
 
 def placement_group_for(bundles: list[dict[str, float]], strategy: str = "PACK"):

@@ -173,9 +173,16 @@ def test_training_hours_quick(workdir):
         assert run["stopped_at_gold"] == run["reached"]
         assert all(0.0 <= g <= 1.0 for g in run["curve"]["gold"])
         assert f"| {variant} |" in stdout
-        table1 = result["table1"][variant]
-        assert 0.0 <= table1["win_rate"] <= 100.0 and table1["n"] == 8 and _finite(table1["stderr"])
-    assert result["table1"]["initial"]["n"] == 8
+        for key in ("table1", "table1_sampled"):  # n: one preference per eval prompt (sampled: their mean)
+            table1 = result[key][variant]
+            assert 0.0 <= table1["win_rate"] <= 100.0 and table1["n"] == 8 and _finite(table1["stderr"])
+    assert result["table1"]["initial"]["n"] == result["table1_sampled"]["initial"]["n"] == 8
+    assert result["eval_samples_per_prompt"] == 2
+    # The sampled answers are judged per sample and averaged per prompt: halves, quarters or whole wins.
+    sampled = json.loads((Path(workdir) / "winrate" / "initial-n8-t24-sampled2.json").read_text())
+    assert sampled["samples_per_prompt"] == 2 and len(sampled["preferences"]) == 8
+    assert all(p in (1.0, 1.25, 1.5, 1.75, 2.0) for p in sampled["preferences"])
+    assert "2 answers per prompt sampled" in stdout
     for name in ("wallclock", "steps"):
         key = f"ratio_{name}_token_vs_sequence"
         value, note = result[key], result[f"ratio_{name}_note"]

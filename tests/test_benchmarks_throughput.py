@@ -27,9 +27,8 @@ def test_warmup_below_one_is_refused(capsys):
 @pytest.mark.slow
 def test_throughput_quick(tmp_path, capsys):
     report, png = tmp_path / "tp.json", tmp_path / "tp.png"
-    assert (
-        throughput.main(["--quick", "--json", str(report), "--plot", str(png), "--workdir", str(tmp_path / "w")]) == 0
-    )
+    args = ["--quick", "--learner-ranks", "1", "2", "--json", str(report), "--plot", str(png)]
+    assert throughput.main([*args, "--workdir", str(tmp_path / "w")]) == 0
     result = json.loads(report.read_text())
     for key in (
         "ratio_step_time_fgrlhf_vs_trl",
@@ -56,4 +55,17 @@ def test_throughput_quick(tmp_path, capsys):
     assert b["total_cpu_s"] == pytest.approx(b["actors_cpu_s"] + b["driver_cpu_s"] + b["ray_processes_cpu_s"])
     assert b["phases"]["train"]["actor_cpu_s"] > 0 and b["phases"]["rollout"]["actor_methods"]
     assert b["ray_processes"] and b["sampler_cpu_s"] > 0
-    assert "ratio_step_time_fgrlhf_vs_trl" in capsys.readouterr().out and png.stat().st_size > 0
+    # The same run measured fgrlhf's async loop: its measured step trains on a batch sampled one update back.
+    sync, asynchronous = result["fgrlhf"], result["fgrlhf_async"]
+    assert not sync["async_rollout"] and asynchronous["async_rollout"]
+    assert sync["rollout_staleness"] == [0] and asynchronous["rollout_staleness"] == [1]
+    assert result["ratio_step_time_async_vs_sync"] == pytest.approx(asynchronous["step_seconds"] / sync["step_seconds"])
+    assert result["ratio_cpu_seconds_async_vs_sync"] > 0
+    # --learner-ranks 1 2: the main run has 1 rank per learner, and the sync loop was measured again with 2.
+    assert result["settings"]["learner_ranks"] == 1
+    by_ranks = result["fgrlhf_by_learner_ranks"]
+    assert set(by_ranks) == {"1", "2"} and by_ranks["1"]["step_seconds"] == sync["step_seconds"]
+    assert all(r["train_actor_cpu_seconds"] > 0 and len(r["step_seconds_all"]) == 1 for r in by_ranks.values())
+    out = capsys.readouterr().out
+    assert "ratio_step_time_fgrlhf_vs_trl" in out and "ratio_step_time_async_vs_sync" in out
+    assert png.stat().st_size > 0

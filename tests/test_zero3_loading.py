@@ -6,6 +6,8 @@
   its partition plus less than a quarter of the model, where loading the same model whole grows by two copies.
 - The push gathers one bucket at a time: as many gathers as buckets, each of exactly its bucket's parameters,
   and the rollout engine ends with the learner's weights.
+- Export (``save_hf``, ``weights_checksum``) gathers one parameter at a time and gives what an unpartitioned
+  learner gives: the same files, byte for byte, and the same fingerprints.
 """
 
 import json
@@ -49,10 +51,9 @@ def _gathered_states(ray, ranks) -> list[dict[str, torch.Tensor]]:
     """The full state dict of every rank (a collective gather, so every rank is asked at once)."""
 
     def state(worker):
-        from fgrlhf.distributed import full_state_dict
+        from fgrlhf.distributed import iter_full_state
 
-        with full_state_dict(worker.engine, 3) as full:
-            return {name: tensor.clone() for name, tensor in full.items()}
+        return {name: tensor.clone() for name, tensor in iter_full_state(worker.engine.module, 3)}
 
     return ray.get([rank.__ray_call__.remote(state) for rank in ranks])
 
@@ -67,6 +68,30 @@ def _partitioned(ray, ranks) -> list[bool]:
         )
 
     return ray.get([rank.__ray_call__.remote(check) for rank in ranks])
+
+
+def _record_gathers(worker):
+    """Record the parameters (``ds_id``) of every gather on this rank from now on; [] for a disabled one."""
+    import deepspeed
+
+    enter = deepspeed.zero.GatheredParameters.__enter__
+    worker.gathers = []
+
+    def recording(context):
+        worker.gathers.append(sorted(p.ds_id for p in context.params) if context.enabled else [])
+        return enter(context)
+
+    deepspeed.zero.GatheredParameters.__enter__ = recording
+
+
+def _take_gathers(ray, ranks) -> list[list[list[int]]]:
+    """Each rank's gathers recorded since the last call (:func:`_record_gathers`)."""
+
+    def take(worker):
+        gathers, worker.gathers = worker.gathers, []
+        return gathers
+
+    return ray.get([rank.__ray_call__.remote(take) for rank in ranks])
 
 
 def _start(ray, cls, *args, count: int = 2):
@@ -104,19 +129,6 @@ def test_zero3_policy_loads_the_checkpoint_and_pushes_one_bucket_per_gather(ray_
             for name, tensor in expected.items():
                 assert torch.equal(state[name], tensor), name
 
-        def count_gathers(worker):
-            """Record the parameters of every gather on this rank from now on."""
-            import deepspeed
-
-            enter = deepspeed.zero.GatheredParameters.__enter__
-            worker.gathers = []
-
-            def recording(context):
-                worker.gathers.append(sorted(p.ds_id for p in context.params) if context.enabled else [])
-                return enter(context)
-
-            deepspeed.zero.GatheredParameters.__enter__ = recording
-
         def bucket_ids(worker, bucket_mb):
             params = [p for _, p in worker._pushed_parameters()]
             return [sorted(params[i].ds_id for i in group) for group in buckets(worker.weight_layout(), bucket_mb)]
@@ -125,7 +137,7 @@ def test_zero3_policy_loads_the_checkpoint_and_pushes_one_bucket_per_gather(ray_
         bucket_mb = 0.05  # ~50 KiB: the tiny model travels in several buckets
         expected_gathers = ray.get(ranks[0].__ray_call__.remote(bucket_ids, bucket_mb))
         assert len(expected_gathers) == len(buckets(layout, bucket_mb)) > 3
-        ray.get([rank.__ray_call__.remote(count_gathers) for rank in ranks])
+        ray.get([rank.__ray_call__.remote(_record_gathers) for rank in ranks])
         addr, port = ray.get(ranks[0].rendezvous_address.remote())
         ray.get(
             [
@@ -137,14 +149,75 @@ def test_zero3_policy_loads_the_checkpoint_and_pushes_one_bucket_per_gather(ray_
             [rollout.receive_weights.remote(layout, bucket_mb)]
             + [rank.push_weights.remote(bucket_mb) for rank in ranks]
         )
-        gathers = ray.get([rank.__ray_call__.remote(lambda worker: worker.gathers) for rank in ranks])
-        assert gathers == [expected_gathers, expected_gathers]  # one gather per bucket, of that bucket alone
+        assert _take_gathers(ray, ranks) == [
+            expected_gathers,
+            expected_gathers,
+        ]  # one gather per bucket, of that bucket alone
 
         from fgrlhf.weight_sync import checksums
 
         assert ray.get(rollout.weights_checksum.remote()) == checksums(states[0].items())
     finally:
         for actor in ranks + [rollout]:
+            ray.kill(actor)
+
+
+def test_zero3_export_gathers_one_parameter_at_a_time(ray_session, checkpoints, tmp_path):
+    """save_hf and weights_checksum under ZeRO-3 gather each parameter alone (never the whole model on a rank)
+    and give exactly what an unpartitioned (ZeRO-0, one rank) learner of the same checkpoint gives."""
+    ray = ray_session
+    from fgrlhf.config import DeepSpeedConfig, ModelConfig
+    from fgrlhf.weight_sync import checksums
+    from fgrlhf.workers.learner_worker import PolicyLearner
+
+    model = ModelConfig(name=str(checkpoints["lm"]))
+    ranks = _start(ray, PolicyLearner, _ds(), model)
+    whole = _start(
+        ray,
+        PolicyLearner,
+        DeepSpeedConfig(zero_stage=0, world_size=1, micro_batch_size=1, num_cpus_per_rank=0.25),
+        model,
+        count=1,
+    )
+    try:
+        assert _partitioned(ray, ranks) == [True, True]
+        param_ids = ray.get(
+            ranks[0].__ray_call__.remote(lambda worker: {p.ds_id for p in worker.engine.module.parameters()})
+        )
+        ray.get([rank.__ray_call__.remote(_record_gathers) for rank in ranks])
+
+        def one_at_a_time(gathers: list[list[int]]) -> None:
+            assert gathers and all(len(ids) <= 1 for ids in gathers), gathers
+            assert {i for ids in gathers for i in ids} == param_ids  # every parameter, each alone
+
+        ray.get([rank.save_hf.remote(str(tmp_path / "zero3")) for rank in ranks])
+        saved = _take_gathers(ray, ranks)
+        ray.get(whole[0].save_hf.remote(str(tmp_path / "zero0")))
+        sums = ray.get([rank.weights_checksum.remote() for rank in ranks])
+        summed = _take_gathers(ray, ranks)
+        for gathers in (saved, summed):
+            assert gathers[0] == gathers[1]  # the ranks take part in the same gathers, in the same order
+            one_at_a_time(gathers[0])
+
+        # (a) the checkpoint's tensors, the tied lm_head under its own name too, as an unpartitioned save
+        source = _file(checkpoints["lm"])
+        written = _file(tmp_path / "zero3")
+        assert set(written) == set(source) | {"lm_head.weight"}
+        for name, tensor in {**source, "lm_head.weight": source["model.embed_tokens.weight"]}.items():
+            assert torch.equal(written[name], tensor), name
+        files = sorted(path.name for path in (tmp_path / "zero0").iterdir())
+        assert "model.safetensors" in files and "config.json" in files
+        assert sorted(path.name for path in (tmp_path / "zero3").iterdir()) == files
+        for name in files:
+            assert (tmp_path / "zero3" / name).read_bytes() == (tmp_path / "zero0" / name).read_bytes(), name
+
+        # (b) the fingerprints of the unpartitioned weights, on both ranks, in the state dict's order
+        unpartitioned = ray.get(whole[0].weights_checksum.remote())
+        assert sums == [unpartitioned, unpartitioned]
+        assert list(sums[0]) == list(unpartitioned)
+        assert unpartitioned == checksums({**source, "lm_head.weight": source["model.embed_tokens.weight"]}.items())
+    finally:
+        for actor in ranks + whole:
             ray.kill(actor)
 
 

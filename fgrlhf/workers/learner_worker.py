@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -175,20 +176,24 @@ class DeepSpeedLearner(ABC):
         torch.set_rng_state(client_state["torch_rng"])
 
     def save_hf(self, directory: str) -> None:
-        """Save the full model as an HF checkpoint (rank 0 writes; every rank gathers under ZeRO-3)."""
-        from fgrlhf.distributed import full_state_dict
+        """Save the full model as an HF checkpoint (call on every rank). Under ZeRO-3 every rank takes part in
+        gathering one parameter at a time; rank 0 copies each to the host as it comes, then writes."""
+        from fgrlhf.distributed import iter_full_state
 
-        with full_state_dict(self.engine, self.ds_cfg.zero_stage) as state:
-            if self.rank == 0:
-                save_hf_checkpoint(self.engine.module, state, self.tokenizer, directory)
+        state = iter_full_state(self.engine.module, self.ds_cfg.zero_stage)
+        if self.rank == 0:
+            save_hf_checkpoint(self.engine.module, state, self.tokenizer, directory)
+        else:
+            for _ in state:  # each gather is collective: take part in all of rank 0's
+                pass
 
     def weights_checksum(self) -> dict[str, float]:
-        """Per-tensor fingerprints of the full weights (call on every rank, like ``weight_layout``)."""
-        from fgrlhf.distributed import full_state_dict
+        """Per-tensor fingerprints of the full weights (call on every rank: under ZeRO-3 each parameter is
+        gathered in turn and fingerprinted while whole)."""
+        from fgrlhf.distributed import iter_full_state
         from fgrlhf.weight_sync import checksums
 
-        with full_state_dict(self.engine, self.ds_cfg.zero_stage) as state:
-            return checksums(state.items())
+        return checksums(iter_full_state(self.engine.module, self.ds_cfg.zero_stage))
 
 
 class PolicyLearner(DeepSpeedLearner):
@@ -326,16 +331,21 @@ def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"]):
     return model
 
 
-def save_hf_checkpoint(module, state: dict[str, torch.Tensor], tokenizer, directory: str | Path) -> None:
+def save_hf_checkpoint(module, state: Iterable[tuple[str, torch.Tensor]], tokenizer, directory: str | Path) -> None:
     """Config + generation config + one ``model.safetensors`` + tokenizer, loadable by transformers and vLLM.
 
-    Written by hand rather than ``save_pretrained``, which refuses models whose config still carries the
-    GGUF ``quantization_config`` of the SmolLM2 conversion although their weights are plain floats.
+    ``state``: the full weights as ``(name, tensor)`` pairs, a state dict's ``items()`` or
+    :func:`fgrlhf.distributed.iter_full_state`, each copied to the host as it comes; all are taken before
+    anything is written, so a failed write cannot leave other ranks waiting in a gather. Written by hand
+    rather than ``save_pretrained``, which refuses models whose config still carries the GGUF
+    ``quantization_config`` of the SmolLM2 conversion although their weights are plain floats.
     """
     import copy
 
     from safetensors.torch import save_file
 
+    # Copies share no memory (safetensors refuses a tied weight's two names on one storage).
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(module.config)
@@ -343,7 +353,7 @@ def save_hf_checkpoint(module, state: dict[str, torch.Tensor], tokenizer, direct
     config.save_pretrained(directory)
     module.generation_config.save_pretrained(directory)
     save_file(
-        {k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
+        tensors,
         str(directory / "model.safetensors"),
         metadata={"format": "pt"},
     )
