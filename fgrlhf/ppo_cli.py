@@ -17,10 +17,8 @@ import argparse
 import json
 
 from fgrlhf.plan_cli import add_capacity_arguments, check_before_run
+from fgrlhf.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
 from fgrlhf.run_dir import add_run_arguments
-
-# What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
-RESUME_HINT = "checkpoints written so far are kept; re-run the same command with --resume to continue"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

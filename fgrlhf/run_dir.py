@@ -422,6 +422,11 @@ def open_run(
     return run
 
 
+# What Ctrl-C keeps of a checkpointed run and how to go on: the RESUME_HINT of every command that takes
+# add_run_arguments' flags (printed by fgrlhf.cli).
+RESUME_HINT = "checkpoints written so far are kept; re-run the same command with --resume to continue"
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--resume`` / ``--overwrite`` with the same help everywhere."""
     group = parser.add_mutually_exclusive_group()

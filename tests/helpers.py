@@ -53,6 +53,11 @@ def write_pairs(path: Path, rejected: list[str], prefix: str = "") -> Path:
     return path
 
 
+def edit_command(source: str | Path, output: str | Path, editor: str, *extra: str) -> list[str]:
+    """``fgrlhf edit`` arguments without the progress bar; ``extra``: further flags, then key=value overrides."""
+    return ["edit", "--input", str(source), "--output", str(output), "--editor", editor, "--no-progress", *extra]
+
+
 def assert_key_absent(directory: Path, key: str) -> None:
     """No file under ``directory`` holds the API key (caches, logs, outputs)."""
     for path in directory.rglob("*"):

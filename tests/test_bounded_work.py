@@ -18,7 +18,7 @@ from fgrlhf.data import DataError, load_pairs, max_field_bytes
 from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.editing.fixers import repeated_sentences
-from tests.helpers import write_pairs
+from tests.helpers import edit_command, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_FILES = [
@@ -129,22 +129,7 @@ def test_5mb_response_is_refused_at_once_and_1mb_is_edited_and_inspected_with_a_
     monkeypatch.setenv("FGRLHF_MAX_FIELD_BYTES", str(256 * 1024))
     # A 5 MB response hung `edit --editor rule` and `inspect-edits` for minutes: now refused at load time.
     huge = write_pairs(tmp_path / "huge.jsonl", ["Fine. " * (5 * MB // 6)])
-    assert (
-        cli_main(
-            [
-                "edit",
-                "--input",
-                str(huge),
-                "--output",
-                str(tmp_path / "o.jsonl"),
-                "--editor",
-                "rule",
-                "--no-progress",
-                "tokenizer=tiny",
-            ]
-        )
-        == 2
-    )
+    assert cli_main(edit_command(huge, tmp_path / "o.jsonl", "rule", "tokenizer=tiny")) == 2
     assert "huge.jsonl:1: field 'rejected' is larger than 262144 bytes" in capsys.readouterr().err
 
     # Allowed with --max-field-bytes, a 1 MB response (hostile shapes end to end) is edited and inspected
@@ -159,20 +144,9 @@ def test_5mb_response_is_refused_at_once_and_1mb_is_edited_and_inspected_with_a_
     start = time.perf_counter()
     assert (
         cli_main(
-            [
-                "edit",
-                "--max-field-bytes",
-                str(2 * MB),
-                "--input",
-                str(pairs),
-                "--output",
-                str(out),
-                "--editor",
-                "rule",
-                "--no-progress",
-                "tokenizer=tiny",
-                "max_changed_fraction=1.0",
-            ]
+            edit_command(
+                pairs, out, "rule", "--max-field-bytes", str(2 * MB), "tokenizer=tiny", "max_changed_fraction=1.0"
+            )
         )
         == 0
     )
@@ -244,21 +218,9 @@ def test_ctrl_c_during_rule_edits_exits_130_with_one_line_and_keeps_completed_it
     )
     cache = tmp_path / "cache.sqlite"
     code, err, seconds = _interrupt(
-        [
-            "edit",
-            "--input",
-            str(pairs),
-            "--output",
-            str(tmp_path / "o.jsonl"),
-            "--editor",
-            "rule",
-            "--concurrency",
-            "1",
-            "--cache",
-            str(cache),
-            "--no-progress",
-            "tokenizer=tiny",
-        ],
+        edit_command(
+            pairs, tmp_path / "o.jsonl", "rule", "--concurrency", "1", "--cache", str(cache), "tokenizer=tiny"
+        ),
         lambda: _cache_rows(cache) >= 2,
         tmp_path / "out.log",
     )
@@ -275,21 +237,9 @@ def test_ctrl_c_during_api_edits_exits_130_with_one_line_and_keeps_completed_ite
     cache = tmp_path / "cache.sqlite"
     with FakeMessagesServer(key, latency_s=0.3) as server:
         code, err, seconds = _interrupt(
-            [
-                "edit",
-                "--input",
-                str(pairs),
-                "--output",
-                str(tmp_path / "o.jsonl"),
-                "--editor",
-                "anthropic",
-                "--concurrency",
-                "1",
-                "--cache",
-                str(cache),
-                "--no-progress",
-                "tokenizer=tiny",
-            ],
+            edit_command(
+                pairs, tmp_path / "o.jsonl", "anthropic", "--concurrency", "1", "--cache", str(cache), "tokenizer=tiny"
+            ),
             lambda: _cache_rows(cache) >= 2,
             tmp_path / "out.log",
             env={"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": server.base_url},

@@ -19,7 +19,7 @@ from fgrlhf.editing.cache import CacheKey, EditCache, content_hash
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.editing.pipeline import REJECT_EMPTY, REJECT_TOO_LARGE, run_edit
 from fgrlhf.editing.prompts import PROMPT_VERSION
-from tests.helpers import fake_anthropic
+from tests.helpers import edit_command, fake_anthropic
 from tests.test_editing import _read, _write_pairs
 
 KEY = "sk-ant-test-SECRET-456"
@@ -142,18 +142,7 @@ def test_killed_run_reattaches_without_a_new_batch(tmp_path, monkeypatch):
             sys.executable,
             "-m",
             "fgrlhf.cli",
-            "edit",
-            "--input",
-            str(pairs),
-            "--output",
-            str(out),
-            "--editor",
-            "anthropic",
-            "--batch",
-            "--cache",
-            str(cache),
-            "--no-progress",
-            *FAST,
+            *edit_command(pairs, out, "anthropic", "--batch", "--cache", str(cache), *FAST),
         ]
         with (tmp_path / "run.log").open("wb") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -202,18 +191,5 @@ def test_lost_batch_duplicates_and_size_limit(tmp_path, server, capsys):
     assert summary.counters.requests == 3 == server.count()
 
     # --batch belongs to the Claude editor only: refused before anything is sent.
-    code = cli_main(
-        [
-            "edit",
-            "--input",
-            str(pairs),
-            "--output",
-            str(tmp_path / "r.jsonl"),
-            "--editor",
-            "rule",
-            "--batch",
-            "--no-progress",
-            "tokenizer=tiny",
-        ]
-    )
+    code = cli_main(edit_command(pairs, tmp_path / "r.jsonl", "rule", "--batch", "tokenizer=tiny"))
     assert code == 2 and "--batch needs --editor anthropic" in capsys.readouterr().err

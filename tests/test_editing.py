@@ -21,7 +21,7 @@ from fgrlhf.editing.pipeline import REJECT_EMPTY, REJECT_TOO_LARGE, classify, ru
 from fgrlhf.editing.prompts import parse_reply
 from fgrlhf.editing.retry import RetryPolicy, parse_retry_after
 from fgrlhf.models import load_tokenizer
-from tests.helpers import assert_key_absent, fake_anthropic
+from tests.helpers import assert_key_absent, edit_command, fake_anthropic
 
 KEY = "sk-ant-test-SECRET-123"
 FAST_RETRY = ["retry.initial_backoff_s=0.01", "retry.max_backoff_s=0.05", "tokenizer=tiny"]
@@ -111,19 +111,7 @@ def test_killed_run_resumes_without_resending(tmp_path, server):
         "-m",
         "fgrlhf.cli",
         "-v",
-        "edit",
-        "--input",
-        str(pairs),
-        "--output",
-        str(out),
-        "--editor",
-        "anthropic",
-        "--concurrency",
-        "1",
-        "--cache",
-        str(cache),
-        "--no-progress",
-        *FAST_RETRY,
+        *edit_command(pairs, out, "anthropic", "--concurrency", "1", "--cache", str(cache), *FAST_RETRY),
     ]
     with log.open("wb") as handle:
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -150,19 +138,7 @@ def test_killed_run_resumes_without_resending(tmp_path, server):
 def test_authentication_failure_stops_the_run(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-wrong")
     pairs = _write_pairs(tmp_path / "pairs.jsonl", list(CASES)[:2])
-    code = cli_main(
-        [
-            "edit",
-            "--input",
-            str(pairs),
-            "--output",
-            str(tmp_path / "o.jsonl"),
-            "--editor",
-            "anthropic",
-            "--no-progress",
-            *FAST_RETRY,
-        ]
-    )
+    code = cli_main(edit_command(pairs, tmp_path / "o.jsonl", "anthropic", *FAST_RETRY))
     assert code == 3 and "HTTP 401" in capsys.readouterr().err
     assert server.count("401") <= 2  # no retries on a bad key
 
@@ -243,17 +219,7 @@ def test_edit_cli_reports_bad_input(tmp_path, capsys, line, message):
     ).encode()
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_bytes(b"\n".join([good, line, good]) + b"\n")
-    args = [
-        "edit",
-        "--input",
-        str(pairs),
-        "--output",
-        str(tmp_path / "o.jsonl"),
-        "--editor",
-        "rule",
-        "--no-progress",
-        "tokenizer=tiny",
-    ]
+    args = edit_command(pairs, tmp_path / "o.jsonl", "rule", "tokenizer=tiny")
     assert cli_main(args) == 2
     assert message in capsys.readouterr().err
     if "missing" in message:  # one --skip-invalid run is enough to check the counting
@@ -268,17 +234,7 @@ def test_single_responses_and_config_errors(tmp_path, capsys):
         json.dumps({"prompt": "p", "response": "Great question! The <b>answer</b> is 4, see see."}) + "\n"
     )
     out = tmp_path / "o.jsonl"
-    base = [
-        "edit",
-        "--input",
-        str(responses),
-        "--output",
-        str(out),
-        "--editor",
-        "rule",
-        "--no-progress",
-        "tokenizer=tiny",
-    ]
+    base = edit_command(responses, out, "rule", "tokenizer=tiny")
     assert cli_main([*base, "--model", "x"]) == 2 and "--model does not apply" in capsys.readouterr().err
     assert (
         cli_main([*base, "retry.max_attemps=3"]) == 2 and "unknown key 'retry.max_attemps'" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.editing.pipeline import EXIT_INCOMPLETE, exit_status
 from fgrlhf.ppo.config import PPOTrainConfig
 from tests.fake_messages_server import FakeMessagesServer
-from tests.helpers import fake_anthropic, write_pairs
+from tests.helpers import edit_command, fake_anthropic, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-ant-test-errors"
@@ -170,19 +170,7 @@ def test_edit_exits_3_with_counts_by_cause_when_items_fail(tmp_path, monkeypatch
     texts = ["One teh.", "Two teh. [[always-malformed]]", "Three teh. [[faults:400]]", "Four teh."]
     pairs = write_pairs(tmp_path / "pairs.jsonl", texts)
     with fake_anthropic(monkeypatch, KEY):
-        code = cli_main(
-            [
-                "edit",
-                "--input",
-                str(pairs),
-                "--output",
-                str(tmp_path / "o.jsonl"),
-                "--editor",
-                "anthropic",
-                "--no-progress",
-                *FAST,
-            ]
-        )
+        code = cli_main(edit_command(pairs, tmp_path / "o.jsonl", "anthropic", *FAST))
     out = capsys.readouterr().out
     assert code == 3
     assert "2 items failed (malformed reply 1, HTTP 400 invalid_request_error 1)" in out
@@ -203,19 +191,14 @@ def test_edit_stops_early_when_nothing_connects_and_keeps_cached_items(tmp_path,
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
         assert (
             cli_main(
-                [
-                    "edit",
-                    "--input",
-                    str(write_pairs(tmp_path / "few.jsonl", texts[:5])),
-                    "--output",
-                    str(tmp_path / "few-out.jsonl"),
-                    "--editor",
+                edit_command(
+                    write_pairs(tmp_path / "few.jsonl", texts[:5]),
+                    tmp_path / "few-out.jsonl",
                     "anthropic",
                     "--cache",
                     str(cache),
-                    "--no-progress",
                     *FAST,
-                ]
+                )
             )
             == 0
         )
@@ -223,13 +206,9 @@ def test_edit_stops_early_when_nothing_connects_and_keeps_cached_items(tmp_path,
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     start = time.perf_counter()
     code = cli_main(
-        [
-            "edit",
-            "--input",
-            str(write_pairs(tmp_path / "all.jsonl", texts)),
-            "--output",
-            str(tmp_path / "all-out.jsonl"),
-            "--editor",
+        edit_command(
+            write_pairs(tmp_path / "all.jsonl", texts),
+            tmp_path / "all-out.jsonl",
             "anthropic",
             "--cache",
             str(cache),
@@ -237,9 +216,8 @@ def test_edit_stops_early_when_nothing_connects_and_keeps_cached_items(tmp_path,
             "2",
             "--max-initial-connect-failures",
             "4",
-            "--no-progress",
             *FAST,
-        ]
+        )
     )
     line = _one_error_line(capsys)
     assert code == 3 and time.perf_counter() - start < 60

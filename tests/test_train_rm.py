@@ -22,6 +22,14 @@ TRAIN = [
     "max_response_tokens=32",
     "eval_fraction=0.2",
 ]
+# The token run's settings: 1 rank x 2 accumulation steps, a checkpoint and an evaluation every 2 steps.
+TOKEN_RUN = ("deepspeed.gradient_accumulation_steps=2", "save_every=2", "eval_every=2")
+
+
+def train_tiny_rm(records: Path, out: Path, *flags: str, kind: str = "token", overrides: tuple[str, ...] = ()) -> int:
+    """``fgrlhf train-rm`` of a tiny-backbone RM with the TRAIN settings; ``flags`` precede the overrides."""
+    args = ["--data", str(records), "--kind", kind, "--model", "tiny", "--out", str(out), *flags]
+    return fgrlhf(["train-rm", *args, *TRAIN, *overrides])
 
 
 def _edit_records() -> list[dict]:
@@ -61,23 +69,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 def token_run(ray_session, data, tmp_path_factory) -> Path:
     """Token RM on edit records (Eq. 4), 1 rank x 2 accumulation steps, a checkpoint at step 2."""
     out = tmp_path_factory.mktemp("rm-token") / "run"
-    code = fgrlhf(
-        [
-            "train-rm",
-            "--data",
-            str(data["edits"]),
-            "--kind",
-            "token",
-            "--model",
-            "tiny",
-            "--out",
-            str(out),
-            *TRAIN,
-            "deepspeed.gradient_accumulation_steps=2",
-            "save_every=2",
-            "eval_every=2",
-        ]
-    )
+    code = train_tiny_rm(data["edits"], out, overrides=TOKEN_RUN)
     assert code == 0
     return out
 
@@ -135,24 +127,7 @@ def test_resume_continues_at_the_same_step_and_data_order(token_run, data, caplo
     shutil.rmtree(token_run / "final")
     manifest = json.loads((token_run / "run.json").read_text())
     (token_run / "run.json").write_text(json.dumps({**manifest, "status": "running"}))
-    code = fgrlhf(
-        [
-            "train-rm",
-            "--data",
-            str(data["edits"]),
-            "--kind",
-            "token",
-            "--model",
-            "tiny",
-            "--out",
-            str(token_run),
-            "--resume",
-            *TRAIN,
-            "deepspeed.gradient_accumulation_steps=2",
-            "save_every=2",
-            "eval_every=2",
-        ]
-    )
+    code = train_tiny_rm(data["edits"], token_run, "--resume", overrides=TOKEN_RUN)
     assert code == 0
     assert "at step 2" in caplog.text
     after = read_metrics(token_run)
@@ -166,24 +141,7 @@ def test_resume_continues_at_the_same_step_and_data_order(token_run, data, caplo
     # Finished now: --resume with other data is refused and retrains nothing.
     capsys.readouterr()
     final = (token_run / "final" / "model.safetensors").stat().st_mtime_ns
-    code = fgrlhf(
-        [
-            "train-rm",
-            "--data",
-            str(data["pairs"]),
-            "--kind",
-            "token",
-            "--model",
-            "tiny",
-            "--out",
-            str(token_run),
-            "--resume",
-            *TRAIN,
-            "deepspeed.gradient_accumulation_steps=2",
-            "save_every=2",
-            "eval_every=2",
-        ]
-    )
+    code = train_tiny_rm(data["pairs"], token_run, "--resume", overrides=TOKEN_RUN)
     assert code == 2 and "data (content sha256)" in capsys.readouterr().err
     assert read_metrics(token_run) == after and (token_run / "final" / "model.safetensors").stat().st_mtime_ns == final
 
@@ -192,22 +150,8 @@ def test_resume_continues_at_the_same_step_and_data_order(token_run, data, caplo
 def test_one_rank_equals_two_zero3_ranks(token_run, data, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "two-ranks"
-    code = fgrlhf(
-        [
-            "train-rm",
-            "--data",
-            str(data["edits"]),
-            "--kind",
-            "token",
-            "--model",
-            "tiny",
-            "--out",
-            str(out),
-            *TRAIN,
-            "deepspeed.world_size=2",
-            "deepspeed.zero_stage=3",
-            "eval_every=2",
-        ]
+    code = train_tiny_rm(
+        data["edits"], out, overrides=("deepspeed.world_size=2", "deepspeed.zero_stage=3", "eval_every=2")
     )
     assert code == 0
     assert "ZeRO stage 3, 2 rank(s), global batch 4" in caplog.text
@@ -223,9 +167,7 @@ def test_one_rank_equals_two_zero3_ranks(token_run, data, tmp_path, caplog):
 def test_sequence_rm_on_plain_pairs(ray_session, data, tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "seq"
-    code = fgrlhf(
-        ["train-rm", "--data", str(data["pairs"]), "--kind", "sequence", "--model", "tiny", "--out", str(out), *TRAIN]
-    )
+    code = train_tiny_rm(data["pairs"], out, kind="sequence")
     assert code == 0
     assert "ZeRO stage 0" in caplog.text and "loss bt" in caplog.text
     rows = read_metrics(out)

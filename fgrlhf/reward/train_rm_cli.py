@@ -25,12 +25,10 @@ import logging
 
 from fgrlhf.plan_cli import add_capacity_arguments, check_before_run
 from fgrlhf.reward.train import RM_RUN, RMTrainConfig, resolve_loss, split_eval
+from fgrlhf.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
 from fgrlhf.run_dir import add_run_arguments
 
 log = logging.getLogger(__name__)
-
-# What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
-RESUME_HINT = "checkpoints written so far are kept; re-run the same command with --resume to continue"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
