@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fgrlhf import stages
 from fgrlhf.data import read_jsonl
 from fgrlhf.envs.env_data import ENV_CHOICES
+from fgrlhf.pipelines import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def ray_session(num_cpus: float) -> Iterator[None]:
     errors still raise here with their traceback."""
     import ray
 
-    from fgrlhf.distributed import exit_on_termination, init_local_ray
+    from fgrlhf.runtime.distributed import exit_on_termination, init_local_ray
 
     init_local_ray(num_cpus, log_to_driver=False)  # bound to 127.0.0.1
     try:

@@ -132,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_cfg(args: argparse.Namespace, workdir: Path, learner_ranks: int | None = None):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
     steps = 1 if args.quick else args.steps
     extra = (
@@ -214,7 +214,7 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
 
     import ray
 
-    from fgrlhf.ppo.trainer import train
+    from fgrlhf.trainers.ppo.trainer import train
 
     run_dir = workdir / ("fgrlhf-async" if cfg.ppo.async_rollout else "fgrlhf")
     shutil.rmtree(run_dir, ignore_errors=True)  # every measurement is a fresh run
@@ -306,7 +306,7 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
     from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification, TrainerCallback
 
     from fgrlhf.models import load_causal_lm, load_tokenizer, smollm2_checkpoint, tiny_llama_config
-    from fgrlhf.ppo.inputs import load_prompt_ids
+    from fgrlhf.trainers.ppo.inputs import load_prompt_ids
 
     ppo, ds = cfg.ppo, cfg.policy_learner
     total = cfg.steps - 1  # fgrlhf's trailing untimed step is for Ray's task events: TRL needs none

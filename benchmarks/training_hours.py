@@ -43,7 +43,7 @@ step, and the PPO loop seconds up to it (sum of ``step_seconds``; actor start-up
 half or more runs censored are lower bounds and flagged; a ratio of a bound is reported as a bound (or not
 at all when both sides are). Ratios are medians over seeds with a bootstrap CI over seeds (pairs kept).
 Table 1 from the same runs: each final policy answers the env's eval split and the gold judge compares
-it with the env's reference (fgrlhf.winrate); win rates pool the seeds of an arm. Twice: greedy answers
+it with the env's reference (fgrlhf.evaluation.winrate); win rates pool the seeds of an arm. Twice: greedy answers
 (``table1``), and ``eval_samples`` answers per prompt sampled as in the rollouts (temperature and top-p of
 the PPO config; ``table1_sampled``), the distribution PPO optimised and the target was measured on. A
 prompt's sampled preferences are averaged first, so the s.e. is over prompts × seeds.
@@ -319,9 +319,9 @@ def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg, samples: i
     def build() -> None:
         from fgrlhf.algorithms.winrate import win_rate
         from fgrlhf.config import ModelConfig
+        from fgrlhf.evaluation.judges import build_judge
+        from fgrlhf.evaluation.winrate import judge_outputs, load_eval_records
         from fgrlhf.generation import GenerationSettings, generate_batched
-        from fgrlhf.judges import build_judge
-        from fgrlhf.winrate import judge_outputs, load_eval_records
 
         records = load_eval_records(env, None, n)
         repeat = max(samples, 1)
@@ -351,7 +351,7 @@ def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg, samples: i
 def run(args: argparse.Namespace) -> dict:
     from fgrlhf.algorithms.winrate import win_rate
     from fgrlhf.config import load_config
-    from fgrlhf.ppo_trainer import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
     sizes = SIZES[(args.env, args.quick)]
     preset = QUICK if args.quick else FULL

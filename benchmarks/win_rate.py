@@ -32,16 +32,16 @@ from benchmarks.common import publish, pyplot, save_figure
 from fgrlhf.config import ModelConfig
 from fgrlhf.data import write_jsonl
 from fgrlhf.editing.retry import FatalError
-from fgrlhf.generation import generate_batched
-from fgrlhf.judges import JudgeError
-from fgrlhf.models import ModelLoadError
-from fgrlhf.winrate import (
+from fgrlhf.evaluation.judges import JudgeError
+from fgrlhf.evaluation.winrate import (
     add_eval_arguments,
     build_judge_from_args,
     generation_from_args,
     judge_outputs,
     load_eval_records,
 )
+from fgrlhf.generation import generate_batched
+from fgrlhf.models import ModelLoadError
 
 # Table 1: win rate (%) vs davinci-003 ± s.e., Claude judge, LLaMA-7B policies on AlpacaFarm.
 PAPER = [

@@ -30,17 +30,20 @@ COMMANDS = {
         "fgrlhf.reward.eval_rm_cli",
         "pairwise accuracy (bootstrap 95%% CI) and token-reward heat map of an RM",
     ),
-    "ppo": ("fgrlhf.ppo_cli", "token-reward PPO on Ray (policy/critic learners, rollout, RM, reference)"),
+    "ppo": ("fgrlhf.trainers.ppo.ppo_cli", "token-reward PPO on Ray (policy/critic learners, rollout, RM, reference)"),
     "env-data": ("fgrlhf.envs.env_data_cli", "simulated-preference data: prompts, gold-labelled pairs"),
-    "winrate": ("fgrlhf.winrate_cli", "win rate of a model vs the eval set's reference outputs (gold or LLM judge)"),
+    "winrate": (
+        "fgrlhf.evaluation.winrate_cli",
+        "win rate of a model vs the eval set's reference outputs (gold or LLM judge)",
+    ),
     "figa-data": ("fgrlhf.figa.figa_data_cli", "FIGA data: policy rollouts -> RM score band -> editor -> edit records"),
     "demo": (
-        "fgrlhf.demo_cli",
+        "fgrlhf.pipelines.demo_cli",
         "the main job: edits -> token RM -> token-level PPO -> win rate, on the embedded default",
     ),
     "figa": ("fgrlhf.figa.figa_cli", "FIGA fine-grained SFT on initial/revised response pairs (or plain SFT) on Ray"),
     "plan": (
-        "fgrlhf.plan_cli",
+        "fgrlhf.runtime.plan_cli",
         "placement and per-GPU memory of a ppo/rm/figa job, and whether it fits, before it runs",
     ),
 }

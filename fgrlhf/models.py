@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from fgrlhf.config import ModelConfig
-from fgrlhf.distributed import load_partitioned, partitioned_construction, zero3_loading
+from fgrlhf.runtime.distributed import load_partitioned, partitioned_construction, zero3_loading
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None =
     zero3 = zero3_loading()
     if zero3 is None:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    # ZeRO-3 (inside fgrlhf.distributed.zero3_init): built partitioned, then loaded one parameter at a time.
+    # ZeRO-3 (inside fgrlhf.runtime.distributed.zero3_init): built partitioned, then loaded one parameter at a time.
     # Not transformers' own ZeRO-3 loading: it opens the whole checkpoint on every rank, rank 0 reads it all
     # through one mapping, and measured on CPU a rank peaked at its partition plus about half the model.
     with partitioned_construction(zero3):

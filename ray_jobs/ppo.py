@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from fgrlhf import ppo_cli
+from fgrlhf.trainers.ppo import ppo_cli
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="ray_jobs/ppo.py", description=ppo_cli.__doc__)

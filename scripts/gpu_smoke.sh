@@ -51,9 +51,9 @@ try:
     import ray
 
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.cluster import Cluster
-    from fgrlhf.ppo.config import PPOTrainConfig
-    from fgrlhf.ppo.trainer import train
+    from fgrlhf.trainers.ppo.cluster import Cluster
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.trainer import train
 
     out.mkdir(parents=True, exist_ok=True)
     prompts = out / "prompts.jsonl"  # self-contained: no data directory needed on the GPU machine

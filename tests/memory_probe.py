@@ -31,8 +31,8 @@ def main() -> None:
     import transformers  # noqa: F401
 
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.distributed import free_port
     from fgrlhf.models import load_tokenizer
+    from fgrlhf.runtime.distributed import free_port
     from fgrlhf.workers.learner_worker import PolicyLearner, PPOUpdate
 
     name, rows, prompt, response = sys.argv[1], *map(int, sys.argv[2:5])

@@ -4,7 +4,7 @@ gradient-accumulation dtype."""
 import pytest
 
 from fgrlhf.config import ConfigError, DeepSpeedConfig, load_config
-from fgrlhf.distributed import deepspeed_config
+from fgrlhf.runtime.distributed import deepspeed_config
 
 
 def parsed(cfg: DeepSpeedConfig, tiny_model: bool = False):

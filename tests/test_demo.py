@@ -53,7 +53,7 @@ def test_demo_rejects_unknown_key(tmp_path, capsys):
 
 def test_demo_refuses_to_resume_under_other_settings(tmp_path, capsys):
     from fgrlhf.config import dump_config
-    from fgrlhf.demo import DemoConfig
+    from fgrlhf.pipelines.demo import DemoConfig
 
     dump_config(DemoConfig(pair_prompts=8), tmp_path / "config.yaml")
     assert fgrlhf(["demo", "--out", str(tmp_path), "pair_prompts=16"]) == 2

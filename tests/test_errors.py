@@ -17,7 +17,7 @@ from fgrlhf.editing.cache import EditCache
 from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.editing.pipeline import EXIT_INCOMPLETE, exit_status
-from fgrlhf.ppo.config import PPOTrainConfig
+from fgrlhf.trainers.ppo.config import PPOTrainConfig
 from tests.fake_messages_server import FakeMessagesServer
 from tests.helpers import edit_command, fake_anthropic, write_pairs
 

@@ -16,7 +16,7 @@ from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.envs import in_eval_split
 from fgrlhf.figa.collect import collect, load_prompt_list
 from fgrlhf.figa.config import FIGA_DATA_RUN, FigaCollectConfig, PromptSourceConfig
-from fgrlhf.run_dir import open_run
+from fgrlhf.runtime.run_dir import open_run
 
 RULES = str(Path(__file__).resolve().parents[1] / "configs" / "edit-rules-alpaca-sim.yaml")
 PROMPTS = [

@@ -7,7 +7,7 @@ import pytest
 
 from fgrlhf.cli import main as cli_main
 from fgrlhf.editing.config import RetryConfig
-from fgrlhf.judges import ClaudeJudge, ClaudeJudgeConfig, GoldJudge, combine_orders, parse_verdict
+from fgrlhf.evaluation.judges import ClaudeJudge, ClaudeJudgeConfig, GoldJudge, combine_orders, parse_verdict
 from tests.helpers import assert_key_absent, fake_anthropic
 
 KEY = "sk-ant-judge-SECRET-456"

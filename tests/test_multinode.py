@@ -34,9 +34,9 @@ def test_tiny_ppo_across_two_nodes(two_nodes, tmp_path, monkeypatch):
     import ray
 
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.cluster import Cluster
-    from fgrlhf.ppo.config import PPOTrainConfig
-    from fgrlhf.ppo.trainer import train
+    from fgrlhf.trainers.ppo.cluster import Cluster
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.trainer import train
 
     seen: dict = {}
     original_shutdown = Cluster.shutdown

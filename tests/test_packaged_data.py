@@ -16,7 +16,7 @@ import pytest
 
 import fgrlhf
 from fgrlhf.data import ALPACA_EVAL_SET, data_dirs, load_records, packaged_data_dir, resolve_data_path
-from fgrlhf.distributed import exit_on_termination
+from fgrlhf.runtime.distributed import exit_on_termination
 
 PACKAGE = Path(fgrlhf.__file__).resolve().parent
 REPO = PACKAGE.parent
@@ -140,7 +140,7 @@ def test_env_data_and_demo_first_stage_run_from_a_lone_copy_of_the_package(tmp_p
 
 @pytest.mark.slow
 def test_local_ray_listens_on_loopback_only(ray_session):
-    """The module's Ray instance comes from fgrlhf.distributed.init_local_ray (tests/conftest.py), as the
+    """The module's Ray instance comes from fgrlhf.runtime.distributed.init_local_ray (tests/conftest.py), as the
     commands' own does; every node of it, and a task run on it, reports 127.0.0.1."""
     ray = ray_session
 

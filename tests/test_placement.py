@@ -1,6 +1,6 @@
 """Placement over a simulated GPU cluster: several raylets with made-up ``num_gpus`` (ray.cluster_utils), no
 model loaded. The paper's 8xA100 configs' placement groups form, each role lands in the bundle, node and GPU
-that `fgrlhf plan` (fgrlhf.placement) says, and the half-GPU reward and reference actors share one device.
+that `fgrlhf plan` (fgrlhf.runtime.placement) says, and the half-GPU reward and reference actors share one device.
 
 The placeholder actors are scheduled with the very options the PPO Cluster uses (``actor_options``)."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fgrlhf.placement import PlacementPlan, actor_options, assign_gpus, ppo_placement, supervised_placement
+from fgrlhf.runtime.placement import PlacementPlan, actor_options, assign_gpus, ppo_placement, supervised_placement
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -17,7 +17,7 @@ def _load(cls_path: str, name: str):
     from fgrlhf.config import load_config
 
     if cls_path == "ppo":
-        from fgrlhf.ppo.config import PPOTrainConfig as cls
+        from fgrlhf.trainers.ppo.config import PPOTrainConfig as cls
     else:
         from fgrlhf.reward.train import RMTrainConfig as cls
     return load_config(cls, CONFIGS / name)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fgrlhf.placement import assign_gpus, ppo_placement
-from fgrlhf.planning import (
+from fgrlhf.runtime.placement import assign_gpus, ppo_placement
+from fgrlhf.runtime.planning import (
     PROCESS_BASELINE_GB,
     Arch,
     GiB,
@@ -105,7 +105,7 @@ def test_activations_and_optimizer_step_never_coexist():
 def test_parameter_counts_from_configs():
     from fgrlhf.config import ModelConfig
     from fgrlhf.models import load_causal_lm
-    from fgrlhf.planning import load_arch
+    from fgrlhf.runtime.planning import load_arch
 
     assert load_arch("missing/dir", fallback="llama-7b").lm_params == 6_738_415_616  # the published 6.74B
     assert load_arch("missing/dir", fallback="llama-13b").lm_params == 13_015_864_320
@@ -118,7 +118,7 @@ def test_parameter_counts_from_configs():
 
 
 def test_missing_checkpoint_needs_model_config():
-    from fgrlhf.planning import PlanError, load_arch
+    from fgrlhf.runtime.planning import PlanError, load_arch
 
     with pytest.raises(PlanError, match="--model-config"):
         load_arch("/nonexistent/llama")
@@ -127,7 +127,7 @@ def test_missing_checkpoint_needs_model_config():
 # --- placement --------------------------------------------------------------------------------------------
 def _ppo_cfg(path="ppo-llama7b-8xa100.yaml", *overrides):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
     return load_config(PPOTrainConfig, CONFIGS / path, list(overrides))
 
@@ -293,7 +293,7 @@ def _measure(name: str, rows: int, prompt: int, response: int) -> dict:
 
 def _estimate(name: str, rows: int, prompt: int, response: int) -> float:
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.planning import _learner, load_arch
+    from fgrlhf.runtime.planning import _learner, load_arch
 
     arch = load_arch(name, ModelConfig(name=name))
     role = _learner(

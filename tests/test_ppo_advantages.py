@@ -181,21 +181,3 @@ def test_matches_the_stages_it_composes():
     assert torch.allclose(out.rewards, rewards)
     assert torch.allclose(out.returns, returns)
     assert torch.allclose(out.advantages, advantages)
-
-
-def test_ppo_trainer_stays_a_compatibility_import_of_the_package():
-    import fgrlhf.ppo_trainer as compat
-    from fgrlhf.ppo import cluster, config, inputs, metrics, trainer
-
-    homes = {
-        "PPOTrainConfig": config,
-        "PPO_RUN": config,
-        "Cluster": cluster,
-        "PPOTrainer": trainer,
-        "train": trainer,
-        "MetricsSink": metrics,
-        "load_prompt_ids": inputs,
-        "batch_indices": inputs,
-    }
-    for name, module in homes.items():
-        assert getattr(compat, name) is getattr(module, name), name

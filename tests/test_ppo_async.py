@@ -16,7 +16,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ppo-tiny-cpu.yaml"
 
 def _config(*overrides):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
     return load_config(PPOTrainConfig, CONFIG, ["rollout.max_new_tokens=8", *overrides])
 
@@ -73,9 +73,9 @@ def _keys(record: dict) -> tuple[set, set]:
 
 @pytest.mark.slow
 def test_async_rollout_is_one_step_stale_trains_and_resumes(ray_session, tmp_path):
-    from fgrlhf.ppo.config import PPO_RUN
-    from fgrlhf.ppo.trainer import PPOTrainer, train
-    from fgrlhf.run_dir import latest_checkpoint, open_run
+    from fgrlhf.runtime.run_dir import latest_checkpoint, open_run
+    from fgrlhf.trainers.ppo.config import PPO_RUN
+    from fgrlhf.trainers.ppo.trainer import PPOTrainer, train
 
     sync = tmp_path / "sync"
     train(_config("steps=1", "save_every=0"), sync)
@@ -114,10 +114,10 @@ def test_async_rollout_is_one_step_stale_trains_and_resumes(ray_session, tmp_pat
 def test_async_launches_no_batch_after_the_last_step_or_a_gold_stop(tmp_path):
     """The next batch is launched after the gold phase only if a step follows: never after the last step,
     nor after one whose gold meets stop_at_gold, so a run never ends with a generation in flight."""
-    from fgrlhf.ppo.batch import RolloutBatch
-    from fgrlhf.ppo.config import PPO_RUN
-    from fgrlhf.ppo.trainer import PPOTrainer
-    from fgrlhf.run_dir import open_run
+    from fgrlhf.runtime.run_dir import open_run
+    from fgrlhf.trainers.ppo.batch import RolloutBatch
+    from fgrlhf.trainers.ppo.config import PPO_RUN
+    from fgrlhf.trainers.ppo.trainer import PPOTrainer
 
     cfg = _config(
         "steps=3",

@@ -22,7 +22,7 @@ def gold_length(prompts, responses):
 
 def _config(*overrides):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
     return load_config(PPOTrainConfig, CONFIG, ["steps=2", "save_every=0", "rollout.max_new_tokens=8", *overrides])
 
@@ -34,7 +34,7 @@ def _config(*overrides):
 def test_ppo_runs_each_reward_mode(ray_session, tmp_path, mode, rm):
     from transformers import AutoModelForCausalLM
 
-    from fgrlhf.ppo.trainer import train
+    from fgrlhf.trainers.ppo.trainer import train
 
     overrides = [f"ppo.reward_mode={mode}", f"reward.model={rm}"]
     if mode == "token":
@@ -60,9 +60,9 @@ def test_ppo_runs_each_reward_mode(ray_session, tmp_path, mode, rm):
 
 @pytest.mark.slow
 def test_run_survives_killed_actors(ray_session, tmp_path):
-    from fgrlhf.ppo.config import PPO_RUN
-    from fgrlhf.ppo.trainer import PPOTrainer
-    from fgrlhf.run_dir import open_run
+    from fgrlhf.runtime.run_dir import open_run
+    from fgrlhf.trainers.ppo.config import PPO_RUN
+    from fgrlhf.trainers.ppo.trainer import PPOTrainer
 
     ray = ray_session
     cfg = _config("steps=4")

@@ -74,7 +74,7 @@ def test_with_gamma_lambda_one_telescoping_acts_as_a_baseline():
 def test_prefix_gold_scores_telescope_to_the_synthetic_gold():
     from fgrlhf.envs.synthetic import gold_reward
     from fgrlhf.models import load_tokenizer
-    from fgrlhf.ppo.inputs import prefix_gold_scores
+    from fgrlhf.trainers.ppo.inputs import prefix_gold_scores
 
     tok = load_tokenizer("tiny")
     prompt = "Write about the river, the fish and the bridge."
@@ -107,7 +107,7 @@ def test_prefix_gold_scores_telescope_to_the_synthetic_gold():
 # ---------------------------------------------------------------- configs
 def _load(*overrides, path=ROOT / "configs" / "ppo-synthetic-cpu.yaml"):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
     return load_config(PPOTrainConfig, path, list(overrides))
 
@@ -139,8 +139,8 @@ def test_ppo_configs_follow_alpacafarm_shaping_and_critic_init(path):
 
 
 def test_gold_target_reached_uses_the_trailing_window():
-    from fgrlhf.ppo.config import StopAtGold
-    from fgrlhf.ppo.trainer import gold_target_reached
+    from fgrlhf.trainers.ppo.config import StopAtGold
+    from fgrlhf.trainers.ppo.trainer import gold_target_reached
 
     stop = StopAtGold(target=0.5, window=2)
     assert not gold_target_reached([0.9], stop)  # no full window yet
@@ -183,8 +183,8 @@ def gold_words(prompts, responses):
 @pytest.mark.slow
 def test_oracle_token_run_stops_at_the_gold_target(ray_session, tmp_path):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
-    from fgrlhf.ppo.trainer import train
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.trainer import train
 
     cfg = load_config(
         PPOTrainConfig,

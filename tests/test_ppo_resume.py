@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fgrlhf.ppo.inputs import batch_indices
+from fgrlhf.trainers.ppo.inputs import batch_indices
 from tests.helpers import crashed_copy, read_metrics
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ppo-tiny-cpu.yaml"
@@ -24,9 +24,9 @@ def test_batch_order_depends_only_on_seed_and_step():
 def test_resume_continues_at_same_step_and_data(ray_session, tmp_path, capsys):
     from fgrlhf.cli import main as fgrlhf
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
-    from fgrlhf.ppo.trainer import train
-    from fgrlhf.run_dir import latest_checkpoint
+    from fgrlhf.runtime.run_dir import latest_checkpoint
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.trainer import train
 
     cfg = load_config(PPOTrainConfig, CONFIG, ["steps=4", "save_every=2", "rollout.max_new_tokens=8"])
     full = tmp_path / "full"

@@ -1,4 +1,4 @@
-"""The run-directory policy (fgrlhf.run_dir): never overwrite or mix runs. The rules are tested on the module
+"""The run-directory policy (fgrlhf.runtime.run_dir): never overwrite or mix runs. The rules are tested on the module
 directly (no Ray, no model); the CLI tests check that every trainer applies them before Ray or a model starts."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from fgrlhf.cli import build_parser
 from fgrlhf.cli import main as fgrlhf
 from fgrlhf.config import load_config
-from fgrlhf.ppo.config import PPO_RUN, PPOTrainConfig
-from fgrlhf.run_dir import RunDirError, latest_checkpoint, open_run
+from fgrlhf.runtime.run_dir import RunDirError, latest_checkpoint, open_run
+from fgrlhf.trainers.ppo.config import PPO_RUN, PPOTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PPO_CONFIG = ROOT / "configs" / "ppo-tiny-cpu.yaml"
@@ -277,7 +277,7 @@ def _specs():
 
 @pytest.mark.parametrize("index", range(4))
 def test_every_changeable_key_and_input_exists(index):
-    from fgrlhf.run_dir import _covered, flatten
+    from fgrlhf.runtime.run_dir import _covered, flatten
 
     spec, cfg = _specs()[index]
     keys = set(flatten(cfg.model_dump(mode="json")))
@@ -292,13 +292,13 @@ def test_every_changeable_key_and_input_exists(index):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a command gets as far as Ray or figa-data's model work."""
-    import fgrlhf.distributed
     import fgrlhf.figa.collect
+    import fgrlhf.runtime.distributed
 
     def boom(*args, **kwargs):
         raise AssertionError("started Ray or a model")
 
-    monkeypatch.setattr(fgrlhf.distributed, "ray_instance", boom)
+    monkeypatch.setattr(fgrlhf.runtime.distributed, "ray_instance", boom)
     monkeypatch.setattr(fgrlhf.figa.collect, "collect", boom)
 
 

@@ -1,10 +1,10 @@
-"""fgrlhf.stages: the resumable stage runner of `fgrlhf demo` and the paper-table benchmarks."""
+"""fgrlhf.pipelines.stages: the resumable stage runner of `fgrlhf demo` and the paper-table benchmarks."""
 
 import json
 
 import pytest
 
-from fgrlhf.stages import CommandFailed, Stages, StoppedAfter, run_command
+from fgrlhf.pipelines.stages import CommandFailed, Stages, StoppedAfter, run_command
 
 
 def _writes(path, calls):
@@ -61,13 +61,13 @@ def test_until_stops_after_that_stage_whether_it_ran_or_was_done(tmp_path):
 
 
 def test_run_command_raises_on_a_nonzero_exit_and_can_keep_stdout_for_a_table(tmp_path, monkeypatch, capsys):
-    import fgrlhf.plan_cli
+    import fgrlhf.runtime.plan_cli
 
     def fake_main(args):
         print('{"line": 1}')
         return 0 if args.config == "ok.yaml" else 4
 
-    monkeypatch.setattr(fgrlhf.plan_cli, "main", fake_main)
+    monkeypatch.setattr(fgrlhf.runtime.plan_cli, "main", fake_main)
     run_command("plan", "--config", "ok.yaml", stdout_to_stderr=True)
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -16,9 +16,9 @@ import torch
 pytest.importorskip("vllm", reason="vllm is not installed (main venv); run scripts/test_vllm_cpu.sh or use a GPU")
 
 from fgrlhf.config import ModelConfig
-from fgrlhf.distributed import free_port
 from fgrlhf.models import load_causal_lm
-from fgrlhf.weight_sync import WeightSyncGroup, buckets, checksums, layout_of
+from fgrlhf.runtime.distributed import free_port
+from fgrlhf.runtime.weight_sync import WeightSyncGroup, buckets, checksums, layout_of
 from fgrlhf.workers.rollout_worker import strip_after_eos
 from fgrlhf.workers.vllm_engine import VLLMEngine
 
@@ -94,7 +94,7 @@ def test_load_weights_switches_the_served_model(engine, tokenizer, prompts):
     assert expected_original != expected_pushed  # otherwise this test could not tell a push from no push
     engine.generate(prompts, MAX_NEW, 0.0, 1.0, seed=0)  # fill the prefix cache with the old weights' KV
 
-    # As fgrlhf.weight_sync delivers them: views into one flat buffer, tied lm_head not repeated.
+    # As fgrlhf.runtime.weight_sync delivers them: views into one flat buffer, tied lm_head not repeated.
     params = list(pushed.named_parameters())
     flat = torch.cat([p.detach().reshape(-1) for _, p in params])
     views, offset = [], 0

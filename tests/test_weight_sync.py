@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from fgrlhf.distributed import free_port
-from fgrlhf.weight_sync import WeightSyncGroup, buckets, choose_backend, layout_of
+from fgrlhf.runtime.distributed import free_port
+from fgrlhf.runtime.weight_sync import WeightSyncGroup, buckets, choose_backend, layout_of
 
 
 def test_buckets_split_by_size_and_dtype():
@@ -127,7 +127,7 @@ def test_vllm_tied_head_is_re_tied_by_name_never_by_pointer():
 
 def ppo_config(**overrides):
     from fgrlhf.config import load_config
-    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
     items = [
         "reward.model=tiny-token",
@@ -221,8 +221,8 @@ def test_zero3_learner_is_built_partitioned_under_zero_init(ray_session, tmp_pat
     @ray.remote(num_cpus=0.5, max_calls=1)  # its own process, gone afterwards (it joins a process group)
     def load_under_zero3(path: str):
         from fgrlhf.config import DeepSpeedConfig, ModelConfig
-        from fgrlhf.distributed import free_port, init_rank, zero3_init
         from fgrlhf.models import load_causal_lm
+        from fgrlhf.runtime.distributed import free_port, init_rank, zero3_init
 
         init_rank(0, 1, "127.0.0.1", free_port(), "gloo")
         with zero3_init(DeepSpeedConfig(zero_stage=3), tiny_model=True):
@@ -246,8 +246,8 @@ def test_backend_comes_from_the_members_and_a_stuck_receiver_fails_the_push(ray_
 
     ray = ray_session
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.ppo.cluster import Cluster
-    from fgrlhf.weight_sync import WeightPushError
+    from fgrlhf.runtime.weight_sync import WeightPushError
+    from fgrlhf.trainers.ppo.cluster import Cluster
     from fgrlhf.workers.learner_worker import PolicyLearner
     from fgrlhf.workers.rollout_worker import RolloutWorker
 
@@ -264,7 +264,7 @@ def test_backend_comes_from_the_members_and_a_stuck_receiver_fails_the_push(ray_
         cluster.layout = ray.get(learner.weight_layout.remote())
 
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        with caplog.at_level(logging.INFO, logger="fgrlhf.ppo.cluster"):
+        with caplog.at_level(logging.INFO, logger="fgrlhf.trainers.ppo.cluster"):
             assert cluster.connect_weight_sync() == "gloo"
         assert "weight push: gloo" in caplog.text
         cluster.push_weights()

@@ -27,7 +27,7 @@ def test_preference_from_scores_counts_ties_within_epsilon_as_draws():
 
 @pytest.mark.slow
 def test_gold_judge_end_to_end_with_tiny_model(tmp_path, capsys):
-    from fgrlhf import winrate_cli
+    from fgrlhf.evaluation import winrate_cli
 
     parser = argparse.ArgumentParser()
     winrate_cli.add_arguments(parser)

@@ -51,7 +51,7 @@ def _gathered_states(ray, ranks) -> list[dict[str, torch.Tensor]]:
     """The full state dict of every rank (a collective gather, so every rank is asked at once)."""
 
     def state(worker):
-        from fgrlhf.distributed import iter_full_state
+        from fgrlhf.runtime.distributed import iter_full_state
 
         return {name: tensor.clone() for name, tensor in iter_full_state(worker.engine.module, 3)}
 
@@ -110,7 +110,7 @@ def _ds():
 def test_zero3_policy_loads_the_checkpoint_and_pushes_one_bucket_per_gather(ray_session, checkpoints):
     ray = ray_session
     from fgrlhf.config import ModelConfig
-    from fgrlhf.weight_sync import buckets
+    from fgrlhf.runtime.weight_sync import buckets
     from fgrlhf.workers.learner_worker import PolicyLearner
     from fgrlhf.workers.rollout_worker import RolloutWorker
 
@@ -154,7 +154,7 @@ def test_zero3_policy_loads_the_checkpoint_and_pushes_one_bucket_per_gather(ray_
             expected_gathers,
         ]  # one gather per bucket, of that bucket alone
 
-        from fgrlhf.weight_sync import checksums
+        from fgrlhf.runtime.weight_sync import checksums
 
         assert ray.get(rollout.weights_checksum.remote()) == checksums(states[0].items())
     finally:
@@ -167,7 +167,7 @@ def test_zero3_export_gathers_one_parameter_at_a_time(ray_session, checkpoints, 
     and give exactly what an unpartitioned (ZeRO-0, one rank) learner of the same checkpoint gives."""
     ray = ray_session
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.weight_sync import checksums
+    from fgrlhf.runtime.weight_sync import checksums
     from fgrlhf.workers.learner_worker import PolicyLearner
 
     model = ModelConfig(name=str(checkpoints["lm"]))
@@ -278,7 +278,7 @@ def test_zero3_supervised_learner_loads_its_checkpoint(ray_session, checkpoints)
 def _probe(zero_stage: int, world: int, role: str, directory: Path) -> list[dict]:
     import os
 
-    from fgrlhf.distributed import free_port
+    from fgrlhf.runtime.distributed import free_port
 
     # A fixed mmap threshold: glibc's adaptive one rises to the size of the gathered buffers once they are
     # freed, after which they come from the heap, interleaved with the partitions, and freed ones are not

@@ -21,8 +21,8 @@ def main() -> None:
     import transformers  # noqa: F401
 
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.distributed import init_rank, zero3_init
     from fgrlhf.models import load_causal_lm
+    from fgrlhf.runtime.distributed import init_rank, zero3_init
     from fgrlhf.workers.learner_worker import load_critic
 
     rank, world, port, stage = map(int, sys.argv[1:5])

@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     from fgrlhf.editing.config import EditConfig
     from fgrlhf.editing.pipeline import EXIT_INCOMPLETE, exit_status, run_edit
     from fgrlhf.editing.retry import FatalError
-    from fgrlhf.preflight import check_data, check_file
+    from fgrlhf.runtime.preflight import check_data, check_file
 
     check_data(args.input, "--input")
     if args.rules is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fgrlhf.figa.config import FigaCollectConfig, PromptSourceConfig, RMFilterConfig
-    from fgrlhf.run_dir import RunDir
+    from fgrlhf.runtime.run_dir import RunDir
 
 
 def load_prompt_list(cfg: PromptSourceConfig) -> list[str]:

@@ -12,12 +12,12 @@ from pydantic import Field, model_validator
 from fgrlhf.config import ModelConfig, StrictModel
 from fgrlhf.data import ALPACA_EVAL_SET
 from fgrlhf.editing.config import EditConfig
+from fgrlhf.evaluation.policy_eval import PolicyEvalConfig
 from fgrlhf.figa.data import FigaDataConfig
 from fgrlhf.figa.task import FigaLossConfig
 from fgrlhf.generation import GenerationSettings
-from fgrlhf.policy_eval import PolicyEvalConfig
-from fgrlhf.run_dir import TRAINER_FILES, RunSpec
-from fgrlhf.supervised_trainer import STATE_FILE, SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, SupervisedConfig
+from fgrlhf.runtime.run_dir import TRAINER_FILES, RunSpec
+from fgrlhf.trainers.supervised import STATE_FILE, SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, SupervisedConfig
 
 
 class FigaTrainConfig(SupervisedConfig):

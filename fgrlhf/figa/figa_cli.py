@@ -10,7 +10,7 @@ tokenizer) and, with an ``eval:`` section, DIR/eval.json (mean gold reward of th
 policy on held-out prompts). Connects to the running Ray cluster when RAY_ADDRESS is set (``ray job
 submit``), else starts a local one.
 
-A used DIR is refused unless --resume or --overwrite (fgrlhf.run_dir). --resume may change only epochs,
+A used DIR is refused unless --resume or --overwrite (fgrlhf.runtime.run_dir). --resume may change only epochs,
 max_steps, eval_every, save_every, keep_checkpoints and the ranks' CPUs/GPUs/backend; data.edits_path is
 compared by content. A finished run resumed with the same settings is not retrained: its result is printed.
 """
@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from fgrlhf.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
-from fgrlhf.run_dir import add_run_arguments
+from fgrlhf.runtime.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
+from fgrlhf.runtime.run_dir import add_run_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.config import load_config
-    from fgrlhf.distributed import ray_instance
     from fgrlhf.figa.config import FIGA_RUN, FigaTrainConfig
     from fgrlhf.figa.train import train
-    from fgrlhf.preflight import check_data, check_model
-    from fgrlhf.run_dir import open_run
+    from fgrlhf.runtime.distributed import ray_instance
+    from fgrlhf.runtime.preflight import check_data, check_model
+    from fgrlhf.runtime.run_dir import open_run
 
     cfg = load_config(FigaTrainConfig, args.config, args.overrides)
     check_model(cfg.model.name, "model.name")  # before Ray

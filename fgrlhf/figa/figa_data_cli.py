@@ -11,7 +11,7 @@ DIR/rollouts.jsonl (prompt, response; saved every ``save_every`` generate batche
 ``truncated``: cut by ``generation.max_new_tokens``), DIR/scored.jsonl (plus
 ``rm_score``; with ``filter.rm``), DIR/selected.jsonl (the edit input), DIR/edits.jsonl and its cache
 DIR/edits.jsonl.cache.sqlite (completed edits are never redone). A used DIR is refused without --resume or
---overwrite, and --resume refuses settings that would change what the kept outputs are (fgrlhf.run_dir), so
+--overwrite, and --resume refuses settings that would change what the kept outputs are (fgrlhf.runtime.run_dir), so
 a run never mixes outputs made with different settings.
 Prints one JSON line (counts per stage), also written to DIR/summary.json.
 """
@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fgrlhf.run_dir import add_run_arguments
+from fgrlhf.runtime.run_dir import add_run_arguments
 
 # What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
 RESUME_HINT = "finished stages and completed edits are kept; re-run the same command with --resume"
@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> int:
     from fgrlhf.editing.retry import FatalError
     from fgrlhf.figa.collect import collect
     from fgrlhf.figa.config import FIGA_DATA_RUN, FigaCollectConfig
-    from fgrlhf.preflight import check_data, check_model, check_reward_model
-    from fgrlhf.run_dir import open_run
+    from fgrlhf.runtime.preflight import check_data, check_model, check_reward_model
+    from fgrlhf.runtime.run_dir import open_run
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg = load_config(FigaCollectConfig, args.config, args.overrides)

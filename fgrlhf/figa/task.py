@@ -1,4 +1,4 @@
-"""FIGA as a task of the supervised trainer (:mod:`fgrlhf.supervised_trainer`).
+"""FIGA as a task of the supervised trainer (:mod:`fgrlhf.trainers.supervised`).
 
 The task owns what is FIGA-specific: which model to build, how pairs become tensors, and the loss
 (:func:`fgrlhf.algorithms.figa_loss.figa_loss`). Plain SFT on the revised responses is this task with

@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fgrlhf.figa.config import FigaTrainConfig
-    from fgrlhf.run_dir import RunDir
+    from fgrlhf.runtime.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: FigaTrainConfig, run: RunDir) -> dict:
     """Train into ``run`` (``ray.init`` must have run), evaluate when ``cfg.eval`` is set, mark it finished."""
+    from fgrlhf.evaluation.policy_eval import compare
     from fgrlhf.figa.data import load_pairs, split_records
     from fgrlhf.figa.task import FigaTask
     from fgrlhf.models import load_tokenizer
-    from fgrlhf.policy_eval import compare
-    from fgrlhf.supervised_trainer import run_supervised_training
+    from fgrlhf.trainers.supervised import run_supervised_training
 
     train_records, eval_records = split_records(load_pairs(cfg.data), cfg.data.eval_fraction)
     task = FigaTask(

@@ -119,9 +119,9 @@ def main(args: argparse.Namespace) -> int:
         pearson_correlation,
     )
     from fgrlhf.models import load_tokenizer
-    from fgrlhf.preflight import check_data, check_reward_model
     from fgrlhf.reward.data import encode_pairs, load_preference_records
     from fgrlhf.reward.model import load_reward_model, read_reward_info
+    from fgrlhf.runtime.preflight import check_data, check_reward_model
 
     check_reward_model(args.rm, "--rm")  # before torch loads anything
     check_data(args.data, "--data")

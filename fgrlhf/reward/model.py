@@ -167,13 +167,13 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -
     """Load a saved RM of either kind, in its saved dtype unless ``dtype`` is given.
 
     Also PPO's critic initialisation: the returned module's :func:`per_position_scores` are the values,
-    so the critic starts as the RM (AlpacaFarm). Inside :func:`fgrlhf.distributed.zero3_init` at ZeRO-3
+    so the critic starts as the RM (AlpacaFarm). Inside :func:`fgrlhf.runtime.distributed.zero3_init` at ZeRO-3
     (every rank of the learner group calling this) it is built partitioned and loaded one parameter at a
     time, so no rank holds it whole."""
     from safetensors import safe_open
     from safetensors.torch import load_model
 
-    from fgrlhf.distributed import load_partitioned, partitioned_construction, zero3_loading
+    from fgrlhf.runtime.distributed import load_partitioned, partitioned_construction, zero3_loading
 
     directory = Path(directory)
     info = read_reward_info(directory)

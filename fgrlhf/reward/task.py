@@ -1,4 +1,4 @@
-"""The reward-model task of :mod:`fgrlhf.supervised_trainer`: Eq. 3 / Eq. 4 token RMs, Bradley–Terry sequence RMs.
+"""The reward-model task of :mod:`fgrlhf.trainers.supervised`: Eq. 3 / Eq. 4 token RMs, Bradley–Terry sequence RMs.
 
 ``loss``: ``eq4`` (token RM on edit records: only changed tokens U1 enter the margin), ``eq3`` (token RM,
 mean token reward; on plain pairs this is the paper's "without fine-grained data" ablation), ``bt``

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from fgrlhf.config import ModelConfig
-from fgrlhf.run_dir import RunSpec
-from fgrlhf.supervised_trainer import STATE_FILE, SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, SupervisedConfig
+from fgrlhf.runtime.run_dir import RunSpec
+from fgrlhf.trainers.supervised import STATE_FILE, SUPERVISED_CHANGEABLE, SUPERVISED_EXTENDS, SupervisedConfig
 
 if TYPE_CHECKING:
     from fgrlhf.reward.task import RMLoss

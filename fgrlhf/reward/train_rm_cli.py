@@ -12,7 +12,7 @@ Writes DIR/metrics.jsonl, DIR/tb, DIR/checkpoints/step_N and DIR/final (the RM, 
 ``fgrlhf.reward.model.load_reward_model`` and scored by ``fgrlhf eval-rm --rm DIR/final``). Connects to
 the running Ray cluster when RAY_ADDRESS is set, else starts a local one.
 
-A used DIR is refused unless --resume or --overwrite (fgrlhf.run_dir). --resume may change only epochs,
+A used DIR is refused unless --resume or --overwrite (fgrlhf.runtime.run_dir). --resume may change only epochs,
 max_steps, eval_every, save_every, keep_checkpoints and the ranks' CPUs/GPUs/backend; --data is compared by
 content. A finished run resumed with the same settings and data is not retrained: its result is printed.
 """
@@ -23,10 +23,10 @@ import argparse
 import json
 import logging
 
-from fgrlhf.plan_cli import add_capacity_arguments, check_before_run
 from fgrlhf.reward.train import RM_RUN, RMTrainConfig, resolve_loss, split_eval
-from fgrlhf.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
-from fgrlhf.run_dir import add_run_arguments
+from fgrlhf.runtime.plan_cli import add_capacity_arguments, check_before_run
+from fgrlhf.runtime.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
+from fgrlhf.runtime.run_dir import add_run_arguments
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.config import load_config
-    from fgrlhf.distributed import ray_instance
-    from fgrlhf.preflight import check_data, check_model
     from fgrlhf.reward.data import load_preference_records
     from fgrlhf.reward.task import RewardModelTask
-    from fgrlhf.run_dir import open_run
-    from fgrlhf.supervised_trainer import run_supervised_training
+    from fgrlhf.runtime.distributed import ray_instance
+    from fgrlhf.runtime.preflight import check_data, check_model
+    from fgrlhf.runtime.run_dir import open_run
+    from fgrlhf.trainers.supervised import run_supervised_training
 
     flags = [f"kind={args.kind}"] * bool(args.kind) + [f"model.name={args.model}"] * bool(args.model)
     cfg = load_config(RMTrainConfig, args.config, flags + list(args.overrides))

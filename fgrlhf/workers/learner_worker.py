@@ -6,7 +6,7 @@ actor), keeps this rank's contiguous shard with its old log-probs/values, and re
 computes rewards and advantages on the whole batch and ``train`` receives only this shard's advantages
 (policy) or returns (critic). ``train`` runs the PPO epochs over minibatches (DeepSpeed does the gradient
 accumulation and the all-reduce/ZeRO partitioning). Policy rank 0 also pushes the weights to the rollout
-actors (:mod:`fgrlhf.weight_sync`); every policy rank takes part because ZeRO-3 gathers collectively.
+actors (:mod:`fgrlhf.runtime.weight_sync`); every policy rank takes part because ZeRO-3 gathers collectively.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from fgrlhf.workers.packing import Packed, at_response, pack, split
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
-    from fgrlhf.weight_sync import WeightSyncGroup
+    from fgrlhf.runtime.weight_sync import WeightSyncGroup
 
 
 def _micro_batches(size: int, micro: int) -> list[slice]:
@@ -64,14 +64,14 @@ class DeepSpeedLearner(ABC):
 
     # --- set-up -----------------------------------------------------------------------------------------
     def rendezvous_address(self) -> tuple[str, int]:
-        from fgrlhf.distributed import free_port, node_address
+        from fgrlhf.runtime.distributed import free_port, node_address
 
         return node_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the role's DeepSpeed world and build the engine (all ranks call this concurrently)."""
-        from fgrlhf.distributed import build_engine, init_rank, resolve_backend
         from fgrlhf.models import load_tokenizer
+        from fgrlhf.runtime.distributed import build_engine, init_rank, resolve_backend
 
         init_rank(self.rank, self.world_size, master_addr, master_port, resolve_backend(self.ds_cfg))
         self.tokenizer = load_tokenizer(self.policy_cfg.name)
@@ -105,7 +105,7 @@ class DeepSpeedLearner(ABC):
         ``old`` ``[B, T]``: the whole batch's old log-probs when they are known already, under
         ``ppo.async_rollout`` the behaviour policy's from the rollout actors; this rank keeps its rows rather
         than computing them with its own weights, which are one update ahead of the sampler's (see
-        :meth:`fgrlhf.ppo.trainer.PPOTrainer._rollout`)."""
+        :meth:`fgrlhf.trainers.ppo.trainer.PPOTrainer._rollout`)."""
         self.prompt_ids = split(prompt_ids, self.world_size)[self.rank]
         self.response_ids = split(response_ids, self.world_size)[self.rank]
         if old is not None:
@@ -178,7 +178,7 @@ class DeepSpeedLearner(ABC):
     def save_hf(self, directory: str) -> None:
         """Save the full model as an HF checkpoint (call on every rank). Under ZeRO-3 every rank takes part in
         gathering one parameter at a time; rank 0 copies each to the host as it comes, then writes."""
-        from fgrlhf.distributed import iter_full_state
+        from fgrlhf.runtime.distributed import iter_full_state
 
         state = iter_full_state(self.engine.module, self.ds_cfg.zero_stage)
         if self.rank == 0:
@@ -190,8 +190,8 @@ class DeepSpeedLearner(ABC):
     def weights_checksum(self) -> dict[str, float]:
         """Per-tensor fingerprints of the full weights (call on every rank: under ZeRO-3 each parameter is
         gathered in turn and fingerprinted while whole)."""
-        from fgrlhf.distributed import iter_full_state
-        from fgrlhf.weight_sync import checksums
+        from fgrlhf.runtime.distributed import iter_full_state
+        from fgrlhf.runtime.weight_sync import checksums
 
         return checksums(iter_full_state(self.engine.module, self.ds_cfg.zero_stage))
 
@@ -206,8 +206,8 @@ class PolicyLearner(DeepSpeedLearner):
         self.sync: WeightSyncGroup | None = None  # rank 0's end of the push group (join_weight_sync)
 
     def _build_model(self) -> torch.nn.Module:
-        from fgrlhf.distributed import zero3_init
         from fgrlhf.models import load_causal_lm
+        from fgrlhf.runtime.distributed import zero3_init
 
         # ZeRO-3: each rank allocates only its partition while loading.
         with zero3_init(self.ds_cfg, tiny_model=self.policy_cfg.name == "tiny"):
@@ -251,15 +251,15 @@ class PolicyLearner(DeepSpeedLearner):
     def join_weight_sync(
         self, address: str, port: int, world_size: int, backend: str, tag: str, timeout_s: float
     ) -> None:
-        from fgrlhf.weight_sync import WeightSyncGroup
+        from fgrlhf.runtime.weight_sync import WeightSyncGroup
 
         self.sync = WeightSyncGroup(address, port, 0, world_size, backend, tag, timeout_s)
 
     def push_weights(self, bucket_mb: float) -> None:
         """Broadcast the weights from rank 0 to the rollout actors, one bucket at a time; under ZeRO-3 every
         rank takes part in gathering each bucket's parameters, so only one bucket is ever whole."""
-        from fgrlhf.distributed import gathered
-        from fgrlhf.weight_sync import buckets
+        from fgrlhf.runtime.distributed import gathered
+        from fgrlhf.runtime.weight_sync import buckets
 
         if self.rank == 0 and self.sync is None:
             raise RuntimeError("push_weights before join_weight_sync")
@@ -290,7 +290,7 @@ class CriticLearner(DeepSpeedLearner):
         self.critic_init, self.head_init = critic_init, head_init
 
     def _build_model(self) -> torch.nn.Module:
-        from fgrlhf.distributed import zero3_init
+        from fgrlhf.runtime.distributed import zero3_init
 
         # ZeRO-3: each rank allocates only its partition while loading.
         with zero3_init(self.ds_cfg, tiny_model=self.policy_cfg.name == "tiny"):
@@ -315,11 +315,11 @@ def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"]):
 
     ``zero`` (AlpacaFarm) keeps the RM's backbone and starts the value head at 0, so V starts at 0 and
     learns the returns; ``reward_head`` keeps the RM's head, so V(s_t) starts as the RM's score of the
-    prefix, a token reward rather than a return. Under ZeRO-3 (:func:`fgrlhf.distributed.zero3_init`) the
+    prefix, a token reward rather than a return. Under ZeRO-3 (:func:`fgrlhf.runtime.distributed.zero3_init`) the
     model comes partitioned and the head is zeroed through a gather.
     """
-    from fgrlhf.distributed import writable
     from fgrlhf.reward.model import load_reward_model
+    from fgrlhf.runtime.distributed import writable
 
     if head_init not in ("zero", "reward_head"):
         raise ValueError(f"critic head init {head_init!r}: expected 'zero' or 'reward_head'")
@@ -335,7 +335,7 @@ def save_hf_checkpoint(module, state: Iterable[tuple[str, torch.Tensor]], tokeni
     """Config + generation config + one ``model.safetensors`` + tokenizer, loadable by transformers and vLLM.
 
     ``state``: the full weights as ``(name, tensor)`` pairs, a state dict's ``items()`` or
-    :func:`fgrlhf.distributed.iter_full_state`, each copied to the host as it comes; all are taken before
+    :func:`fgrlhf.runtime.distributed.iter_full_state`, each copied to the host as it comes; all are taken before
     anything is written, so a failed write cannot leave other ranks waiting in a gather. Written by hand
     rather than ``save_pretrained``, which refuses models whose config still carries the GGUF
     ``quantization_config`` of the SmolLM2 conversion although their weights are plain floats.

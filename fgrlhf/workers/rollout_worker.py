@@ -3,7 +3,7 @@
 An engine turns prompt ids into response ids and accepts new weights by name. ``HFEngine`` (transformers
 ``generate``, CPU default) lives here; ``fgrlhf.workers.vllm_engine.VLLMEngine`` implements the same
 protocol. The actor receives the policy's weights from policy learner rank 0 over a dedicated process group
-(:mod:`fgrlhf.weight_sync`) and hands them to ``engine.load_weights``; an engine that runs its model in
+(:mod:`fgrlhf.runtime.weight_sync`) and hands them to ``engine.load_weights``; an engine that runs its model in
 another process (vLLM) instead joins the group there itself (``join_weight_sync``/``receive_weights``), so
 the weights go straight from the group into the model, never through this actor.
 
@@ -23,7 +23,7 @@ import torch
 from fgrlhf.config import ModelConfig
 
 if TYPE_CHECKING:
-    from fgrlhf.weight_sync import WeightSyncGroup
+    from fgrlhf.runtime.weight_sync import WeightSyncGroup
 
 
 class WeightsNotSynced(RuntimeError):
@@ -101,7 +101,7 @@ class HFEngine:
         return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.logprobs_micro_batch_size)
 
     def weights_checksum(self) -> dict[str, float]:
-        from fgrlhf.weight_sync import checksums
+        from fgrlhf.runtime.weight_sync import checksums
 
         return checksums(self.model.state_dict().items())
 
@@ -167,7 +167,7 @@ class RolloutWorker:
         if hasattr(self.engine, "join_weight_sync"):
             self.engine.join_weight_sync(address, port, rank, world_size, backend, tag, timeout_s)
             return
-        from fgrlhf.weight_sync import WeightSyncGroup
+        from fgrlhf.runtime.weight_sync import WeightSyncGroup
 
         self.receiver = WeightSyncGroup(address, port, rank, world_size, backend, tag, timeout_s)
 

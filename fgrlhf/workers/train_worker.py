@@ -1,4 +1,4 @@
-"""One DeepSpeed data-parallel rank of :mod:`fgrlhf.supervised_trainer` (RM, FIGA, SFT) as a Ray actor.
+"""One DeepSpeed data-parallel rank of :mod:`fgrlhf.trainers.supervised` (RM, FIGA, SFT) as a Ray actor.
 
 The task (see ``SupervisedTask`` there) supplies the model, collation and loss; this actor only moves
 micro-batches through the engine, checkpoints it and exports it.
@@ -25,13 +25,13 @@ class SupervisedTrainWorker:
         self.task, self.rank, self.world_size, self.ds_cfg, self.seed = task, rank, world_size, ds_cfg, seed
 
     def rendezvous_address(self) -> tuple[str, int]:
-        from fgrlhf.distributed import free_port, node_address
+        from fgrlhf.runtime.distributed import free_port, node_address
 
         return node_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int, total_steps: int) -> None:
         """Join the process group and build the engine (all ranks concurrently)."""
-        from fgrlhf.distributed import build_engine, init_rank, resolve_backend, zero3_init
+        from fgrlhf.runtime.distributed import build_engine, init_rank, resolve_backend, zero3_init
 
         init_rank(self.rank, self.world_size, master_addr, master_port, resolve_backend(self.ds_cfg))
         torch.manual_seed(self.seed)  # same initial weights (e.g. a fresh RM head) on every rank
@@ -95,7 +95,7 @@ class SupervisedTrainWorker:
 
     def export(self, directory: str) -> None:
         """HF-style export: every rank joins the ZeRO-3 gather, rank 0 writes."""
-        from fgrlhf.distributed import gathered
+        from fgrlhf.runtime.distributed import gathered
 
         module = self.engine.module
         with gathered(module.parameters(), self.ds_cfg.zero_stage):

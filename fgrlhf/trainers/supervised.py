@@ -28,7 +28,7 @@ over equal-sized micro-batches, the averaged gradient is the global batch's mean
 (1 rank x 4 accumulation steps == 2 ranks x 2 == 4 ranks x 1). A trailing partial global batch of an epoch
 is dropped for the same reason.
 
-Outputs in the run directory (:mod:`fgrlhf.run_dir`, which also decides whether ``--out`` may be used):
+Outputs in the run directory (:mod:`fgrlhf.runtime.run_dir`, which also decides whether ``--out`` may be used):
 ``metrics.jsonl`` (one JSON object per step: step, epoch, loss, lr, examples_per_s, the task's metrics, and
 ``eval_*`` on eval steps), ``tb/`` (TensorBoard), ``checkpoints/step_N/`` (DeepSpeed engine states of all
 ranks under tag ``ds``, with each rank's torch RNG, plus ``trainer_state.json`` written last: a checkpoint
@@ -51,9 +51,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from pydantic import Field
 
-from fgrlhf.actor_group import ActorGroup
 from fgrlhf.config import ConfigError, DeepSpeedConfig, StrictModel
-from fgrlhf.run_dir import RunDir
+from fgrlhf.runtime.actor_group import ActorGroup
+from fgrlhf.runtime.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class SupervisedConfig(StrictModel):
     seed: int = 0
 
 
-# What --resume may change (fgrlhf.run_dir): run length, eval/checkpoint cadence and resources. Every other key
+# What --resume may change (fgrlhf.runtime.run_dir): run length, eval/checkpoint cadence and resources. Every other key
 # (seed, model, data, loss, batch sizes, learning rate, ...) changes what the run computes.
 SUPERVISED_CHANGEABLE = (
     "epochs",
@@ -162,8 +162,8 @@ def _ranks(task: SupervisedTask, ds: DeepSpeedConfig, seed: int, total_steps: in
     import ray
     from ray.util.placement_group import remove_placement_group
 
-    from fgrlhf.distributed import placement_group_for
-    from fgrlhf.placement import supervised_placement
+    from fgrlhf.runtime.distributed import placement_group_for
+    from fgrlhf.runtime.placement import supervised_placement
     from fgrlhf.workers.train_worker import SupervisedTrainWorker
 
     plan = supervised_placement(ds)  # the same plan `fgrlhf plan` prints
@@ -195,7 +195,7 @@ def run_supervised_training(
     cfg: SupervisedConfig,
     run: RunDir,
 ) -> dict[str, Any]:
-    """Train ``task`` into ``run`` (opened with :func:`fgrlhf.run_dir.open_run`; ``ray.init`` must have run);
+    """Train ``task`` into ``run`` (opened with :func:`fgrlhf.runtime.run_dir.open_run`; ``ray.init`` must have run);
     returns the last step's metrics + ``final_dir``. The caller marks the run finished."""
     from tqdm import tqdm
 

@@ -6,8 +6,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fgrlhf.ppo.batch import RolloutBatch
-from fgrlhf.run_dir import MetricsLog
+from fgrlhf.runtime.run_dir import MetricsLog
+from fgrlhf.trainers.ppo.batch import RolloutBatch
 
 if TYPE_CHECKING:
     from ray.util.metrics import Histogram
@@ -70,7 +70,7 @@ def step_metrics(
 
 
 class MetricsSink(MetricsLog):
-    """metrics.jsonl + TensorBoard (:class:`fgrlhf.run_dir.MetricsLog`) + Ray dashboard gauges."""
+    """metrics.jsonl + TensorBoard (:class:`fgrlhf.runtime.run_dir.MetricsLog`) + Ray dashboard gauges."""
 
     def __init__(self, root: Path, resume_step: int):
         super().__init__(root, resume_step)

@@ -1,5 +1,5 @@
 """Win rate of a model's answers against the eval set's reference outputs (``fgrlhf winrate``,
-:mod:`fgrlhf.winrate_cli`; ``benchmarks/win_rate.py`` for several policies): eval records, the shared eval
+:mod:`fgrlhf.evaluation.winrate_cli`; ``benchmarks/win_rate.py`` for several policies): eval records, the shared eval
 flags, the judge and the scoring."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def generation_from_args(args: argparse.Namespace) -> GenerationSettings:
 
 def build_judge_from_args(args: argparse.Namespace):
     from fgrlhf.config import ConfigError
-    from fgrlhf.judges import ClaudeJudgeConfig, build_judge
+    from fgrlhf.evaluation.judges import ClaudeJudgeConfig, build_judge
 
     flags = {
         "concurrency": args.judge_concurrency,

@@ -26,8 +26,8 @@ import shutil
 import time
 from pathlib import Path
 
-from fgrlhf.demo import DEFAULT_CONFIG, STAGES, DemoConfig, check_resumable, run
-from fgrlhf.stages import StoppedAfter
+from fgrlhf.pipelines.demo import DEFAULT_CONFIG, STAGES, DemoConfig, check_resumable, run
+from fgrlhf.pipelines.stages import StoppedAfter
 
 # What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
 RESUME_HINT = "finished stages are kept; re-run the same command to continue from the next one"
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.markdown import Markdown
 
     from fgrlhf.config import load_config
-    from fgrlhf.distributed import ray_instance
+    from fgrlhf.runtime.distributed import ray_instance
 
     cfg = load_config(DemoConfig, args.config, args.overrides)
     console = Console()

@@ -1,7 +1,7 @@
 """A group of Ray actors of one worker class, e.g. the ranks of one DeepSpeed world (orchestration helper).
 
 Used by the PPO cluster (policy ranks, critic ranks, rollout actors) and the supervised trainer (its ranks).
-Each actor is scheduled into its :class:`fgrlhf.placement.Slot` of a placement group that the caller owns.
+Each actor is scheduled into its :class:`fgrlhf.runtime.placement.Slot` of a placement group that the caller owns.
 A group that forms a process group calls :meth:`ActorGroup.rendezvous`: rank 0 names a free address, then
 every rank joins at once (``setup`` blocks until all have).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fgrlhf.placement import Slot, actor_options
+from fgrlhf.runtime.placement import Slot, actor_options
 
 if TYPE_CHECKING:
     from ray.actor import ActorClass

@@ -5,7 +5,7 @@ Writes DIR/metrics.jsonl (one JSON object per step), DIR/tb (TensorBoard), DIR/c
 Connects to the running Ray cluster when RAY_ADDRESS is set (e.g. under ``ray job submit``), else starts
 a local one.
 
-A used DIR is refused unless --resume or --overwrite (fgrlhf.run_dir), before Ray starts. --resume may change
+A used DIR is refused unless --resume or --overwrite (fgrlhf.runtime.run_dir), before Ray starts. --resume may change
 only steps, stop_at_gold, save_every, keep_checkpoints, max_actor_restarts, placement.*, weight_sync.* and
 CPUs/GPUs/backends; prompts.path is compared by content. A finished run resumed with the same settings is not
 redone: its result is printed.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from fgrlhf.plan_cli import add_capacity_arguments, check_before_run
-from fgrlhf.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
-from fgrlhf.run_dir import add_run_arguments
+from fgrlhf.runtime.plan_cli import add_capacity_arguments, check_before_run
+from fgrlhf.runtime.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
+from fgrlhf.runtime.run_dir import add_run_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.config import load_config
-    from fgrlhf.distributed import ray_instance
-    from fgrlhf.ppo.config import PPO_RUN, PPOTrainConfig, check_paths
-    from fgrlhf.ppo.trainer import PPOTrainer
-    from fgrlhf.run_dir import open_run
+    from fgrlhf.runtime.distributed import ray_instance
+    from fgrlhf.runtime.run_dir import open_run
+    from fgrlhf.trainers.ppo.config import PPO_RUN, PPOTrainConfig, check_paths
+    from fgrlhf.trainers.ppo.trainer import PPOTrainer
 
     cfg = load_config(PPOTrainConfig, args.config, args.overrides)
     check_paths(cfg)  # before Ray: a missing RM was found ~50 s later inside an actor

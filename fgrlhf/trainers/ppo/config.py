@@ -1,5 +1,5 @@
 """The ``fgrlhf ppo`` config (YAML + ``key=value`` overrides, :func:`fgrlhf.config.load_config`), the run
-directory's :class:`~fgrlhf.run_dir.RunSpec` and the path checks run before Ray starts."""
+directory's :class:`~fgrlhf.runtime.run_dir.RunSpec` and the path checks run before Ray starts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from fgrlhf.config import DeepSpeedConfig, ModelConfig, StrictModel
 from fgrlhf.data import ALPACA_EVAL_SET
-from fgrlhf.run_dir import TRAINER_FILES, RunSpec
+from fgrlhf.runtime.run_dir import TRAINER_FILES, RunSpec
 
 
 class PromptsConfig(StrictModel):
@@ -181,7 +181,7 @@ class PPOTrainConfig(StrictModel):
         return ds.model_copy(update={"gradient_accumulation_steps": gas})
 
 
-# What --resume may change (fgrlhf.run_dir): run length and stopping, checkpointing, actor restarts, placement,
+# What --resume may change (fgrlhf.runtime.run_dir): run length and stopping, checkpointing, actor restarts, placement,
 # weight transport and resources. Every other key (seed, reward mode, KL, batch sizes, models, rollout sampling,
 # gold_reward, which the oracle modes train on, ...) changes what the run computes; prompts.path is compared by
 # content.
@@ -212,8 +212,8 @@ TINY_RMS = {"tiny-token": "token", "tiny-sequence": "sequence"}
 
 
 def check_paths(cfg: PPOTrainConfig) -> None:
-    """Models and prompts named by ``cfg`` exist (fgrlhf.preflight): run before Ray starts."""
-    from fgrlhf.preflight import check_data, check_model, check_reward_model
+    """Models and prompts named by ``cfg`` exist (fgrlhf.runtime.preflight): run before Ray starts."""
+    from fgrlhf.runtime.preflight import check_data, check_model, check_reward_model
 
     check_model(cfg.policy.name, "policy.name")
     check_reward_model(cfg.reward.model, "reward.model", also=tuple(TINY_RMS))

@@ -1,4 +1,4 @@
-"""The PPO job's actors: one placement group (:func:`fgrlhf.placement.ppo_placement`, the plan `fgrlhf plan`
+"""The PPO job's actors: one placement group (:func:`fgrlhf.runtime.placement.ppo_placement`, the plan `fgrlhf plan`
 prints) holding the policy and critic learner groups (each its own DeepSpeed world), the rollout actors, the
 reward and the reference actor; the weight-push group from policy rank 0 to the rollout actors; restarts.
 
@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fgrlhf.actor_group import ActorGroup
-from fgrlhf.ppo.config import PPOTrainConfig
+from fgrlhf.runtime.actor_group import ActorGroup
+from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ class Cluster:
     def __init__(self, cfg: PPOTrainConfig):
         import ray
 
-        from fgrlhf.distributed import placement_group_for
         from fgrlhf.models import load_tokenizer
-        from fgrlhf.placement import ppo_placement
+        from fgrlhf.runtime.distributed import placement_group_for
+        from fgrlhf.runtime.placement import ppo_placement
         from fgrlhf.workers.learner_worker import CriticLearner, PolicyLearner
         from fgrlhf.workers.reference_worker import ReferenceWorker
         from fgrlhf.workers.reward_worker import RewardWorker
@@ -92,7 +92,7 @@ class Cluster:
         """
         import ray
 
-        from fgrlhf.weight_sync import choose_backend
+        from fgrlhf.runtime.weight_sync import choose_backend
 
         sync = self.cfg.weight_sync
         members = [self.policy[0], *self.rollout]
@@ -122,7 +122,7 @@ class Cluster:
         import ray
         from ray.exceptions import RayActorError, RayError
 
-        from fgrlhf.weight_sync import WeightPushError
+        from fgrlhf.runtime.weight_sync import WeightPushError
 
         sync = self.cfg.weight_sync
 

@@ -7,7 +7,7 @@ The model answers each instruction (greedy by default, HF generate, batched); a 
 output with the reference (text-davinci-003 for AlpacaEval) and gives pref 1 (reference wins), 2 (model
 wins) or 1.5 (draw). Win rate = 100 · mean(pref − 1) ± standard error (fgrlhf.algorithms.winrate).
 
-Judges (fgrlhf.judges): ``gold``, the environment's programmatic gold reward on both outputs (scores within
+Judges (fgrlhf.evaluation.judges): ``gold``, the environment's programmatic gold reward on both outputs (scores within
 ``--epsilon`` are a draw; offline and deterministic, not a human or LLM judge, docs/environments.md);
 ``claude``, Claude through the anthropic SDK (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) with an AlpacaEval
 pairwise prompt judged in both orders (disagreement = draw), retried and cached (``--judge-cache``).
@@ -25,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fgrlhf.winrate import add_eval_arguments
+from fgrlhf.evaluation.winrate import add_eval_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +40,9 @@ def main(args: argparse.Namespace) -> int:
 
     from fgrlhf.data import write_jsonl
     from fgrlhf.editing.retry import FatalError
-    from fgrlhf.judges import JudgeError
-    from fgrlhf.preflight import check_data, check_model
-    from fgrlhf.winrate import evaluate
+    from fgrlhf.evaluation.judges import JudgeError
+    from fgrlhf.evaluation.winrate import evaluate
+    from fgrlhf.runtime.preflight import check_data, check_model
 
     check_model(args.model, "--model")
     if args.eval_set is not None:

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def compute(
     args: argparse.Namespace, kind: str | None = None, config: str | None = None, overrides: list[str] | None = None
 ) -> dict:
-    from fgrlhf.planning import default_gpu_memory_gb, default_host_ram_gb, evaluate, plan_job
+    from fgrlhf.runtime.planning import default_gpu_memory_gb, default_host_ram_gb, evaluate, plan_job
 
     _, _, job = plan_job(
         config if config is not None else args.config,
@@ -112,7 +112,7 @@ def check_before_run(args: argparse.Namespace, kind: str, config: str | None, ov
     """``fgrlhf ppo`` / ``train-rm``: refuse a job that cannot fit, with the plan in the message (``--force``
     skips). A job whose models the plan cannot size here (a checkpoint only the cluster has) is run."""
     from fgrlhf.config import ConfigError
-    from fgrlhf.planning import PlanError
+    from fgrlhf.runtime.planning import PlanError
 
     if args.force:
         return

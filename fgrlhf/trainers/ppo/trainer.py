@@ -9,7 +9,7 @@ token ids go to every actor once, through the object store) → :meth:`~PPOTrain
 updates in parallel; each rank receives only its shard's advantages or returns) → :meth:`~PPOTrainer._push`
 (the policy's weights to the rollout actors). Metrics go to ``DIR/metrics.jsonl``, TensorBoard (``DIR/tb``),
 the Ray dashboard and a tqdm bar; checkpoints to ``DIR/checkpoints/step_N`` (resumable); the final policy to
-``DIR/final`` as an HF checkpoint. DIR is a run directory of :mod:`fgrlhf.run_dir` (``PPO_RUN``: a used one
+``DIR/final`` as an HF checkpoint. DIR is a run directory of :mod:`fgrlhf.runtime.run_dir` (``PPO_RUN``: a used one
 needs --resume or --overwrite).
 
 ``ppo.async_rollout``: the rollout actors generate batch k+1 while the learners score and train on batch k
@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgrlhf.ppo.batch import RolloutBatch
-from fgrlhf.ppo.cluster import Cluster
-from fgrlhf.ppo.config import PPO_RUN, TINY_RMS, PPOTrainConfig, StopAtGold
-from fgrlhf.ppo.inputs import batch_indices, load_prompt_ids, prefix_gold_scores, save_tiny_reward_model
-from fgrlhf.ppo.metrics import MetricsSink, step_metrics
-from fgrlhf.run_dir import RunDir, open_run
+from fgrlhf.runtime.run_dir import RunDir, open_run
+from fgrlhf.trainers.ppo.batch import RolloutBatch
+from fgrlhf.trainers.ppo.cluster import Cluster
+from fgrlhf.trainers.ppo.config import PPO_RUN, TINY_RMS, PPOTrainConfig, StopAtGold
+from fgrlhf.trainers.ppo.inputs import batch_indices, load_prompt_ids, prefix_gold_scores, save_tiny_reward_model
+from fgrlhf.trainers.ppo.metrics import MetricsSink, step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class PPOTrainer:
 
 
 def train(cfg: PPOTrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run PPO into ``out_dir`` under the ``--out`` policy of :mod:`fgrlhf.run_dir` (Ray must already be
+    """Run PPO into ``out_dir`` under the ``--out`` policy of :mod:`fgrlhf.runtime.run_dir` (Ray must already be
     initialised); returns the last step's metrics (a finished run's saved ones when it is not redone)."""
     run = open_run(out_dir, PPO_RUN, cfg, resume=resume, overwrite=overwrite)
     if run.done:

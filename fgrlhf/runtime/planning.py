@@ -311,7 +311,7 @@ def _learner(
     role: str, arch: Arch, params: int, ds, rows: int, tokens: int, load_dtype: str, logit_tokens: int
 ) -> Role:
     """A DeepSpeed rank. At ZeRO-3 the model is built partitioned on the device and loaded one tensor at a
-    time (:func:`fgrlhf.distributed.load_partitioned`): the host holds the largest tensor; below, the model."""
+    time (:func:`fgrlhf.runtime.distributed.load_partitioned`): the host holds the largest tensor; below, the model."""
     weight_bytes = 2 if ds.bf16 else DTYPE_BYTES[load_dtype]
     grad_bytes = {"fp32": 4, "bf16": 2}.get(ds.grad_accum_dtype, weight_bytes)
     comps = learner_state_bytes(params, ds.zero_stage, ds.world_size, weight_bytes, ds.bf16, grad_bytes)
@@ -403,7 +403,7 @@ class Job:
 
     kind: str
     roles: list[Role]
-    placement: Any  # fgrlhf.placement.PlacementPlan
+    placement: Any  # fgrlhf.runtime.placement.PlacementPlan
     checkpoint: float  # bytes of one checkpoint (all learners)
     final: float  # bytes of the final export
     keep_checkpoints: int
@@ -416,7 +416,7 @@ def _gb(value: float) -> float:
 def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None, gpus_per_node: int | None = None) -> dict:
     """Place the roles on devices and nodes, sum each device's memory, and decide whether the job fits
     (host RAM is not checked when ``host_ram_gb`` is None)."""
-    from fgrlhf.placement import assign_gpus
+    from fgrlhf.runtime.placement import assign_gpus
 
     roles = {r.role: r for r in job.roles}
     devices = assign_gpus(job.placement)
@@ -539,7 +539,7 @@ def _learner_checkpoint(params: int, ds, load_dtype: str) -> float:
 
 
 def ppo_job(cfg, model_config: str | None = None) -> Job:
-    from fgrlhf.placement import ppo_placement
+    from fgrlhf.runtime.placement import ppo_placement
 
     policy = load_arch(cfg.policy.name, cfg.policy, model_config)
     reward = load_arch(cfg.reward.model, cfg.policy, model_config)
@@ -561,7 +561,7 @@ def ppo_job(cfg, model_config: str | None = None) -> Job:
 def supervised_job(kind: str, cfg, model_config: str | None = None) -> Job:
     """RM (``rm``: backbone + head, chosen and rejected in one batch) or FIGA/SFT (``figa``: a causal LM;
     the original side's forward too when ``figa.beta`` > 0)."""
-    from fgrlhf.placement import supervised_placement
+    from fgrlhf.runtime.placement import supervised_placement
 
     ds = cfg.deepspeed
     arch = load_arch(cfg.model.name, cfg.model, model_config)
@@ -617,7 +617,7 @@ def plan_job(path: str | None, overrides: list[str], kind: str | None = None, mo
         if kind == "figa" and ("generation" in data or "edit" in data):
             raise PlanError(f"{path} is a figa-data config (rollouts + edits, no training); plan the figa config")
     if kind == "ppo":
-        from fgrlhf.ppo.config import PPOTrainConfig
+        from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
         cfg = load_config(PPOTrainConfig, path, overrides)
         return kind, cfg, ppo_job(cfg, model_config)

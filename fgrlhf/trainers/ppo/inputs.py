@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fgrlhf.config import ModelConfig
-from fgrlhf.ppo.config import PPOTrainConfig
+from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
 if TYPE_CHECKING:  # torch is imported inside functions so `fgrlhf --help` stays fast
     import torch

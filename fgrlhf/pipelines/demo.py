@@ -1,4 +1,4 @@
-"""The main job's pipeline (``fgrlhf demo``, :mod:`fgrlhf.demo_cli`): its config, the stages it chains on one
+"""The main job's pipeline (``fgrlhf demo``, :mod:`fgrlhf.pipelines.demo_cli`): its config, the stages it chains on one
 Ray instance, and the report with its plots."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pydantic import Field
 
 from fgrlhf.config import StrictModel
 from fgrlhf.data import read_jsonl
-from fgrlhf.stages import CommandFailed, Stages, run_command
+from fgrlhf.pipelines.stages import CommandFailed, Stages, run_command
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGES = ("pairs", "edits", "rm", "rm-eval", "ppo", "winrate-before", "winrate-after")
 DEFAULT_CONFIG = REPO / "configs" / "demo-smollm2-cpu.yaml"
 

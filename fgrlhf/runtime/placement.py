@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fgrlhf.config import DeepSpeedConfig
-    from fgrlhf.ppo.config import PPOTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
 _EPS = 1e-9
 
