@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fgrlhf.data import read_jsonl
+from fgrlhf.data.loading import read_jsonl
 from fgrlhf.envs.env_data import ENV_CHOICES
 from fgrlhf.pipelines import stages
 
@@ -222,7 +222,7 @@ def heldout_pairs(env: str, sizes: Sizes, seed: int = 10_000) -> list[dict]:
 def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None = None) -> Prepared:
     """Env pairs (all rounds pooled), their rule edits (``edit_rules``, default the env's), and the
     gold-labelled held-out pairs."""
-    from fgrlhf.data import ALPACA_EVAL_PAIRS, resolve_data_path, write_jsonl
+    from fgrlhf.data.loading import ALPACA_EVAL_PAIRS, resolve_data_path, write_jsonl
 
     data = workdir / "data"
     setup = ENV_SETUP[env]

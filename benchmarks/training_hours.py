@@ -271,7 +271,7 @@ def run_ppo(workdir: Path, name: str, config: str, overrides: list[str]) -> tupl
 def initial_gold(args, prepared, cfg, workdir: Path, n: int) -> dict:
     """Gold of ``n`` rollouts of the initial policy on the PPO prompts, sampled like PPO's rollouts."""
     from fgrlhf.config import ModelConfig
-    from fgrlhf.data import load_prompts
+    from fgrlhf.data.loading import load_prompts
     from fgrlhf.envs import load_gold
     from fgrlhf.generation import GenerationSettings, generate_batched
 

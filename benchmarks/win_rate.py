@@ -30,7 +30,7 @@ if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: o
 
 from benchmarks.common import publish, pyplot, save_figure
 from fgrlhf.config import ModelConfig
-from fgrlhf.data import write_jsonl
+from fgrlhf.data.loading import write_jsonl
 from fgrlhf.editing.retry import FatalError
 from fgrlhf.evaluation.judges import JudgeError
 from fgrlhf.evaluation.winrate import (

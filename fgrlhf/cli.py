@@ -16,7 +16,7 @@ import sys
 import threading
 from contextlib import contextmanager
 
-from fgrlhf.data import DEFAULT_MAX_FIELD_BYTES, MAX_FIELD_BYTES_ENV
+from fgrlhf.data.loading import DEFAULT_MAX_FIELD_BYTES, MAX_FIELD_BYTES_ENV
 
 # A command module may set RESUME_HINT: what Ctrl-C kept and how to continue.
 DEFAULT_RESUME_HINT = "nothing is lost that completed; re-run the same command"
@@ -116,7 +116,7 @@ def redeliver_swallowed_interrupts():
 
 def main(argv: list[str] | None = None) -> int:
     from fgrlhf.config import ConfigError
-    from fgrlhf.data import DataError
+    from fgrlhf.data.loading import DataError
 
     module = None
     try:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fgrlhf.data import read_jsonl
+from fgrlhf.data.loading import read_jsonl
 
 
 def t(*rows):

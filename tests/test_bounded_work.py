@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fgrlhf.data import DataError, load_pairs, max_field_bytes
+from fgrlhf.data.loading import DataError, load_pairs, max_field_bytes
 from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.editing.fixers import repeated_sentences

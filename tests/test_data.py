@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fgrlhf.data import (
+from fgrlhf.data.loading import (
     ALPACA_EVAL_PAIRS,
     DataError,
     LoadReport,

@@ -12,7 +12,7 @@ import pytest
 
 from fgrlhf.cli import main as cli_main
 from fgrlhf.config import ConfigError, load_config
-from fgrlhf.data import DataError, load_pairs
+from fgrlhf.data.loading import DataError, load_pairs
 from fgrlhf.editing.cache import EditCache
 from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor

@@ -10,7 +10,7 @@ import yaml
 
 from fgrlhf.cli import main as cli_main
 from fgrlhf.config import ConfigError, ModelConfig, load_config
-from fgrlhf.data import write_jsonl
+from fgrlhf.data.loading import write_jsonl
 from fgrlhf.editing.config import RuleEditorConfig
 from fgrlhf.editing.editors import RuleEditor
 from fgrlhf.envs import in_eval_split

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import fgrlhf
-from fgrlhf.data import ALPACA_EVAL_SET, data_dirs, load_records, packaged_data_dir, resolve_data_path
+from fgrlhf.data.loading import ALPACA_EVAL_SET, data_dirs, load_records, packaged_data_dir, resolve_data_path
 from fgrlhf.runtime.distributed import exit_on_termination
 
 PACKAGE = Path(fgrlhf.__file__).resolve().parent
@@ -112,7 +112,7 @@ def test_env_data_and_demo_first_stage_run_from_a_lone_copy_of_the_package(tmp_p
         import sys
         import fgrlhf
         from fgrlhf.cli import main
-        from fgrlhf.data import ALPACA_EVAL_SET, resolve_data_path
+        from fgrlhf.data.loading import ALPACA_EVAL_SET, resolve_data_path
         assert fgrlhf.__file__.startswith({str(lone)!r}), fgrlhf.__file__
         print("EVAL_SET", resolve_data_path(ALPACA_EVAL_SET))
         assert main(["env-data", "--env", "alpaca-sim", "--out", "env", "--n-prompts", "2",

@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.panel import Panel
     from rich.text import Text
 
-    from fgrlhf.data import EDIT_FIELDS, load_records
+    from fgrlhf.data.loading import EDIT_FIELDS, load_records
     from fgrlhf.editing.edit_report import diff_segments, histogram, quantiles, render_html
     from fgrlhf.models import load_tokenizer
 

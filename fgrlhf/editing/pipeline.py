@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fgrlhf.algorithms.token_diff import align_tokens
-from fgrlhf.data import LoadReport, load_edit_inputs, write_jsonl
+from fgrlhf.data.loading import LoadReport, load_edit_inputs, write_jsonl
 from fgrlhf.editing.cache import CachedEdit, CacheKey, EditCache, content_hash
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.editing.editors import Editor, build_editor

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fgrlhf.data import ALPACA_EVAL_SET
+from fgrlhf.data.loading import ALPACA_EVAL_SET
 from fgrlhf.envs import in_eval_split
 from fgrlhf.envs.gold import GoldSpec, gold_scores
 
@@ -54,7 +54,7 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
 
 
 def load_eval_set(path: str | Path = ALPACA_EVAL_SET) -> list[dict]:
-    from fgrlhf.data import load_records
+    from fgrlhf.data.loading import load_records
 
     # A few davinci-003 references are empty strings: real (bad) outputs, kept so the eval set stays 805.
     return load_records(path, ("prompt", "reference"), allow_empty=("reference",))

@@ -39,7 +39,7 @@ class EnvDataConfig(StrictModel):
 
 
 def _responses_from_file(path: str, prompts: list[str]) -> list[tuple[str, str]]:
-    from fgrlhf.data import RESPONSE_FIELDS, DataError, load_records
+    from fgrlhf.data.loading import RESPONSE_FIELDS, DataError, load_records
 
     by_prompt: dict[str, list[str]] = {}
     for record in load_records(path, RESPONSE_FIELDS):
@@ -71,7 +71,7 @@ def responses_from_model(cfg: GenerationConfig, prompts: list[str], seed: int) -
 
 def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
     from fgrlhf.config import dump_config
-    from fgrlhf.data import write_jsonl
+    from fgrlhf.data.loading import write_jsonl
     from fgrlhf.envs import load_env
     from fgrlhf.envs.preferences import label_pairs
 

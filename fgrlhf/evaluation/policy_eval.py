@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import Field
 
 from fgrlhf.config import ModelConfig, StrictModel
-from fgrlhf.data import ALPACA_EVAL_SET
+from fgrlhf.data.loading import ALPACA_EVAL_SET
 from fgrlhf.envs import load_gold
 from fgrlhf.generation import GenerationSettings, generate_batched
 
@@ -37,7 +37,7 @@ class PolicyEvalConfig(StrictModel):
 
 
 def heldout_prompts(cfg: PolicyEvalConfig) -> list[str]:
-    from fgrlhf.data import load_prompts
+    from fgrlhf.data.loading import load_prompts
     from fgrlhf.envs import in_eval_split
 
     prompts = [r["prompt"] for r in load_prompts(cfg.prompts_path)]

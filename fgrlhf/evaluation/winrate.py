@@ -37,7 +37,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_eval_records(env: str, eval_set: Path | None, n: int | None) -> list[dict]:
-    from fgrlhf.data import load_records
+    from fgrlhf.data.loading import load_records
     from fgrlhf.envs import load_env
 
     module = load_env(env)

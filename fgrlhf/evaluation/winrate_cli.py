@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from fgrlhf.data import write_jsonl
+    from fgrlhf.data.loading import write_jsonl
     from fgrlhf.editing.retry import FatalError
     from fgrlhf.evaluation.judges import JudgeError
     from fgrlhf.evaluation.winrate import evaluate

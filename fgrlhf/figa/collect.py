@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def load_prompt_list(cfg: PromptSourceConfig) -> list[str]:
     """The source's prompts outside the held-out split, shuffled (the first N are the same for every limit)."""
-    from fgrlhf.data import DataError, load_prompts
+    from fgrlhf.data.loading import DataError, load_prompts
     from fgrlhf.envs import in_eval_split
 
     prompts = [r["prompt"] for r in load_prompts(cfg.source)]
@@ -31,7 +31,7 @@ def load_prompt_list(cfg: PromptSourceConfig) -> list[str]:
 
 def resume(path: Path, planned: list[dict], keys: tuple[str, ...]) -> list[dict]:
     """The records already in ``path``, checked to be the start of ``planned`` (same ``keys``)."""
-    from fgrlhf.data import DataError, load_records
+    from fgrlhf.data.loading import DataError, load_records
 
     if not path.exists():
         return []
@@ -48,7 +48,7 @@ def resume(path: Path, planned: list[dict], keys: tuple[str, ...]) -> list[dict]
 def rollouts_stage(cfg: FigaCollectConfig, prompts: list[str], out: Path) -> tuple[list[dict], int]:
     """``{prompt, response}`` per prompt (resumed, then generated and saved chunk by chunk); and how many
     were generated now."""
-    from fgrlhf.data import write_jsonl
+    from fgrlhf.data.loading import write_jsonl
     from fgrlhf.generation import generate_batched
 
     path = out / "rollouts.jsonl"
@@ -105,7 +105,7 @@ def rm_scores(cfg: RMFilterConfig, records: list[dict]) -> list[float]:
 
 def score_stage(cfg: RMFilterConfig, rollouts: list[dict], out: Path) -> tuple[list[dict], int]:
     """``rollouts`` with ``rm_score`` (resumed, then the rest scored); and how many were scored now."""
-    from fgrlhf.data import write_jsonl
+    from fgrlhf.data.loading import write_jsonl
 
     path = out / "scored.jsonl"
     done = resume(path, rollouts, ("prompt", "response"))
@@ -126,7 +126,7 @@ def select_band(records: list[dict], low: float | None, high: float | None) -> t
 
 def collect(cfg: FigaCollectConfig, run: RunDir, progress: bool = True) -> dict:
     """Run every stage into ``run`` (resuming what exists), mark it finished and return the summary."""
-    from fgrlhf.data import DataError, write_jsonl
+    from fgrlhf.data.loading import DataError, write_jsonl
     from fgrlhf.editing.pipeline import run_edit
 
     start_time = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from fgrlhf.config import ModelConfig, StrictModel
-from fgrlhf.data import ALPACA_EVAL_SET
+from fgrlhf.data.loading import ALPACA_EVAL_SET
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.evaluation.policy_eval import PolicyEvalConfig
 from fgrlhf.figa.data import FigaDataConfig

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fgrlhf.algorithms.token_diff import align_tokens
 from fgrlhf.config import StrictModel
-from fgrlhf.data import DataError
+from fgrlhf.data.loading import DataError
 from fgrlhf.tokenization import encode_prompt, encode_response, format_prompt
 from fgrlhf.workers.packing import pack
 
@@ -125,7 +125,7 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def load_pairs(cfg: FigaDataConfig) -> list[dict]:
     """The ``status == "edited"`` records of ``cfg.edits_path`` (first ``cfg.limit``)."""
-    from fgrlhf.data import load_edit_records
+    from fgrlhf.data.loading import load_edit_records
 
     records = load_edit_records(cfg.edits_path)
     if not records:

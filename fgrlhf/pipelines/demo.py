@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from fgrlhf.config import StrictModel
-from fgrlhf.data import read_jsonl
+from fgrlhf.data.loading import read_jsonl
 from fgrlhf.pipelines.stages import CommandFailed, Stages, run_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def check_resumable(cfg: DemoConfig, out: Path) -> None:
 
 def split_pairs(pairs_file: Path, heldout_fraction: float) -> tuple[Path, Path]:
     """Deterministic split of env-data's (already shuffled) pairs into RM-training and held-out files."""
-    from fgrlhf.data import load_pairs, write_jsonl
+    from fgrlhf.data.loading import load_pairs, write_jsonl
 
     pairs = load_pairs(pairs_file)
     cut = len(pairs) - max(1, round(len(pairs) * heldout_fraction))
@@ -76,7 +76,7 @@ def split_pairs(pairs_file: Path, heldout_fraction: float) -> tuple[Path, Path]:
 
 
 def count_edited(edits_file: Path) -> int:
-    from fgrlhf.data import load_edit_records
+    from fgrlhf.data.loading import load_edit_records
 
     return len(load_edit_records(edits_file))
 

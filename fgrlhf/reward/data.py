@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fgrlhf.algorithms.token_diff import align_tokens
-from fgrlhf.data import DataError, _raw_records, load_edit_records, load_pairs
+from fgrlhf.data.loading import DataError, _raw_records, load_edit_records, load_pairs
 from fgrlhf.tokenization import encode_example, format_prompt
 from fgrlhf.workers.packing import pack
 

@@ -16,7 +16,7 @@ BUILTIN_MODELS = ("tiny", "smollm2")
 
 def check_data(path: str | Path, what: str) -> None:
     """``path`` (given as ``what``: a flag or config key) is a data file or a datasets directory."""
-    from fgrlhf.data import is_datasets_dir, resolve_data_path
+    from fgrlhf.data.loading import is_datasets_dir, resolve_data_path
 
     resolved = resolve_data_path(path)
     if not resolved.exists():

@@ -122,7 +122,7 @@ def describe(changes: dict[str, tuple[Any, Any]]) -> str:
 
 def file_digest(path: str) -> dict[str, Any]:
     """``{"path", "sha256"}`` of an input file (sha256 None for what is not a plain file, e.g. a dataset dir)."""
-    from fgrlhf.data import resolve_data_path
+    from fgrlhf.data.loading import resolve_data_path
 
     resolved = resolve_data_path(path)
     if not resolved.is_file():

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fgrlhf.config import DeepSpeedConfig, ModelConfig, StrictModel
-from fgrlhf.data import ALPACA_EVAL_SET
+from fgrlhf.data.loading import ALPACA_EVAL_SET
 from fgrlhf.runtime.run_dir import TRAINER_FILES, RunSpec
 
 

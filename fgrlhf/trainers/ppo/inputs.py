@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # torch is imported inside functions so `fgrlhf --help` stays
 
 
 def load_prompt_ids(cfg: PPOTrainConfig) -> tuple[list[str], list[list[int]]]:
-    from fgrlhf.data import load_prompts
+    from fgrlhf.data.loading import load_prompts
     from fgrlhf.models import load_tokenizer
     from fgrlhf.tokenization import encode_prompt, format_prompt
 

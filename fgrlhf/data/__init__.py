@@ -1,0 +1,1 @@
+"""Data: validated loading of prompts, preference pairs and edit records (``loading``)."""
