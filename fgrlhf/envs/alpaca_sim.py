@@ -1,6 +1,6 @@
 """``alpaca-sim``: the 805 AlpacaEval instructions, SmolLM2 as the policy, a programmatic gold annotator.
 
-Prompts are the instructions of the packaged ``alpaca_eval/eval_set.jsonl`` (:func:`fgrlhf.data.resolve_data_path`;
+Prompts are the instructions of the packaged ``alpaca_eval/eval_set.jsonl`` (:func:`fgrlhf.data.loading.resolve_data_path`;
 each with its text-davinci-003 reference output), split deterministically into train (PPO/pair prompts) and eval by a
 hash of the instruction text. The gold annotator is :mod:`fgrlhf.envs.gold` over the real text:
 
