@@ -10,7 +10,8 @@ Layout of a work dir: ``data/round_R/`` (``fgrlhf env-data`` outputs, seed R), `
 rounds), ``data/edits.jsonl`` (``fgrlhf edit`` with the rule editor; ``data/edit_rules.txt`` names its
 rules and their hash), ``data/heldout.jsonl`` (pairs on the
 env's eval prompts labelled by the gold order, never trained on), ``data/heldout_edits.jsonl`` (their
-rejected sides rule-edited: edited should beat original), ``rm/NAME-sSEED/`` (``fgrlhf train-rm``
+rejected sides rule-edited: edited should beat original), on envs with pre-registered data checks
+(``balanced``) ``data/heldout*_length_matched.jsonl`` (|Δ tokens| ≤ 2), ``rm/NAME-sSEED/`` (``fgrlhf train-rm``
 run + ``timing.json``), ``eval/*.json`` (``fgrlhf eval-rm`` reports).
 """
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fgrlhf.data.loading import read_jsonl
-from fgrlhf.envs.env_data import ENV_CHOICES
+from fgrlhf.envs.env_data import ENV_CHOICES, GRAMMAR_ENVS
 from fgrlhf.pipelines import stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,17 @@ SIZES = {
     ("synthetic", False): Sizes(rounds=8, n_prompts=None, sft_steps=2000, heldout_prompts=None, heldout_per_prompt=8),
     ("synthetic", True): Sizes(
         rounds=1, n_prompts=24, sft_steps=10, heldout_prompts=8, heldout_per_prompt=2, rm_overrides=("max_steps=4",)
+    ),
+    # balanced: the synthetic sizes. --quick keeps the full data (generated and edited in seconds, no model), so
+    # the pre-registered data checks judge the same data a full run trains on; only training shrinks.
+    ("balanced", False): Sizes(rounds=8, n_prompts=None, sft_steps=2000, heldout_prompts=None, heldout_per_prompt=8),
+    ("balanced", True): Sizes(
+        rounds=8,
+        n_prompts=None,
+        sft_steps=10,
+        heldout_prompts=None,
+        heldout_per_prompt=8,
+        rm_overrides=("max_steps=4",),
     ),
     # SmolLM2 on CPU: a few dozen pairs, so a small global batch (the config's 16 would leave ~2 steps).
     ("alpaca-sim", False): Sizes(
@@ -93,6 +105,7 @@ class EnvSetup:
     rm_overrides: tuple[str, ...]
     edit_rules: Path  # the rule editor's rules for this env
     tokenizer: str  # tokenizer of the edit statistics
+    data_checks: bool = False  # enforce fgrlhf.envs.checks before any RM trains (length-neutral envs)
 
 
 ENV_SETUP = {
@@ -104,6 +117,13 @@ ENV_SETUP = {
         ("max_response_tokens=160",),
         ROOT / "configs/edit-rules-synthetic-global.yaml",
         "tiny",
+    ),
+    "balanced": EnvSetup(
+        ROOT / "configs/rm-token-tiny-cpu.yaml",
+        ("max_response_tokens=160",),
+        ROOT / "configs/edit-rules-balanced.yaml",
+        "tiny",
+        data_checks=True,
     ),
     "alpaca-sim": EnvSetup(
         ROOT / "configs/rm-token-smollm2-cpu.yaml", (), ROOT / "configs/edit-rules-alpaca-sim.yaml", "smollm2"
@@ -192,7 +212,7 @@ def _eval_prompts(env: str, limit: int | None) -> list[str]:
     from fgrlhf.envs import load_env
 
     module = load_env(env)
-    if env == "synthetic":
+    if env in GRAMMAR_ENVS:
         prompts = module.split_prompts()[1]
     else:
         prompts = [r["prompt"] for r in module.split_records(module.load_eval_set())[1]]
@@ -209,7 +229,7 @@ def heldout_pairs(env: str, sizes: Sizes, seed: int = 10_000) -> list[dict]:
 
     module = load_env(env)
     prompts = [p for p in _eval_prompts(env, sizes.heldout_prompts) for _ in range(sizes.heldout_per_prompt)]
-    if env == "synthetic":
+    if env in GRAMMAR_ENVS:
         responses = [tuple(r) for r in module.sample_responses(prompts, 2, seed)]
     else:
         responses = responses_from_model(GenerationConfig(max_new_tokens=sizes.gen_tokens), prompts, seed)
@@ -240,7 +260,7 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
     for seed in range(sizes.rounds):
         out = data / f"round_{seed}"
         # Only round 0 trains the SFT policy: every RM and PPO run starts from that one.
-        extra = [f"sft_steps={sizes.sft_steps}"] if env == "synthetic" and seed == 0 and sizes.sft_steps else []
+        extra = [f"sft_steps={sizes.sft_steps}"] if env in GRAMMAR_ENVS and seed == 0 and sizes.sft_steps else []
         extra += [f"n_prompts={sizes.n_prompts}"] if sizes.n_prompts else []
         extra += [f"generation.max_new_tokens={sizes.gen_tokens}"] if env == "alpaca-sim" else []
         stage(
@@ -282,12 +302,29 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
         pairs,
         edits,
         data / "round_0" / "prompts_train.jsonl",
-        str(data / "round_0" / "policy") if env == "synthetic" else "smollm2",
+        str(data / "round_0" / "policy") if env in GRAMMAR_ENVS else "smollm2",
         eval_sets={"heldout_gold": heldout},
     )
     edited = [r for r in read_jsonl(heldout_edits) if r["status"] == "edited"]
+    if setup.data_checks:
+        prepared.summary["data_checks"] = check_data(env, pairs, edits, heldout, heldout_edits, setup.tokenizer)
     if edited:  # eval-rm needs at least one; tiny quick runs may have none
         prepared.eval_sets["heldout_edits"] = heldout_edits
+    if setup.data_checks:
+        # Table 2's length-matched subsets: pairs whose sides differ by at most 2 tokens, where length cannot
+        # decide the pair.
+        for name in ("heldout_gold", "heldout_edits"):
+            if name not in prepared.eval_sets:
+                continue
+            matched = data / f"{name}_length_matched.jsonl"
+            stage(
+                matched,
+                lambda source=prepared.eval_sets[name], matched=matched: write_jsonl(
+                    matched, length_matched(read_jsonl(source), setup.tokenizer)
+                ),
+            )
+            if read_jsonl(matched):
+                prepared.eval_sets[f"{name}_length_matched"] = matched
     if env == "alpaca-sim":
         real = data / "alpaca_real_pairs.jsonl"
         stage(real, lambda: write_jsonl(real, read_jsonl(resolve_data_path(ALPACA_EVAL_PAIRS))[: sizes.real_pairs]))
@@ -297,6 +334,7 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
         statuses[record["status"]] = statuses.get(record["status"], 0) + 1
     train_pairs = read_jsonl(pairs)
     prepared.summary = {
+        **prepared.summary,
         "pairs": len(train_pairs),
         "pairs_label_agrees_with_gold": sum(r["gold_agrees"] for r in train_pairs) / len(train_pairs),
         "edit_statuses": statuses,
@@ -312,6 +350,74 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
         "heldout_edit_fixes": _fixes_by_fault(edited),
     }
     return prepared
+
+
+def length_matched(records: list[dict], tokenizer_name: str, max_delta: int = 2) -> list[dict]:
+    """The pairs (chosen/rejected, or an edit's edited/original) whose sides differ by ≤ ``max_delta`` tokens."""
+    from fgrlhf.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    kept = []
+    for record in records:
+        if record.get("status", "edited") != "edited":
+            continue
+        a, b = ("edited", "original") if "edited" in record else ("chosen", "rejected")
+        ids = tokenizer([record[a], record[b]], add_special_tokens=False)["input_ids"]
+        if abs(len(ids[0]) - len(ids[1])) <= max_delta:
+            kept.append(record)
+    return kept
+
+
+def check_data(env: str, pairs: Path, edits: Path, heldout: Path, heldout_edits: Path, tokenizer_name: str) -> dict:
+    """The pre-registered checks of :mod:`fgrlhf.envs.checks` on the data a run trains and evaluates on,
+    printed as they are made (the length checks first); any failure stops the run, naming every failed check
+    with its figure.
+    Returns ``{check name: {"value", "passed", "rule"}}`` for the results JSON."""
+    from fgrlhf.envs import checks, load_env
+    from fgrlhf.envs.gold import words
+    from fgrlhf.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    module = load_env(env)
+
+    def lengths(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    done: list[checks.Check] = []
+
+    def report(new: list[checks.Check]) -> None:
+        for check in new:
+            print(f"data check: {check.line()}", flush=True)
+        done.extend(new)
+
+    for name, path, sides in (
+        ("training pairs", pairs, ("chosen", "rejected")),
+        ("training edits", edits, ("edited", "original")),
+        ("heldout_gold", heldout, ("chosen", "rejected")),
+        ("heldout_edits", heldout_edits, ("edited", "original")),
+    ):
+        records = [r for r in read_jsonl(path) if r.get("status", "edited") == "edited"]
+        report(
+            checks.length_checks(name, lengths([r[sides[0]] for r in records]), lengths([r[sides[1]] for r in records]))
+        )
+    all_edits = [r for path in (edits, heldout_edits) for r in read_jsonl(path) if r["status"] == "edited"]
+    report(
+        [
+            checks.mean_change_check(
+                lengths([r["edited"] for r in all_edits]), lengths([r["original"] for r in all_edits])
+            )
+        ]
+    )
+    train_edits = [r for r in read_jsonl(edits) if r["status"] == "edited"]
+    # An equal-size generator sample on the same prompts, with a seed no data set uses.
+    generated = [r[0] for r in module.sample_responses([r["prompt"] for r in train_edits], 1, 20_000)]
+    report([checks.marker_check([r["edited"] for r in train_edits], generated)])
+    train_prompts = module.split_prompts()[0]
+    clean = [r for rs in module.sample_responses(train_prompts, 20, 0, module.CLEAN) for r in rs]
+    clean_prompts = [p for p in train_prompts for _ in range(20)]
+    report([checks.interior_optimum_check([len(words(r)) for r in clean], module.gold_reward(clean_prompts, clean))])
+    checks.enforce(done)
+    return {c.name: {"value": c.value, "passed": c.passed, "rule": c.rule} for c in done}
 
 
 def _fixes_by_fault(records: list[dict]) -> dict[str, dict]:

@@ -1,6 +1,6 @@
 """Table 2 of 2406.02756: token-level RM accuracy with vs without the fine-grained (minimal-edit) data.
 
-  python benchmarks/rm_accuracy.py [--env synthetic|alpaca-sim] [--quick] [--seeds 0 1 2]
+  python benchmarks/rm_accuracy.py [--env synthetic|balanced|alpaca-sim] [--quick] [--seeds 0 1 2]
                                    [--workdir DIR] [--json OUT.json] [--plot OUT.png]
 
 Same data budget for both RMs: the env's labelled pairs (benchmarks/common.py pools ``fgrlhf env-data``
@@ -17,7 +17,10 @@ also fixes global faults (configs/edit-rules-synthetic-global.yaml); ``--edit-ru
 (configs/edit-rules-synthetic.yaml: local faults only; configs/edit-rules-synthetic-delete.yaml: the
 deletion-only annotator), in a work dir of its own by default. Two length-only scorers sit in the same
 table, "longer wins" and "shorter wins" (ties ½, eval-rm's ``length_baseline``): an RM no better than one
-of them may have learned only length. A second table gives the faults the annotator fixed, per kind, and
+of them may have learned only length. On ``balanced`` (the length-neutral env, docs/environments.md) the
+data pass the pre-registered length checks before any RM trains, and both held-out sets get a
+length-matched subset (``heldout_gold_length_matched``, ``heldout_edits_length_matched``: the pairs whose
+sides differ by at most 2 tokens), where length cannot decide a pair. A second table gives the faults the annotator fixed, per kind, and
 the words each kind of fix added on average.
 
 Accuracy per eval set: with one seed, eval-rm's bootstrap 95% CI over pairs; with several seeds, the

@@ -1,13 +1,14 @@
 """Table 3 of 2406.02756: RM training time, and PPO steps / wall-clock to a fixed gold-reward target per reward type.
 
-  python benchmarks/training_hours.py [--env synthetic] [--quick] [--seeds 0 1 2] [--max-steps N] [--window W]
+  python benchmarks/training_hours.py [--env balanced] [--quick] [--seeds 0 1 2 3 4] [--max-steps N] [--window W]
                                       [--target G | --target-delta D | --target-fraction 0.5]
                                       [--calibration-seed 100] [--calibration-steps N] [--plateau-steps 10]
                                       [--initial-samples 512] [--finegrained-loss eq3] [--ppo KEY=VALUE ...]
                                       [--variants sequence fine_grained_sequence token oracle_sequence ...]
                                       [--edit-rules FILE] [--workdir DIR] [--json OUT.json] [--plot OUT.png]
 
-RMs (benchmarks/common.py pipeline, seed 0): a sequence-level RM (Bradley–Terry) on the env's original
+RMs (benchmarks/common.py pipeline), one pair per seed (RM seed = PPO seed, so RM variance is inside the
+per-seed spread): a sequence-level RM (Bradley–Terry) on the env's original
 pairs, and the token RM on the rule-edited data (the annotator that also fixes global faults,
 configs/edit-rules-synthetic-global.yaml, by default), trained with Eq. 3 (``--finegrained-loss eq3``, the
 default; Eq. 4 is not invariant to a constant shift of the token rewards, BENCHMARKS.md Table 2). PPO arms,
@@ -21,27 +22,37 @@ all from the same initial policy (the synthetic env's SFT policy) with the same 
 - ``oracle_token``: the gold telescoped over prefixes, r_t = g(y≤t) − g(y<t): the same return as
   ``oracle_sequence`` with the credit spread over the tokens. With γ = λ = 1 (AlpacaFarm) the advantage
   then differs from ``oracle_sequence``'s only by −g(y<t), a function of the state, i.e. a baseline;
-- ``oracle_sequence_lam095`` / ``oracle_token_lam095`` (opt-in through ``--variants``: the 90-minute
-  budget holds five arms): the same pair with GAE λ = 0.95, where dense rewards can change which tokens
-  get the credit.
+- ``oracle_sequence_lam095`` / ``oracle_token_lam095``: the same pair with GAE λ = 0.95, where dense
+  rewards can change which tokens get the credit.
 The oracle arms isolate what dense credit assignment buys, apart from RM quality (their critic starts from
 the sequence RM's backbone). KL: every arm, token arms included, is shaped by −β·KL_t with the config's
 estimator and β; the paper's literal [R1..Rn] would be β = 0 (not run: it doubles the budget).
 
-Rule, fixed before the comparison runs (the target must be known for the early stop):
+Rule, fixed before the comparison runs:
 1. initial gold = mean gold of ``--initial-samples`` rollouts of the initial policy (the PPO prompts and
    sampling settings); its per-response sd predicts the noise of the smoothed gold: sd / √(batch · window);
 2. calibration: ``oracle_sequence`` on a separate seed (``--calibration-seed``, never a comparison seed) for
    ``--calibration-steps`` steps; plateau = mean gold of its last ``--plateau-steps`` steps;
 3. target = initial + ``--target-fraction`` × (plateau − initial) (``--target`` / ``--target-delta`` replace
-   steps 2-3). The settings determine the answer when the smoothed gold's noise is under a third of the
-   margin (target − initial) and every ``oracle_sequence`` seed reaches the target: both are printed.
-Runs go seed-major (seed 0: every arm, then seed 1, ...) so machine load hits the arms alike. Each run stops
-once the trailing ``--window``-step mean of its rollouts' gold reaches the target (``stop_at_gold``; step 1
-samples the initial policy); a run that never does is censored at ``--max-steps``. Time to target = that
-step, and the PPO loop seconds up to it (sum of ``step_seconds``; actor start-up excluded). Medians with
-half or more runs censored are lower bounds and flagged; a ratio of a bound is reported as a bound (or not
-at all when both sides are). Ratios are medians over seeds with a bootstrap CI over seeds (pairs kept).
+   steps 2-3).
+Determinability, enforced: the run stops, with the failing figure, before any comparison arm unless the
+smoothed gold's noise is under a third of the margin (target − initial) and every ``oracle_sequence`` seed
+(run first) reaches the target (``--quick`` reports both without stopping). The other runs go seed-major
+(seed 0: every arm, then seed 1, ...) so machine load hits the arms alike. Every run goes the whole
+``--max-steps`` budget, and two measures are read off its trailing ``--window``-step mean of the rollouts'
+gold (step 1 samples the initial policy), each as steps and PPO loop seconds (sum of ``step_seconds``; actor
+start-up excluded):
+- steps to the run's own best smoothed gold within the budget (the paper's measure; never censored):
+  ``ratio_steps_to_best_*`` / ``ratio_seconds_to_best_*``;
+- time to the pre-registered target; a run that never reaches it is censored at ``--max-steps``. Medians
+  with half or more runs censored are lower bounds and flagged; a ratio of a bound is reported as a bound
+  (or not at all when both sides are): ``ratio_steps_*`` / ``ratio_wallclock_*``.
+Every ratio comes with its per-seed values (seeds paired) and an exact sign-test / order-statistic interval
+for their median (:func:`sign_test_interval`): with 5 seeds it is [min, max] of the per-seed ratios, coverage
+93.75 %; a censored run turns its seed's ratio into a bound, whose open end enters the interval. No
+bootstrap: on 5 values a percentile bootstrap of the median sits on the sample's own order statistics.
+Every finished stage (data, RM, PPO run, eval) is cached in the work dir, so an interrupted command
+continues where it stopped; an ETA for what is not cached yet is printed at the start.
 Table 1 from the same runs: each final policy answers the env's eval split and the gold judge compares
 it with the env's reference (fgrlhf.evaluation.winrate); win rates pool the seeds of an arm. Twice: greedy answers
 (``table1``), and ``eval_samples`` answers per prompt sampled as in the rollouts (temperature and top-p of
@@ -56,7 +67,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import statistics
 import sys
 import time
@@ -85,11 +95,20 @@ from benchmarks.common import (
     train_rm,
     write_json,
 )
+from fgrlhf.algorithms.intervals import sign_test_interval
 
 log = logging.getLogger("benchmarks.training_hours")
 
-PPO_CONFIG = {"synthetic": ROOT / "configs/ppo-synthetic-cpu.yaml", "alpaca-sim": ROOT / "configs/ppo-smollm2-cpu.yaml"}
-GOLD_HOOK = {"synthetic": "fgrlhf.envs.synthetic:gold_reward", "alpaca-sim": "fgrlhf.envs.alpaca_sim:gold_reward"}
+PPO_CONFIG = {
+    "synthetic": ROOT / "configs/ppo-synthetic-cpu.yaml",
+    "balanced": ROOT / "configs/ppo-synthetic-cpu.yaml",  # the same grammar and policy; the gold is overridden
+    "alpaca-sim": ROOT / "configs/ppo-smollm2-cpu.yaml",
+}
+GOLD_HOOK = {
+    "synthetic": "fgrlhf.envs.synthetic:gold_reward",
+    "balanced": "fgrlhf.envs.balanced:gold_reward",
+    "alpaca-sim": "fgrlhf.envs.alpaca_sim:gold_reward",
+}
 # RM name -> (kind, training data, train-rm overrides, loss); the token RMs are rm_accuracy.py's fine-grained
 # RMs of the same names (shared work dir).
 RMS = {
@@ -126,19 +145,29 @@ PAIRS = {
 }
 PAPER_HOURS = {"rm": {"sequence": 0.2, "token": 0.3}, "ppo": {"sequence": 4.0, "token": 2.0}}
 
-DEFAULT_VARIANTS = ("sequence", "fine_grained_sequence", "token", "oracle_sequence", "oracle_token")
+DEFAULT_VARIANTS = (
+    "sequence",
+    "fine_grained_sequence",
+    "token",
+    "oracle_sequence",
+    "oracle_token",
+    "oracle_sequence_lam095",
+    "oracle_token_lam095",
+)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+PRIOR_SECONDS_PER_STEP = 8.0  # the ETA's guess until the calibration measures it (batch 32, idle 2 cores)
 # Settings every arm shares, on top of the config, planned by arithmetic for 2 idle CPU cores:
 # - noise: the initial policy's gold has a per-response sd of 0.12-0.19 (SFT policy rollouts; 0.23 for the
 #   generator), so a 32-rollout batch and a 5-step window give a smoothed-gold sd of ≤ 0.19 / √160 ≈ 0.015,
-#   under a third of margins ≥ 0.045 (checked and printed for every run);
-# - budget: calibration 36 + 3 seeds × 5 arms × ≤ 36 = ≤ 576 PPO steps at ~8 s a step (batch 32, estimated
-#   from 3.7-5.3 s at batch 16 on the idle machine) ≈ 77 min if every run were censored, ~62 min if the oracle
-#   arms stop halfway; plus ~11 min of data, RMs, actor start-up (~20 s a run) and win-rate evals. The λ = 0.95
-#   oracle pair (+6 runs) is opt-in (--variants ... oracle_sequence_lam095 oracle_token_lam095): with it the
-#   worst case is ~115 min.
+#   under a third of margins ≥ 0.045 (the determinability rule, enforced before the comparison arms);
+# - budget: every run goes the whole budget (the paper's measure, steps to the run's own best smoothed gold,
+#   needs the full curve; time to target is read off the same curve). Calibration 24 + 5 seeds × 7 arms ×
+#   24 = 864 PPO steps at ~8 s a step (batch 32) ≈ 115 min, plus ~20 min of data, 10 RMs (one pair per
+#   seed), actor start-up (~20 s a run) and win-rate evals: ≤ 150 min on an idle machine. The ETA printed
+#   at the start redoes this sum for the runs not yet cached.
 FULL = {
     "ppo": ("ppo.rollout_batch_size=32", "ppo.step_batch_size=16", "save_every=0"),
-    "max_steps": 36,
+    "max_steps": 24,
     "window": 5,
     "plateau_steps": 10,
     "initial_samples": 512,
@@ -224,27 +253,64 @@ def ratio(token: dict, sequence: dict, key: str) -> tuple[float | None, str]:
     return value, "exact"
 
 
-def bootstrap_ratio_ci(
-    numerator: list[float], denominator: list[float], resamples: int = 4000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile CI of median(numerator) / median(denominator) with the seeds resampled with replacement;
-    both lists are indexed by seed, and a resample keeps each seed's pair together."""
-    if len(numerator) != len(denominator) or not numerator:
-        raise ValueError(f"paired samples needed, got {len(numerator)} and {len(denominator)}")
-    rng = random.Random(seed)
-    n = len(numerator)
-    stats = []
-    for _ in range(resamples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        stats.append(statistics.median(numerator[i] for i in idx) / statistics.median(denominator[i] for i in idx))
-    stats.sort()
-    tail = (1.0 - level) / 2
-    return stats[int(tail * resamples)], stats[min(resamples - 1, int((1.0 - tail) * resamples))]
+INTERVAL_METHOD = (
+    "median of the per-seed ratios (seeds paired); interval: exact sign-test / order-statistic interval "
+    "[x_(k), x_(n+1-k)] on the per-seed ratios, coverage 1 − 2·P(Bin(n, ½) < k) (93.75 % for 5 seeds, k = 1); "
+    "a censored run makes its seed's ratio a bound, whose open end (0 or ∞, null in JSON) enters the interval"
+)
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    """JSON has no infinity: an unbounded end is null."""
+    return [v if math.isfinite(v) and v > 0 else None for v in values]
+
+
+def steps_to_best(records: list[dict], window: int) -> dict:
+    """The paper's measure: the first step at which the run's trailing ``window``-step mean gold reaches its
+    own maximum within the budget, the PPO loop seconds up to it, and that best smoothed gold."""
+    smoothed = moving_average([r["gold_reward_mean"] for r in records], window)
+    valid = [i for i, v in enumerate(smoothed) if v is not None]
+    if not valid:
+        raise ValueError(f"{len(records)} steps: no full {window}-step window")
+    best = max(valid, key=lambda i: (smoothed[i], -i))
+    return {
+        "steps_to_best": best + 1,
+        "seconds_to_best": sum(r["step_seconds"] for r in records[: best + 1]),
+        "best_gold_ma": smoothed[best],
+    }
+
+
+def run_ratio(numerator: dict, denominator: dict, key: str) -> tuple[float, float, float]:
+    """One seed's ratio numerator/denominator of ``key`` (steps or seconds to target) with the interval it is
+    known to lie in: a censored run only gives a lower bound on its own value, so a censored numerator
+    makes the ratio a lower bound (upper end ∞), a censored denominator an upper bound (lower end 0)."""
+    value = numerator[key] / denominator[key]
+    low = 0.0 if not denominator["reached"] else value
+    high = math.inf if not numerator["reached"] else value
+    return value, low, high
 
 
 def smoothed_noise(sd_response: float, batch: int, window: int) -> float:
     """sd of a ``window``-step mean of batch-mean golds of a fixed policy: sd / √(batch · window)."""
     return sd_response / math.sqrt(batch * window)
+
+
+def noise_rule(noise: float, margin: float) -> str | None:
+    """The determinability rule's first half: why the smoothed gold is too noisy for the margin, or None."""
+    if noise < margin / 3:
+        return None
+    return (
+        f"predicted sd of the smoothed gold {noise:.4f} ≥ margin / 3 = {margin / 3:.4f} (margin {margin:.4f}); "
+        "raise the batch or --window"
+    )
+
+
+def oracle_rule(reached: dict[int, bool], target: float, max_steps: int) -> str | None:
+    """Its second half: which ``oracle_sequence`` seeds never reached the target, or None."""
+    missed = [seed for seed, hit in reached.items() if not hit]
+    if not missed:
+        return None
+    return f"oracle_sequence seeds {missed} never reached the target {target:.4f} in {max_steps} steps"
 
 
 def calibrated_target(initial: float, plateau: float, fraction: float) -> float:
@@ -348,6 +414,28 @@ def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg, samples: i
     return json.loads(out.read_text(encoding="utf-8"))
 
 
+def eta_minutes(runs_left: int, steps: int, seconds_per_step: float, rms_left: int, rm_seconds: float = 90.0) -> float:
+    """Minutes still to go: each PPO run's steps, its actor start-up and two win-rate evals (~40 s), and
+    the RMs not yet trained."""
+    return (runs_left * (steps * seconds_per_step + 40.0) + rms_left * rm_seconds) / 60
+
+
+def eta_text(args: argparse.Namespace, workdir: Path, seconds_per_step: float | None) -> str:
+    """The ETA of the runs and RMs of this command not yet cached in ``workdir`` (cached ones are reused)."""
+    done = lambda pattern: any(workdir.glob(pattern))  # noqa: E731
+    runs_left = sum(
+        not done(f"ppo/{variant}-s{seed}-*/timing.json") for seed in args.seeds for variant in args.variants
+    )
+    rms_left = sum(not done(f"rm/*-s{seed}/timing.json") for seed in args.seeds)
+    per_step = seconds_per_step or PRIOR_SECONDS_PER_STEP
+    minutes = eta_minutes(runs_left, args.max_steps, per_step, 2 * rms_left)
+    return (
+        f"~{minutes:.0f} min for {runs_left} of {len(args.seeds) * len(args.variants)} PPO runs not cached "
+        f"(≤ {args.max_steps} steps × {per_step:.1f} s/step{' measured' if seconds_per_step else ' assumed'}) "
+        f"and the RMs of {rms_left} seed(s)"
+    )
+
+
 def run(args: argparse.Namespace) -> dict:
     from fgrlhf.algorithms.winrate import win_rate
     from fgrlhf.config import load_config
@@ -367,19 +455,22 @@ def run(args: argparse.Namespace) -> dict:
     run_dirs: dict[tuple[str, int], Path] = {}
     with ray_session(args.num_cpus):
         prepared = prepare_data(args.env, workdir, sizes, args.edit_rules)
+        print(f"ETA (before calibration): {eta_text(args, workdir, None)}", flush=True)
         data = {"pairs": prepared.pairs, "edits": prepared.edits}
+        # One RM pair per seed (RM seed = PPO seed), so RM variance is inside the per-seed spread.
         rms = {
-            name: train_rm(
-                prepared, workdir, name, RMS[name][0], data[RMS[name][1]], 0, sizes.rm_overrides + RMS[name][2]
+            (name, seed): train_rm(
+                prepared, workdir, name, RMS[name][0], data[RMS[name][1]], seed, sizes.rm_overrides + RMS[name][2]
             )
+            for seed in args.seeds
             for name in dict.fromkeys(rm_of.values())
         }
 
-        def overrides(variant: str, seed: int, steps: int, stop: tuple[float, int] | None) -> list[str]:
+        def overrides(variant: str, seed: int, steps: int, rm_seed: int | None = None) -> list[str]:
             arm = VARIANTS[variant]
-            out = [
+            return [
                 f"policy.name={prepared.backbone}",
-                f"reward.model={rms[rm_of[variant]]['final_dir']}",
+                f"reward.model={rms[(rm_of[variant], seed if rm_seed is None else rm_seed)]['final_dir']}",
                 f"prompts.path={prepared.prompts_train}",
                 f"ppo.reward_mode={arm.mode}",
                 f"seed={seed}",
@@ -389,11 +480,8 @@ def run(args: argparse.Namespace) -> dict:
                 *args.ppo_overrides,
                 *arm.overrides,
             ]
-            if stop is not None:
-                out += [f"stop_at_gold.target={stop[0]!r}", f"stop_at_gold.window={stop[1]}"]
-            return out
 
-        shared = load_config(PPOTrainConfig, config, overrides("sequence", 0, 1, None))
+        shared = load_config(PPOTrainConfig, config, overrides("sequence", args.seeds[0], 1))
         batch = shared.ppo.rollout_batch_size
         initial = initial_gold(args, prepared, shared, workdir, args.initial_samples)
         calibration = None
@@ -406,7 +494,8 @@ def run(args: argparse.Namespace) -> dict:
                 workdir,
                 f"calibration-oracle_sequence-s{args.calibration_seed}",
                 config,
-                overrides("oracle_sequence", args.calibration_seed, args.calibration_steps, None),
+                # its critic starts from the first seed's sequence RM (RMs exist for comparison seeds only)
+                overrides("oracle_sequence", args.calibration_seed, args.calibration_steps, args.seeds[0]),
             )
             golds = [r["gold_reward_mean"] for r in cal]
             plateau = statistics.fmean(golds[-args.plateau_steps :])
@@ -444,14 +533,40 @@ def run(args: argparse.Namespace) -> dict:
             plan,
         )
 
-        for seed in args.seeds:
+        determinability = {"smoothed_gold_sd": noise, "limit_margin_third": margin / 3, "enforced": not args.quick}
+
+        def undetermined(message: str | None) -> None:
+            if message is None:
+                return
+            # --quick is a code-path check whose batch of 8 can never meet the rule: reported, not enforced.
+            if args.quick:
+                log.warning("quick run, not enforced: %s", message)
+                return
+            raise SystemExit(f"error: determinability rule failed before the comparison arms: {message}")
+
+        undetermined(noise_rule(noise, margin))
+        print(f"ETA: {eta_text(args, workdir, plan.get('seconds_per_step_measured'))}", flush=True)
+
+        def comparison_run(variant: str, seed: int) -> None:
+            # Every run goes the whole budget: steps to its own best needs the full curve.
+            run_dirs[(variant, seed)], metrics[(variant, seed)] = run_ppo(
+                workdir, f"{variant}-s{seed}", config, overrides(variant, seed, args.max_steps)
+            )
+
+        # The oracle seeds first: the rule needs every one of them to reach the target before any other arm runs.
+        if "oracle_sequence" in args.variants:
+            for seed in args.seeds:
+                comparison_run("oracle_sequence", seed)
+            reached = {
+                seed: time_to_target(metrics[("oracle_sequence", seed)], target, args.window)["reached"]
+                for seed in args.seeds
+            }
+            determinability["oracle_sequence_missed_seeds"] = [seed for seed, hit in reached.items() if not hit]
+            undetermined(oracle_rule(reached, target, args.max_steps))
+        for seed in args.seeds:  # seed-major, so machine load hits the arms alike
             for variant in args.variants:
-                run_dirs[(variant, seed)], metrics[(variant, seed)] = run_ppo(
-                    workdir,
-                    f"{variant}-s{seed}",
-                    config,
-                    overrides(variant, seed, args.max_steps, (target, args.window)),
-                )
+                if (variant, seed) not in metrics:
+                    comparison_run(variant, seed)
         evals: dict[int, dict[tuple[str, int | None], dict]] = {}  # samples per prompt (0: greedy) -> ...
         for samples in (0, preset["eval_samples"]):
             suffix = f"-sampled{samples}" if samples else ""
@@ -477,6 +592,7 @@ def run(args: argparse.Namespace) -> dict:
             {
                 "seed": seed,
                 **time_to_target(records, target, args.window),
+                **steps_to_best(records, args.window),
                 "stopped_at_gold": bool(records[-1].get("stopped_at_gold")),
                 "win_rate": evals[0][(variant, seed)]["win_rate"],
                 "win_rate_sampled": evals[preset["eval_samples"]][(variant, seed)]["win_rate"],
@@ -530,6 +646,7 @@ def run(args: argparse.Namespace) -> dict:
                 statistics.stdev(step1) / math.sqrt(args.window) if len(step1) > 1 else None
             ),
         },
+        "determinability": determinability,
         "budget": {
             **plan,
             "oracle_sequence_reached_every_seed": variants["oracle_sequence"]["censored"] == 0
@@ -545,9 +662,17 @@ def run(args: argparse.Namespace) -> dict:
         },
         "finegrained_loss": args.finegrained_loss,
         "variant_rm": {v: rm_of[v] for v in args.variants},
+        # one RM per name and seed: medians over the seeds, and each seed's wall seconds
         "rm_training": {
-            name: {**{k: t[k] for k in ("kind", "steps", "wall_seconds", "loop_seconds")}, "loss": RMS[name][3]}
-            for name, t in rms.items()
+            name: {
+                "kind": RMS[name][0],
+                "steps": statistics.median(rms[(name, s)]["steps"] for s in args.seeds),
+                "wall_seconds": statistics.median(rms[(name, s)]["wall_seconds"] for s in args.seeds),
+                "loop_seconds": statistics.median(rms[(name, s)]["loop_seconds"] for s in args.seeds),
+                "wall_seconds_per_seed": [rms[(name, s)]["wall_seconds"] for s in args.seeds],
+                "loss": RMS[name][3],
+            }
+            for name in dict.fromkeys(name for name, _ in rms)
         },
         "variants": variants,
         "runs": per_run,
@@ -567,16 +692,24 @@ def run(args: argparse.Namespace) -> dict:
             value, note = ratio(variants[num], variants[den], key)
             full = f"ratio_{name}_{pair}"
             result[full], result[f"{full}_note"] = value, note
-            result[f"{full}_ci"] = (
-                None
-                if value is None
-                else bootstrap_ratio_ci(
-                    [by_seed[num][s][key] for s in args.seeds], [by_seed[den][s][key] for s in args.seeds]
-                )
-            )
+            per_seed = [run_ratio(by_seed[num][s], by_seed[den][s], key) for s in args.seeds]
+            interval = sign_test_interval([r[1] for r in per_seed], [r[2] for r in per_seed])
+            result[f"{full}_ci"] = None if value is None else _finite([interval["low"], interval["high"]])
+            result[f"{full}_ci_coverage"] = interval["coverage"]
+            result[f"{full}_per_seed"] = [r[0] for r in per_seed]
             result[f"{full}_censored"] = {num: variants[num]["censored"], den: variants[den]["censored"]}
             if pair == "token_vs_sequence":
                 result[f"ratio_{name}_note"] = note  # the pre-oracle key, kept for readers of older JSON
+        # The paper's measure: steps / seconds to each run's own best smoothed gold (never censored).
+        for key, name in (("steps_to_best", "steps_to_best"), ("seconds_to_best", "seconds_to_best")):
+            per_seed_values = [by_seed[num][s][key] / by_seed[den][s][key] for s in args.seeds]
+            interval = sign_test_interval(per_seed_values, per_seed_values)
+            full = f"ratio_{name}_{pair}"
+            result[full] = statistics.median(per_seed_values)
+            result[f"{full}_interval"] = [interval["low"], interval["high"]]
+            result[f"{full}_interval_coverage"] = interval["coverage"]
+            result[f"{full}_per_seed"] = per_seed_values
+    result["interval_method"] = INTERVAL_METHOD
     return result
 
 
@@ -604,14 +737,18 @@ def markdown(result: dict) -> str:
             budget["oracle_sequence_reached_every_seed"]
         ]
         + ".",
+        f"Determinability rule ({'enforced' if result['determinability']['enforced'] else 'reported only, --quick'}): "
+        f"noise {result['determinability']['smoothed_gold_sd']:.4f} vs margin / 3 "
+        f"{result['determinability']['limit_margin_third']:.4f}; oracle_sequence seeds that missed the target: "
+        f"{result['determinability'].get('oracle_sequence_missed_seeds', 'not run')}.",
         f"KL: {result['kl']['estimator']}, β = {result['kl']['kl_coef']}, {result['kl']['token_mode']}.",
         "",
-        "| RM | loss | steps | train s (wall / loop) | paper h |",
+        "| RM (median over seeds) | loss | steps | train s (wall / loop) | paper h |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
     for name, t in result["rm_training"].items():
         lines.append(
-            f"| {name} | {t['loss']} | {t['steps']} | {t['wall_seconds']:.0f} / {t['loop_seconds']:.1f} | "
+            f"| {name} | {t['loss']} | {t['steps']:g} | {t['wall_seconds']:.0f} / {t['loop_seconds']:.1f} | "
             f"{result['paper_hours']['rm'][t['kind']]} |"
         )
     lines += [
@@ -632,12 +769,28 @@ def markdown(result: dict) -> str:
             f"{result['paper_hours']['ppo'].get(variant, '–')} |"
         )
     lines.append("")
+    lines.append(f"Intervals: {result['interval_method']}.")
     for pair in PAIRS:
+        key = f"ratio_steps_to_best_{pair}"
+        if key in result:
+            low, high = result[f"{key}_interval"]
+            per_seed = ", ".join(f"{v:.2f}" for v in result[f"{key}_per_seed"])
+            seconds = result[f"ratio_seconds_to_best_{pair}"]
+            lines.append(
+                f"- {key} (the paper's measure: steps to each run's own best smoothed gold): {result[key]:.2f} "
+                f"[{low:.2f}, {high:.2f}, coverage {result[f'{key}_interval_coverage']:.1%}]; per seed {per_seed}; "
+                f"seconds: {seconds:.2f}"
+            )
         for name in ("wallclock", "steps"):
             key = f"ratio_{name}_{pair}"
             if key in result:
                 ci = result[f"{key}_ci"]
-                ci_text = f" [95% CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+                coverage = result.get(f"{key}_ci_coverage")
+                ci_text = (
+                    f" [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}, coverage {coverage:.1%}]"
+                    if ci and coverage is not None
+                    else ""
+                )
                 censored = ", ".join(f"{k} {v}" for k, v in result[f"{key}_censored"].items())
                 lines.append(
                     f"- {key}: {fmt(result[key], 2)}{ci_text} ({result[f'{key}_note']}; censored runs: "
@@ -654,7 +807,7 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             f"Table 1 in the simulation: win rate vs the env's references on the eval split, gold judge, {answers} "
-            "(seeds pooled; runs that reached the target stopped there).",
+            "(seeds pooled; final policies after the whole budget).",
             "",
             "| policy | win rate % ± s.e. | n | per seed | gold mean (policy / reference) |",
             "| --- | ---: | ---: | ---: | ---: |",
@@ -700,7 +853,13 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "training_hours")
-    parser.add_argument("--seeds", type=int, nargs="+", help="PPO seeds of the comparison (default 0 1 2; --quick: 0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help=f"PPO seeds of the comparison, each with its own RMs (RM seed = PPO seed) (default "
+        f"{' '.join(map(str, DEFAULT_SEEDS))}; --quick: 0)",
+    )
     parser.add_argument(
         "--max-steps",
         type=int,
@@ -756,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
-    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.seeds = args.seeds or ([0] if args.quick else list(DEFAULT_SEEDS))
     args.max_steps = args.max_steps or preset["max_steps"]
     args.window = args.window or preset["window"]
     args.calibration_steps = args.calibration_steps or args.max_steps

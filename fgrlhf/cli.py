@@ -41,6 +41,10 @@ COMMANDS = {
         "fgrlhf.pipelines.demo_cli",
         "the main job: edits -> token RM -> token-level PPO -> win rate, on the embedded default",
     ),
+    "paper": (
+        "fgrlhf.pipelines.paper_cli",
+        "the paper's experiment as one resumable job: data -> edits -> RMs -> PPO arms -> Tables 1-3",
+    ),
     "figa": ("fgrlhf.figa.figa_cli", "FIGA fine-grained SFT on initial/revised response pairs (or plain SFT) on Ray"),
     "plan": (
         "fgrlhf.runtime.plan_cli",

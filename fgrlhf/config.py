@@ -7,6 +7,8 @@ built from the shared sections defined here.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -55,10 +57,17 @@ class DeepSpeedConfig(StrictModel):
     bf16: bool = False
     grad_accum_dtype: Literal["fp32", "bf16"] | None = Field(
         None,
-        description="gradient accumulation dtype (DeepSpeed data_types.grad_accum_dtype); None = the "
-        "model's. fp32 keeps many bf16 micro-steps from rounding away small gradients",
+        description="gradient accumulation dtype (DeepSpeed data_types.grad_accum_dtype). Unset: fp32 for a "
+        "bf16 model at ZeRO >= 1 (many bf16 micro-steps would round small gradients away; DeepSpeed's own "
+        "default is the model's dtype), else the model's dtype (DeepSpeed has no bf16/fp32 mix at stage 0)",
     )
     gradient_checkpointing: bool = False
+    timeout_s: float = Field(
+        1800.0,
+        gt=0.0,
+        description="the learner group's process-group timeout: rendezvous and every collective (DeepSpeed's "
+        "default is 10 min, DEEPSPEED_TIMEOUT); a rank stuck longer fails instead of hanging",
+    )
 
     @model_validator(mode="after")
     def _check_grad_accum_dtype(self) -> DeepSpeedConfig:
@@ -71,6 +80,9 @@ class DeepSpeedConfig(StrictModel):
                 "grad_accum_dtype=fp32 with bf16=true needs zero_stage >= 1 (DeepSpeed's ZeRO "
                 "optimizers accumulate in fp32; stage 0 does not support the mix)"
             )
+        if self.grad_accum_dtype is None and self.bf16 and self.zero_stage >= 1:
+            # Written past validate_assignment (it would re-enter this validator); the value is valid here.
+            self.__dict__["grad_accum_dtype"] = "fp32"
         return self
 
     @property
@@ -130,8 +142,33 @@ def _describe(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, source: str, key: str = "") -> Any:
+    """``${NAME}`` / ``${NAME:-default}`` in the file's string values, from the environment (so one variable
+    can hold the paths every config of a cluster shares); an unset ``${NAME}`` is an error naming the key."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, source, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"config {source}: key '{key}': environment variable {name} is not set")
+        return default
+
+    return _ENV_REF.sub(lookup, value)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build ``cls`` from an optional YAML file plus dotted overrides; errors name file and key."""
+    """Build ``cls`` from an optional YAML file (``${ENV}`` references expanded) plus dotted overrides; errors
+    name file and key."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -149,7 +186,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(loaded).__name__}")
-        data = loaded or {}
+        data = _expand_env(loaded or {}, source)
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         source += " + command-line overrides"

@@ -164,21 +164,26 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None =
     with partitioned_construction(zero3):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
     model.tie_weights()  # part of the weight init that partitioned_construction skips
-    load_partitioned(model, _safetensors_files(path))
+    load_partitioned(model, checkpoint_files(path))
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
 
 
-def _safetensors_files(path: Path) -> list[Path]:
-    """The safetensors file(s) of the HF checkpoint ``path``: one ``model.safetensors`` or the shards its
-    index names."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    raise ModelLoadError(
-        f"{path}: a ZeRO-3 learner loads safetensors checkpoints (model.safetensors or "
-        "model.safetensors.index.json); re-save it with save_pretrained(safe_serialization=True)"
-    )
+def checkpoint_files(path: Path) -> list[Path]:
+    """The weight file(s) of the HF checkpoint ``path``, as ``from_pretrained`` looks for them: safetensors
+    (``model.safetensors`` or the shards its index names), else torch ``.bin`` (``pytorch_model.bin`` or the
+    shards of ``pytorch_model.bin.index.json``, as AlpacaFarm's and many 2023 LLaMA exports are)."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (path / index).is_file():
+            try:
+                weight_map = json.loads((path / index).read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ModelLoadError(f"{path / index}: not a checkpoint index (no weight_map): {exc}") from None
+            return [path / name for name in sorted(set(weight_map.values()))]
+        if (path / single).is_file():
+            return [path / single]
+    raise ModelLoadError(f"{path}: no weights (model.safetensors, pytorch_model.bin or the index of either's shards)")

@@ -12,13 +12,18 @@ from pathlib import Path
 import pytest
 
 from benchmarks.training_hours import (
-    bootstrap_ratio_ci,
     calibrated_target,
+    eta_minutes,
+    noise_rule,
+    oracle_rule,
     ratio,
+    run_ratio,
     smoothed_noise,
+    steps_to_best,
     summarise_variant,
     time_to_target,
 )
+from fgrlhf.algorithms.intervals import sign_test_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,14 +57,57 @@ def test_a_run_that_never_reaches_the_target_is_censored_at_its_last_step():
     assert miss["final_response_len"] == pytest.approx(21.5)
 
 
-def test_bootstrap_ratio_ci_over_seeds():
-    assert bootstrap_ratio_ci([2.0, 2.0, 2.0], [1.0, 1.0, 1.0]) == (2.0, 2.0)
-    # median of a resample of (1, 2, 3) is 1 or 3 with probability 7/27 each: both ends are in the 95% CI
-    assert bootstrap_ratio_ci([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) == (1.0, 3.0)
-    # pairs stay together: every resample's ratio is 2 (unpaired, 10 / 10 or 20 / 5 would occur)
-    assert bootstrap_ratio_ci([10.0, 20.0], [5.0, 10.0]) == (2.0, 2.0)
+def test_sign_test_interval_on_five_and_ten_paired_values():
+    # n = 5: k = 2 would cover 1 - 2·(1 + 5)/32 = 62.5 %, so k = 1: [min, max], coverage 1 - 2/32 = 93.75 %.
+    five = [1.2, 0.5, 2.0, 0.8, 1.0]
+    interval = sign_test_interval(five, five)
+    assert (interval["low"], interval["high"], interval["k"]) == (0.5, 2.0, 1)
+    assert interval["coverage"] == pytest.approx(0.9375)
+    # n = 10: k = 2 covers 1 - 2·(1 + 10)/1024 = 97.85 % ≥ 95 %, k = 3 only 89.06 %: [x_(2), x_(9)].
+    ten = [float(v) for v in range(1, 11)]
+    interval = sign_test_interval(ten, ten)
+    assert (interval["low"], interval["high"], interval["k"]) == (2.0, 9.0, 2)
+    assert interval["coverage"] == pytest.approx(1 - 22 / 1024)
     with pytest.raises(ValueError, match="paired"):
-        bootstrap_ratio_ci([1.0], [1.0, 2.0])
+        sign_test_interval([1.0], [1.0, 2.0])
+
+
+def test_censored_runs_turn_per_seed_ratios_into_bounds_that_widen_the_interval():
+    reached = {"steps": 10, "reached": True}
+    censored = {"steps": 20, "reached": False}
+    assert run_ratio(reached, reached, "steps") == (1.0, 1.0, 1.0)
+    assert run_ratio(censored, reached, "steps") == (2.0, 2.0, math.inf)  # numerator ≥ 20: ratio ≥ 2
+    assert run_ratio(reached, censored, "steps") == (0.5, 0.0, 0.5)  # denominator ≥ 20: ratio ≤ 0.5
+    # one seed censored on the numerator: the interval's upper end opens, the lower end is the plain minimum
+    lows, highs = [0.5, 0.8, 1.0, 1.2, 2.0], [0.5, 0.8, 1.0, 1.2, math.inf]
+    interval = sign_test_interval(lows, highs)
+    assert (interval["low"], interval["high"]) == (0.5, math.inf)
+
+
+def test_steps_to_best_is_the_first_step_at_the_runs_own_best_moving_average():
+    # 2-step means: -, 0.2, 0.4, 0.45, 0.5, 0.4: the best is at step 5, never censored.
+    best = steps_to_best(_records([0.1, 0.3, 0.5, 0.4, 0.6, 0.2]), window=2)
+    assert best == {"steps_to_best": 5, "seconds_to_best": pytest.approx(10.0), "best_gold_ma": pytest.approx(0.5)}
+    # a tie keeps the first step that reached the best
+    assert steps_to_best(_records([0.2, 0.4, 0.2, 0.4]), window=2)["steps_to_best"] == 2
+    with pytest.raises(ValueError, match="window"):
+        steps_to_best(_records([0.1]), window=2)
+
+
+def test_determinability_rule_names_the_failing_figure():
+    assert noise_rule(0.01, margin=0.045) is None  # 0.01 < 0.015
+    assert noise_rule(0.02, margin=0.045) == (
+        "predicted sd of the smoothed gold 0.0200 ≥ margin / 3 = 0.0150 (margin 0.0450); raise the batch or --window"
+    )
+    assert oracle_rule({0: True, 1: True}, 0.4, 24) is None
+    assert oracle_rule({0: True, 1: False, 2: False}, 0.4, 24) == (
+        "oracle_sequence seeds [1, 2] never reached the target 0.4000 in 24 steps"
+    )
+
+
+def test_eta_adds_steps_start_up_and_rms():
+    # 2 runs × (10 steps × 5 s + 40 s) + 1 RM × 60 s = 240 s
+    assert eta_minutes(2, 10, 5.0, 1, rm_seconds=60.0) == pytest.approx(4.0)
 
 
 def test_target_rule_and_noise_arithmetic():
@@ -168,9 +216,9 @@ def test_training_hours_quick(workdir):
         assert 1 <= result[f"median_steps_{variant}"] <= result["max_steps"]
         assert _finite(result[f"median_seconds_{variant}"]) and result[f"median_seconds_{variant}"] > 0
         (run,) = result["runs"][variant]
-        # a run ends at the budget, or earlier exactly when its moving average reached the target
-        assert len(run["curve"]["gold"]) == (run["steps"] if run["stopped_at_gold"] else result["max_steps"])
-        assert run["stopped_at_gold"] == run["reached"]
+        # every run goes the whole budget (steps to its own best needs the full curve)
+        assert len(run["curve"]["gold"]) == result["max_steps"] and not run["stopped_at_gold"]
+        assert 1 <= run["steps_to_best"] <= result["max_steps"]
         assert all(0.0 <= g <= 1.0 for g in run["curve"]["gold"])
         assert f"| {variant} |" in stdout
         for key in ("table1", "table1_sampled"):  # n: one preference per eval prompt (sampled: their mean)
@@ -190,5 +238,10 @@ def test_training_hours_quick(workdir):
         assert value is None or (_finite(value) and value > 0)
         assert (result[f"{key}_ci"] is None) == (value is None)
         assert set(result[f"{key}_censored"]) == {"token", "sequence"}
+        assert len(result[f"{key}_per_seed"]) == 1
+    key = "ratio_steps_to_best_token_vs_sequence"
+    (per_seed,) = result[f"{key}_per_seed"]
+    assert result[key] == pytest.approx(per_seed) and result[f"{key}_interval"] == [per_seed, per_seed]
+    assert "sign-test" in result["interval_method"] and f"- {key}" in stdout
     assert "ratio_steps_oracle_token_vs_oracle_sequence" not in result  # those arms were not run
     assert Path(result["plot"]).stat().st_size > 0

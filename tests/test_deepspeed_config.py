@@ -1,10 +1,15 @@
 """The DeepSpeed config fgrlhf builds, as DeepSpeed itself parses it: ZeRO-3 parameter persistence and the
 gradient-accumulation dtype."""
 
+from pathlib import Path
+
 import pytest
 
 from fgrlhf.config import ConfigError, DeepSpeedConfig, load_config
 from fgrlhf.runtime.distributed import deepspeed_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 
 def parsed(cfg: DeepSpeedConfig, tiny_model: bool = False):
@@ -36,9 +41,53 @@ def test_grad_accum_dtype_reaches_deepspeeds_data_types():
     cfg = DeepSpeedConfig(zero_stage=3, bf16=True, grad_accum_dtype="fp32", gradient_accumulation_steps=16)
     assert deepspeed_config(cfg)["data_types"] == {"grad_accum_dtype": "fp32"}
     assert parsed(cfg).grad_accum_dtype == "fp32"
-    # Unset: no data_types section, DeepSpeed accumulates in the model's dtype.
-    assert "data_types" not in deepspeed_config(DeepSpeedConfig(bf16=True, zero_stage=3))
-    assert parsed(DeepSpeedConfig(bf16=True, zero_stage=3)).grad_accum_dtype is None
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_bf16_models_accumulate_in_fp32_unless_told_otherwise(stage):
+    # Unset, DeepSpeed itself would accumulate in the model's dtype (bf16): fgrlhf's default is fp32.
+    assert parsed(DeepSpeedConfig(bf16=True, zero_stage=stage, grad_accum_dtype="bf16")).grad_accum_dtype == "bf16"
+    assert DeepSpeedConfig.model_validate({"bf16": True, "zero_stage": stage}).grad_accum_dtype == "fp32"
+    assert parsed(DeepSpeedConfig(bf16=True, zero_stage=stage)).grad_accum_dtype == "fp32"
+    explicit = DeepSpeedConfig(bf16=True, zero_stage=stage, grad_accum_dtype="bf16")
+    assert deepspeed_config(explicit)["data_types"] == {"grad_accum_dtype": "bf16"}
+    # fp32 models have nothing to widen; stage 0 cannot mix (DeepSpeed raises NotImplementedError there).
+    assert "data_types" not in deepspeed_config(DeepSpeedConfig(zero_stage=stage))
+    assert "data_types" not in deepspeed_config(DeepSpeedConfig(bf16=True, zero_stage=0))
+
+
+def test_the_7b_configs_accumulate_in_fp32():
+    from fgrlhf.reward.train import RMTrainConfig
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
+
+    rm = load_config(RMTrainConfig, CONFIGS / "rm-token-llama7b-8xa100.yaml")
+    assert rm.deepspeed.bf16 and rm.deepspeed.gradient_accumulation_steps > 1
+    assert rm.deepspeed.grad_accum_dtype == "fp32"
+    assert "grad_accum_dtype: fp32" in (CONFIGS / "rm-token-llama7b-8xa100.yaml").read_text()  # said, not implied
+    ppo = load_config(PPOTrainConfig, CONFIGS / "ppo-llama7b-8xa100.yaml")
+    for role in ("policy_learner", "critic_learner"):
+        assert deepspeed_config(ppo.learner_ds(role))["data_types"] == {"grad_accum_dtype": "fp32"}
+
+
+def test_deepspeed_is_pinned_to_the_tested_range():
+    """The validator and these tests assume 0.19's defaults (grad_accum_dtype, ZeRO-3 persistence): the
+    dependency admits no other minor version, and the installed one is inside it."""
+    from importlib.metadata import version
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (requirement,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "deepspeed"]
+    assert requirement.specifier.contains(version("deepspeed"))
+    assert not requirement.specifier.contains("0.18.9") and not requirement.specifier.contains("0.20.0")
+
+
+def test_learner_group_timeout_is_a_validated_setting():
+    assert DeepSpeedConfig().timeout_s == 1800
+    assert load_config(DeepSpeedConfig, overrides=["timeout_s=90"]).timeout_s == 90
+    with pytest.raises(ConfigError, match="timeout_s"):
+        load_config(DeepSpeedConfig, overrides=["timeout_s=0"])
 
 
 @pytest.mark.parametrize(

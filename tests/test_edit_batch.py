@@ -193,3 +193,22 @@ def test_lost_batch_duplicates_and_size_limit(tmp_path, server, capsys):
     # --batch belongs to the Claude editor only: refused before anything is sent.
     code = cli_main(edit_command(pairs, tmp_path / "r.jsonl", "rule", "--batch", "tokenizer=tiny"))
     assert code == 2 and "--batch needs --editor anthropic" in capsys.readouterr().err
+
+
+def test_two_batch_runs_on_one_cache_pay_once(tmp_path, monkeypatch):
+    """A second --batch run on a cache in use waits for the first, then reads its edits from the cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"Answer {i} mentions teh topic." for i in range(12)]
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", texts)
+    cfg = _batch_cfg(tmp_path)
+    with fake_anthropic(monkeypatch, KEY, batch_polls=20) as server, ThreadPoolExecutor(2) as pool:
+        # Threads lock like processes here: each run opens the lock file itself.
+        runs = [pool.submit(run_edit, cfg, pairs, tmp_path / f"out{i}.jsonl", progress=False) for i in range(2)]
+        summaries = [run.result(timeout=120) for run in runs]
+    sent = [custom_id for batch in server.batches.values() for custom_id in batch.custom_ids]
+    assert len(sent) == len(set(sent)) == len(texts)  # every item in one batch request, none paid twice
+    assert sorted(s.counters.requests for s in summaries) == [0, len(texts)]
+    assert sorted(s.from_cache for s in summaries) == [0, len(texts)]
+    for i in range(2):
+        assert [r["status"] for r in _read(tmp_path / f"out{i}.jsonl")] == ["edited"] * len(texts)

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from fgrlhf.runtime.placement import PlacementPlan, actor_options, assign_gpus, ppo_placement, supervised_placement
+from fgrlhf.runtime.placement import (
+    PlacementPlan,
+    actor_options,
+    assign_gpus,
+    ppo_placement,
+    slot_devices,
+    supervised_placement,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -70,12 +77,13 @@ def _place(plan: PlacementPlan) -> tuple[list[dict], list[str]]:
 
 
 def _check(plan: PlacementPlan, seen: list[dict], bundle_nodes: list[str], gpus_per_node: int) -> None:
-    devices = assign_gpus(plan)
+    devices = slot_devices(plan)
     device_of: dict[int, tuple] = {}  # planned device -> (node, GPU id) Ray gave
-    for slot, obs in zip(plan.slots, seen):
+    for slot, obs, mine in zip(plan.slots, seen, devices):
         assert obs["node"] == bundle_nodes[slot.bundle], slot  # in its bundle
-        assert len(obs["gpus"]) == len(devices[slot.bundle]) == (1 if slot.gpus else 0), (slot, obs)
-        for d, gpu in zip(devices[slot.bundle], obs["gpus"]):
+        assert len(obs["gpus"]) == len(mine) == (1 if slot.gpus else 0), (slot, obs)
+        assert set(mine) <= set(assign_gpus(plan)[slot.bundle])
+        for d, gpu in zip(mine, obs["gpus"]):
             assert device_of.setdefault(d, (obs["node"], gpu)) == (obs["node"], gpu), slot
     # One planned device is one physical device: no two planned devices share a GPU.
     assert len(set(device_of.values())) == len(device_of)
@@ -103,3 +111,19 @@ def test_8xa100_ppo_and_rm_place_as_planned(sim_cluster):
     seen, bundle_nodes = _place(rm)
     _check(rm, seen, bundle_nodes, gpus_per_node)
     assert len({(obs["node"], obs["gpus"][0]) for obs in seen}) == 8
+
+
+@pytest.mark.slow
+def test_colocated_bundle_gives_whole_gpu_actors_devices_of_their_own(sim_cluster):
+    """Inside bundle 0 (4 GPUs) Ray gives policy 0, critic 0 and the rollout actor a device each and puts the
+    two half-GPU scorers together: the per-device accounting `fgrlhf plan` does for colocated bundles."""
+    _, gpus_per_node = sim_cluster
+    from fgrlhf.config import load_config
+    from fgrlhf.trainers.ppo.config import PPOTrainConfig
+
+    plan = ppo_placement(load_config(PPOTrainConfig, CONFIGS / "ppo-llama7b-8xa100.yaml", ["placement.mode=colocated"]))
+    seen, bundle_nodes = _place(plan)
+    _check(plan, seen, bundle_nodes, gpus_per_node)
+    by_role = {(s.role, s.index): (obs["node"], obs["gpus"][0]) for s, obs in zip(plan.slots, seen)}
+    bundle0 = [by_role[k] for k in [("policy", 0), ("critic", 0), ("rollout", 0), ("reward", 0)]]
+    assert len(set(bundle0)) == 4 and by_role["reference", 0] == by_role["reward", 0]

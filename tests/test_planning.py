@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fgrlhf.runtime.placement import assign_gpus, ppo_placement
+from fgrlhf.runtime.placement import assign_gpus, ppo_placement, slot_devices
 from fgrlhf.runtime.planning import (
     PROCESS_BASELINE_GB,
     Arch,
@@ -138,15 +138,59 @@ def test_8xa100_placement_packs_the_half_gpus_together():
         ("policy", 0, 0),
         ("policy", 1, 1),
         ("policy", 2, 2),
-        ("policy", 3, 3),
-        ("critic", 0, 4),
-        ("critic", 1, 5),
+        ("critic", 0, 3),
+        ("critic", 1, 4),
+        ("critic", 2, 5),
         ("rollout", 0, 6),
         ("reward", 0, 7),
         ("reference", 0, 8),
     ]
     assert plan.num_gpus == 8
     assert assign_gpus(plan) == [[0], [1], [2], [3], [4], [5], [6], [7], [7]]
+
+
+def test_colocated_bundle_gives_each_whole_gpu_actor_its_own_device():
+    plan = ppo_placement(_ppo_cfg("ppo-llama7b-8xa100.yaml", "placement.mode=colocated"))
+    # bundle 0: policy 0, critic 0, rollout (1 GPU each), reward + reference (0.5 each) = 4 GPUs
+    assert plan.bundles[0]["GPU"] == 4.0
+    assert assign_gpus(plan)[0] == [0, 1, 2, 3]
+    by_slot = dict(zip([(s.role, s.index) for s in plan.slots], slot_devices(plan)))
+    assert [by_slot[k] for k in [("policy", 0), ("critic", 0), ("rollout", 0), ("reward", 0), ("reference", 0)]] == [
+        [0],
+        [1],
+        [2],
+        [3],
+        [3],
+    ]
+    assert by_slot["policy", 1] == [4] and by_slot["critic", 2] == [7]
+
+
+def test_colocated_critic_on_one_rank_does_not_fit(capsys):
+    # One critic rank holds all of its ~137 GiB on one device: spread over bundle 0's four GPUs it looked
+    # like 35 GiB each and the plan said it fits.
+    code, plan = _plan(
+        capsys,
+        CONFIGS / "ppo-llama7b-8xa100.yaml",
+        "--model-config",
+        "llama-7b",
+        "placement.mode=colocated",
+        "critic_learner.world_size=1",
+    )
+    assert code == 1 and plan["fits"] is False
+    gpus = {g["gpu"]: g for g in plan["placement"]["nodes"][0]["gpus"]}
+    assert gpus[1]["roles"] == ["critic[0]"] and gpus[1]["memory_gb"] > 130
+    assert gpus[3]["roles"] == ["reward[0]", "reference[0]"]
+    assert plan["problems"] == [f"GPU 1 (node 0): critic[0] need {gpus[1]['memory_gb']:.1f} GiB > 80 GiB"]
+    critic = next(s for s in plan["placement"]["slots"] if s["role"] == "critic")
+    assert critic["devices"] == [1]
+
+
+def test_balanced_8xa100_layout_leaves_headroom_on_every_learner_gpu(capsys):
+    # 3 + 3 learner ranks: neither learner is the hot spot the critic on 2 ranks was (~69 GiB).
+    code, plan = _plan(capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b")
+    assert code == 0
+    learners = [g for g in plan["placement"]["nodes"][0]["gpus"] if g["roles"][0].startswith(("policy", "critic"))]
+    assert len(learners) == 6 and max(g["memory_gb"] for g in learners) < 55
 
 
 def test_colocated_bundles_sum_each_index():
@@ -161,10 +205,11 @@ def test_colocated_bundles_sum_each_index():
         "weight_sync.backend=gloo",
     )
     plan = ppo_placement(cfg)
-    # bundle 0: policy 0, critic 0, rollout 0, reward, reference; bundle 1: policy 1 + critic 1; 2-3: policy.
-    assert [b["GPU"] for b in plan.bundles] == [1.0, 0.5, 0.25, 0.25]
-    # Best fit: the two quarter bundles join the half-used GPU 1, which then holds three policy ranks.
-    assert assign_gpus(plan) == [[0], [1], [1], [1]]
+    # bundle 0: policy 0, critic 0, rollout 0, reward, reference; bundles 1-2: policy i + critic i.
+    assert [b["GPU"] for b in plan.bundles] == [1.0, 0.5, 0.5]
+    # Best fit: the second half bundle joins the half-used GPU 1, which then holds two ranks of each learner.
+    assert assign_gpus(plan) == [[0], [1], [1]]
+    assert slot_devices(plan) == [[0], [1], [1], [0], [1], [1], [0], [0], [0]]  # policy 0-2, critic 0-2, ...
 
 
 def test_plan_rejects_two_ranks_of_one_learner_on_one_gpu(capsys):
@@ -214,6 +259,8 @@ def test_plan_runs_on_every_training_config(capsys, tmp_path, name):
     assert {r["role"] for r in plan["roles"]} == expected
     if "cpu" in name:  # CPU-only configs plan host RAM only, and fit this machine's 2-core class of box
         assert plan["gpus"] == 0 and plan["fits"], plan["problems"]
+    if "8xa100" in name:  # the paper's GPU configs fit the cluster they are written for
+        assert plan["gpus"] == 8 and plan["fits"], plan["problems"]
 
 
 @pytest.mark.parametrize("name", NOT_TRAINING)
@@ -231,15 +278,15 @@ def test_paper_setup_fits_8xa100_and_names_the_role_that_does_not_fit_24gb(capsy
     assert code == 0 and plan["fits"] and plan["gpus"] == 8
     roles = {r["role"]: r for r in plan["roles"]}
     assert roles["policy"]["zero_stage"] == 3 and roles["policy"]["gpus"] == 1
-    # policy: 16 bytes a parameter over 4 ranks, plus the gathered layers and activations
-    assert roles["policy"]["components_gb"]["optimizer"] == pytest.approx(12 * 6_738_415_616 / 4 / GiB, abs=1e-3)
+    # policy: 16 bytes a parameter over 3 ranks, plus the gathered layers and activations
+    assert roles["policy"]["components_gb"]["optimizer"] == pytest.approx(12 * 6_738_415_616 / 3 / GiB, abs=1e-3)
     gpu7 = plan["placement"]["nodes"][0]["gpus"][7]
     assert gpu7["roles"] == ["reward[0]", "reference[0]"]
     code, plan = _plan(
         capsys, CONFIGS / "ppo-llama7b-8xa100.yaml", "--model-config", "llama-7b", "--gpu-memory-gb", "24"
     )
     assert code == 1 and not plan["fits"]
-    assert any("critic[0]" in p for p in plan["problems"])  # 16 B x 6.6B / 2 ranks = 49 GiB
+    assert any("critic[0]" in p for p in plan["problems"])  # 16 B x 6.6B / 3 ranks = 33 GiB
 
 
 def test_two_nodes_split_the_devices(capsys):

@@ -116,7 +116,7 @@ def test_overwrite_removes_only_the_old_runs_files(tmp_path):
     run = open_run(tmp_path, PPO_RUN, ppo_cfg("seed=5"), overwrite=True)  # a new run: any settings
     assert (tmp_path / "final").is_dir()  # opening writes nothing; start() does
     run.start()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.yaml", "run.json"]
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"
     assert before["status"] == "finished"
 

@@ -187,3 +187,21 @@ def test_load_weights_keeps_tensors_whose_buckets_reuse_memory(engine, tokenizer
     assert len({v.data_ptr() for _, v in reused_buckets()}) < len(named)  # pointers do repeat
     engine.load_weights(reused_buckets())
     assert_same_weights(engine.weights_checksum(), checksums(pushed.state_dict().items()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA IPC needs a CUDA GPU")
+def test_cuda_ipc_push_lands_every_parameter(tokenizer, prompts):
+    """The colocated push: this process's CUDA tensors opened by vLLM's worker process through IPC handles."""
+    from fgrlhf.workers.vllm_engine import share_cuda_tensors
+
+    gpu_engine = VLLMEngine(ModelConfig(name="tiny", seed=0), gpu_memory_utilization=0.2, max_model_len=512)
+    try:
+        pushed = tiny_model(1, ATTENTION_SCALE, tokenizer).cuda()
+        payload, keep = share_cuda_tensors(pushed.named_parameters())
+        gpu_engine.receive_cuda_ipc(payload)
+        del keep
+        assert_same_weights(gpu_engine.weights_checksum(), checksums(pushed.state_dict().items()))
+        assert gpu_engine.generate(prompts, MAX_NEW, 0.0, 1.0, seed=0) == hf_greedy(pushed.cpu(), tokenizer, prompts)
+    finally:
+        gpu_engine.shutdown()

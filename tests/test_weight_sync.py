@@ -2,14 +2,16 @@
 config checks, and a checksum check on Ray with 2 DeepSpeed ranks at ZeRO 0 and ZeRO 3."""
 
 import logging
+import os
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import torch
 
 from fgrlhf.runtime.distributed import free_port
-from fgrlhf.runtime.weight_sync import WeightSyncGroup, buckets, choose_backend, layout_of
+from fgrlhf.runtime.weight_sync import WeightPushError, WeightSyncGroup, buckets, choose_backend, layout_of
 
 
 def test_buckets_split_by_size_and_dtype():
@@ -73,9 +75,10 @@ def test_timeout_reaches_the_group_a_silent_receiver_fails_the_push_instead_of_h
     group = WeightSyncGroup("127.0.0.1", port, 0, 2, "gloo", "t", timeout_s=2)
     assert joined.wait(10)
     start = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"[Tt]imed out"):
+    with pytest.raises(WeightPushError, match=r"gloo, rank 0 of 2\) did not complete within 2 s: .*[Tt]imed out"):
         group.send_bucket([torch.zeros(1000)])
     assert time.monotonic() - start < 5  # the group's 2 s, not gloo's 30 min default
+    assert group.group is None  # aborted: a failed group is never used again
     thread.join()
 
 
@@ -84,6 +87,85 @@ def test_timeout_bounds_the_rendezvous_when_a_receiver_never_joins():
     with pytest.raises(Exception, match="timeout"):
         WeightSyncGroup("127.0.0.1", free_port(), 0, 2, "gloo", "never", timeout_s=2)
     assert time.monotonic() - start < 5
+
+
+class _NCCLLikeWork:
+    """A broadcast whose peer never takes part, as torch's ProcessGroupNCCL reports it: ``wait()`` only orders
+    the CUDA stream and returns at once; ``wait(timeout)`` blocks the CPU and raises when the time is up."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def wait(self, timeout=None):
+        self.group.waits.append(timeout)
+        if timeout is None:
+            return True
+        raise RuntimeError(f"[Rank 0] Work WorkNCCL(OpType=BROADCAST) timed out in blocking wait ({timeout})")
+
+
+class _FakeNCCLGroup:
+    """Stands in for ProcessGroupNCCL, which a CPU build of torch lacks; records what the push group does."""
+
+    class Options:
+        def __init__(self):
+            self._timeout = timedelta(minutes=10)
+
+    def __init__(self, store, rank, world_size, options):
+        self.options, self.waits, self.aborted = options, [], False
+        self.cumem_at_creation = os.environ.get("NCCL_CUMEM_ENABLE")
+
+    def broadcast(self, tensors, options):
+        return _NCCLLikeWork(self)
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_nccl_push_failure_is_a_weight_push_error_before_the_watchdog(monkeypatch):
+    """Under NCCL a stuck receiver must end in WeightPushError (resumable), as under gloo, not in NCCL's watchdog
+    killing the learner: the broadcast is waited for on the CPU for timeout_s, then the group is aborted. The
+    watchdog's limit is longer, and NCCL_CUMEM_ENABLE is set before the communicator exists."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "ProcessGroupNCCL", _FakeNCCLGroup, raising=False)
+    monkeypatch.setenv("NCCL_CUMEM_ENABLE", "unset-below")
+    monkeypatch.delenv("NCCL_CUMEM_ENABLE")  # restored to its original state afterwards
+    group = WeightSyncGroup("127.0.0.1", free_port(), 0, 2, "nccl", "t", timeout_s=7)
+    fake = group.group
+    assert fake.cumem_at_creation == "0"  # the value vLLM's worker runs with
+    assert fake.options._timeout > timedelta(seconds=7)  # the blocking wait times out first
+    group.device = torch.device("cpu")  # the only CUDA use on the way; the fake group takes CPU tensors
+    with pytest.raises(WeightPushError, match=r"nccl, rank 0 of 2\) did not complete within 7 s: .*timed out"):
+        group.send_bucket([torch.zeros(10)])
+    assert fake.waits == [timedelta(seconds=7)] and fake.aborted
+    with pytest.raises(WeightPushError, match="closed"):  # aborted for good: the driver rebuilds the group
+        group.send_bucket([torch.zeros(10)])
+
+
+def test_nccl_settings_are_one_set_shared_by_every_process(monkeypatch):
+    from fgrlhf.runtime.distributed import NCCL_ENV, apply_nccl_env
+
+    monkeypatch.setenv("NCCL_CUMEM_ENABLE", "1")  # a user's explicit choice reaches every process: kept
+    assert apply_nccl_env() == {**NCCL_ENV, "NCCL_CUMEM_ENABLE": "1"}
+    monkeypatch.delenv("NCCL_CUMEM_ENABLE")
+    assert apply_nccl_env() == NCCL_ENV == {"NCCL_CUMEM_ENABLE": "0"}
+    assert os.environ["NCCL_CUMEM_ENABLE"] == "0"
+
+
+def test_learner_group_gets_the_configured_timeout(monkeypatch):
+    """init_rank hands the timeout to DeepSpeed (whose own default is 10 minutes) and checks the backend."""
+    import deepspeed
+
+    from fgrlhf.runtime.distributed import init_rank
+
+    calls = []
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda **kwargs: calls.append(kwargs))
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)  # init_rank sets them; restored afterwards
+    assert init_rank(1, 2, "127.0.0.1", 1234, "auto", timeout_s=42) == torch.device("cpu")
+    assert calls == [{"dist_backend": "gloo", "auto_mpi_discovery": False, "timeout": timedelta(seconds=42)}]
+    with pytest.raises(ValueError, match="backend=nccl, but this rank has no GPU"):
+        init_rank(1, 2, "127.0.0.1", 1234, "nccl", timeout_s=42)
 
 
 def test_backend_is_chosen_from_what_the_members_report():
@@ -222,11 +304,14 @@ def test_zero3_learner_is_built_partitioned_under_zero_init(ray_session, tmp_pat
     def load_under_zero3(path: str):
         from fgrlhf.config import DeepSpeedConfig, ModelConfig
         from fgrlhf.models import load_causal_lm
-        from fgrlhf.runtime.distributed import free_port, init_rank, zero3_init
+        from fgrlhf.runtime.distributed import free_port, init_rank, leave_group, zero3_init
 
         init_rank(0, 1, "127.0.0.1", free_port(), "gloo")
-        with zero3_init(DeepSpeedConfig(zero_stage=3), tiny_model=True):
-            model = load_causal_lm(ModelConfig(name=path))
+        try:
+            with zero3_init(DeepSpeedConfig(zero_stage=3), tiny_model=True):
+                model = load_causal_lm(ModelConfig(name=path))
+        finally:
+            leave_group()  # the worker process exits after this task (max_calls=1): never with a live group
         return [(name, p.data.numel(), tuple(getattr(p, "ds_shape", ()))) for name, p in model.named_parameters()]
 
     from transformers import AutoModelForCausalLM
@@ -246,7 +331,6 @@ def test_backend_comes_from_the_members_and_a_stuck_receiver_fails_the_push(ray_
 
     ray = ray_session
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
-    from fgrlhf.runtime.weight_sync import WeightPushError
     from fgrlhf.trainers.ppo.cluster import Cluster
     from fgrlhf.workers.learner_worker import PolicyLearner
     from fgrlhf.workers.rollout_worker import RolloutWorker

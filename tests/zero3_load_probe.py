@@ -22,26 +22,31 @@ def main() -> None:
 
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
     from fgrlhf.models import load_causal_lm
-    from fgrlhf.runtime.distributed import init_rank, zero3_init
+    from fgrlhf.runtime.distributed import init_rank, leave_group, zero3_init
     from fgrlhf.workers.learner_worker import load_critic
 
     rank, world, port, stage = map(int, sys.argv[1:5])
     role, directory = sys.argv[5:7]
     torch.set_num_threads(1)
     init_rank(rank, world, "127.0.0.1", port, "gloo")
-    ds = DeepSpeedConfig(zero_stage=stage, world_size=world, micro_batch_size=1)
-    baseline = status_bytes("VmRSS")
-    reset_peak()
-    with zero3_init(ds, tiny_model=True):
-        model = load_causal_lm(ModelConfig(name=directory)) if role == "policy" else load_critic(directory, "zero")
-    peak = status_bytes("VmHWM")
-    params = list(model.parameters())
-    whole = [getattr(p, "ds_numel", p.numel()) * p.element_size() for p in params]
-    held = [(p.ds_tensor if hasattr(p, "ds_tensor") else p).numel() * p.element_size() for p in params]
-    torch.distributed.barrier()  # no rank leaves (and tears the group down) while another still loads
-    print(
-        json.dumps({"peak_growth": peak - baseline, "model": sum(whole), "partition": sum(held), "largest": max(whole)})
-    )
+    try:
+        ds = DeepSpeedConfig(zero_stage=stage, world_size=world, micro_batch_size=1)
+        baseline = status_bytes("VmRSS")
+        reset_peak()
+        with zero3_init(ds, tiny_model=True):
+            model = load_causal_lm(ModelConfig(name=directory)) if role == "policy" else load_critic(directory, "zero")
+        peak = status_bytes("VmHWM")
+        params = list(model.parameters())
+        whole = [getattr(p, "ds_numel", p.numel()) * p.element_size() for p in params]
+        held = [(p.ds_tensor if hasattr(p, "ds_tensor") else p).numel() * p.element_size() for p in params]
+        torch.distributed.barrier()  # no rank leaves (and tears the group down) while another still loads
+        print(
+            json.dumps(
+                {"peak_growth": peak - baseline, "model": sum(whole), "partition": sum(held), "largest": max(whole)}
+            )
+        )
+    finally:
+        leave_group()  # exiting with a live gloo group can abort the process in its destructors (rc -6)
 
 
 if __name__ == "__main__":

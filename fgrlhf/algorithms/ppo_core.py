@@ -1,7 +1,9 @@
 """PPO building blocks on right-padded ``[B, T]`` response tensors (mask: 1 = real token, EOS included).
 
 KL estimators, per-token reward shaping (sequence / token / fine_grained_sequence / oracle_sequence /
-oracle_token, with the gold telescoped over prefixes for the last), masked statistics,
+oracle_token, with the gold telescoped over prefixes for the last), the run's fixed task-reward scale, the
+optional guards against reward hacking (adaptive KL coefficient, reward clipping, length and no-EOS
+penalties), masked statistics,
 GAE, a batch's whole advantage computation (:func:`compute_advantages`), the clipped policy and value
 losses, and log-prob / entropy from logits. AlpacaFarm defaults: γ = λ = 1, ε = 0.2 for both clipped losses.
 """
@@ -66,7 +68,7 @@ def compute_rewards(
     sequence_reward: torch.Tensor | None = None,
     token_rewards: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token PPO rewards ``[B, T]``, 0 outside the mask.
+    """Per-token PPO rewards ``[B, T]``, 0 outside the mask: :func:`task_rewards` − β·KL_t.
 
     - ``sequence``: r_t = −β·KL_t, plus the scalar R at the last real token (index mask.sum − 1).
     - ``fine_grained_sequence``: the same arithmetic; R comes from the RM trained on edited data.
@@ -75,6 +77,27 @@ def compute_rewards(
     - ``oracle_token``: the same arithmetic; R_t is the gold telescoped over prefixes
       (:func:`telescoped_rewards`).
     """
+    score = task_rewards(mode, response_mask, sequence_reward=sequence_reward, token_rewards=token_rewards)
+    return (score - kl_coef * kl) * response_mask.to(kl.dtype)
+
+
+def task_rewards(
+    mode: RewardMode,
+    response_mask: torch.Tensor,
+    *,
+    sequence_reward: torch.Tensor | None = None,
+    token_rewards: torch.Tensor | None = None,
+    prefix_scores: torch.Tensor | None = None,
+    center_tokens: bool = False,
+) -> torch.Tensor:
+    """The task's part of the per-token rewards ``[B, T]`` (no KL), 0 outside the mask: a sequence mode's
+    scalar R on the last real token; a token mode's R_t on every token, centred on the batch when
+    ``center_tokens`` (``token`` only, :func:`center_token_rewards`); ``oracle_token`` from ``prefix_scores``
+    ``[B, T + 1]`` (:func:`telescoped_rewards`, never centred: Σ r_t is the gold)."""
+    if mode == "token" and token_rewards is not None and center_tokens:
+        token_rewards = center_token_rewards(token_rewards, response_mask)
+    elif mode == "oracle_token" and prefix_scores is not None:
+        token_rewards = telescoped_rewards(prefix_scores, response_mask)
     if mode in SEQUENCE_MODES:
         if sequence_reward is None or token_rewards is not None:
             raise ValueError(f"reward mode {mode!r} needs sequence_reward [B] and no token_rewards")
@@ -85,7 +108,46 @@ def compute_rewards(
         score = token_rewards
     else:
         raise ValueError(f"unknown reward mode {mode!r}; expected one of {SEQUENCE_MODES + TOKEN_MODES}")
-    return (score - kl_coef * kl) * response_mask.to(kl.dtype)
+    return score * response_mask.to(score.dtype)
+
+
+def return_scale(task: torch.Tensor, response_mask: torch.Tensor, eps: float = 1e-6) -> float | None:
+    """The std (unbiased) over responses of the task return Σ_t r_t of :func:`task_rewards` ``task``; None
+    when it cannot serve as a scale (fewer than two responses, or every return equal to within ``eps``).
+
+    Measured once, on the initial policy's rollouts, and passed to :func:`compute_advantages` as
+    ``reward_scale`` for the whole run: the task reward then has std 1 at the start in every arm, so −β·KL_t
+    weighs the same against it whatever the RM's units (logits, per-token scores, a gold in [0, 1]).
+    """
+    returns = (task * response_mask.to(task.dtype)).sum(-1)
+    if returns.numel() < 2:
+        return None
+    std = float(returns.std())
+    return std if std > eps else None
+
+
+def adaptive_kl_coef(kl_coef: float, observed_kl: float, target: float, horizon: int, n_samples: int) -> float:
+    """The next step's β of the adaptive KL controller (arXiv:1909.08593 §2.2, with the horizon of its code and
+    of OpenRLHF): e = clip(KL / target − 1, −0.2, 0.2), β ← β·(1 + e·n / horizon), with KL the batch's mean
+    KL per response and n the responses it was measured on (AlpacaFarm's k_beta is n / horizon). β grows
+    while KL is above target and shrinks below it."""
+    if target <= 0 or horizon <= 0:
+        raise ValueError(f"adaptive KL needs target > 0 and horizon > 0 (got {target}, {horizon})")
+    error = min(max(observed_kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n_samples / horizon)
+
+
+def length_penalty(lengths: torch.Tensor, coef: float, target: float) -> torch.Tensor:
+    """``[B]`` coef·|L − L*| / L*: a penalty for moving off the length L* in either direction (shortening
+    and padding are both ways to game a length-biased RM)."""
+    if target <= 0:
+        raise ValueError(f"length penalty target must be > 0 tokens (got {target})")
+    return coef * (lengths.to(torch.float32) - target).abs() / target
+
+
+def no_eos_penalty(ends_with_eos: torch.Tensor, coef: float) -> torch.Tensor:
+    """``[B]`` coef for each response cut off by the token budget (no EOS), 0 for those that ended."""
+    return coef * (~ends_with_eos.bool()).to(torch.float32)
 
 
 def telescoped_rewards(prefix_scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -178,6 +240,9 @@ def compute_advantages(
     token_rewards: torch.Tensor | None = None,
     prefix_scores: torch.Tensor | None = None,
     center_tokens: bool = True,
+    reward_scale: float | None = None,
+    reward_clip: float | None = None,
+    penalty: torch.Tensor | None = None,
     whiten_rewards: bool = True,
     whiten_advantages: bool = True,
     gamma: float = 1.0,
@@ -190,16 +255,31 @@ def compute_advantages(
     ``sequence_reward`` ``[B]`` (sequence / fine_grained_sequence / oracle_sequence), ``token_rewards`` (token;
     centred on the batch when ``center_tokens``, see :func:`center_token_rewards`) or ``prefix_scores``
     ``[B, T + 1]`` (oracle_token, telescoped by :func:`telescoped_rewards` and never centred: Σ r_t is the
-    gold). Then −β·KL_t shaping (:func:`compute_rewards`), rescaling by the rewards' std
-    (:func:`masked_rescale`, length-neutral), GAE, and whitening of the advantages.
+    gold). In this order (docs/ppo_reward_scaling.md): the task rewards divided by ``reward_scale`` (the
+    run's fixed :func:`return_scale`, None = raw units), clipped to ±``reward_clip`` (R, or each R_t), minus
+    ``penalty`` ``[B]`` at the last real token (:func:`length_penalty`, :func:`no_eos_penalty`); then −β·KL_t;
+    then rescaling by the rewards' std (:func:`masked_rescale`, length-neutral), GAE, and whitening of the
+    advantages.
     """
     mask = response_mask.to(logprobs.dtype)
     kl = kl_penalty(logprobs, ref_logprobs, kl_estimator, clamp=kl_clamp) * mask
-    if mode == "token" and token_rewards is not None and center_tokens:
-        token_rewards = center_token_rewards(token_rewards, mask)
-    elif mode == "oracle_token" and prefix_scores is not None:
-        token_rewards = telescoped_rewards(prefix_scores, mask)
-    rewards = compute_rewards(mode, kl, mask, kl_coef, sequence_reward=sequence_reward, token_rewards=token_rewards)
+    score = task_rewards(
+        mode,
+        mask,
+        sequence_reward=sequence_reward,
+        token_rewards=token_rewards,
+        prefix_scores=prefix_scores,
+        center_tokens=center_tokens,
+    )
+    if reward_scale is not None:
+        if not reward_scale > 0:
+            raise ValueError(f"reward_scale must be > 0 (got {reward_scale})")
+        score = score / reward_scale
+    if reward_clip is not None:
+        score = score.clamp(-reward_clip, reward_clip)  # a sequence mode's zeros before EOS stay 0
+    if penalty is not None:
+        score = score - _reward_at_last_token(penalty.to(score.dtype), mask)
+    rewards = (score - kl_coef * kl) * mask
     if whiten_rewards:
         rewards = masked_rescale(rewards, mask)
     advantages, returns = compute_gae(rewards, values, mask, gamma, lam)

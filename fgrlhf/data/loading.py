@@ -1,9 +1,12 @@
 """Validated loading of prompts, preference pairs and edit records.
 
-Sources: JSONL (one object per line), a JSON array, or a directory written by HF ``datasets``'
-``save_to_disk``. Every record is checked against a schema of required string fields; a problem is a
-:class:`DataError` naming file, line (or row) and field, or with ``skip_invalid`` a counted skip with the
-same message. Records keep all their other fields, so outputs can carry them through.
+Sources: JSONL (one object per line), a JSON array, a parquet file, a directory written by HF ``datasets``'
+``save_to_disk``, or a Hugging Face Hub data set named ``hf:REPO[:CONFIG[:SPLIT]]`` (read through
+``datasets.load_dataset``; split ``train`` unless named). Pairs, prompts and single responses are recognised
+in the schemas of :mod:`fgrlhf.data.schemas` (TRL, AlpacaFarm, conversational) or renamed by a field map.
+Every record is checked against a schema of required string fields; a problem is a :class:`DataError`
+naming file, line (or row) and field, or with ``skip_invalid`` a counted skip with the same message.
+Records keep all their other fields, so outputs can carry them through.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fgrlhf.data.schemas import Kind, Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,14 @@ def data_dirs() -> list[Path]:
     of the same layout, e.g. a newer copy of the data), then the packaged data."""
     override = os.environ.get("FGRLHF_DATA_DIR")
     return ([Path(override).expanduser()] if override else []) + [packaged_data_dir()]
+
+
+HUB_PREFIX = "hf:"
+
+
+def is_hub_id(path: str | Path) -> bool:
+    """``hf:REPO[:CONFIG[:SPLIT]]``: a data set on the Hugging Face Hub rather than a local path."""
+    return isinstance(path, str) and path.startswith(HUB_PREFIX)
 
 
 def resolve_data_path(path: str | Path) -> Path:
@@ -90,22 +105,56 @@ class LoadReport:
 
     loaded: int = 0
     skipped: int = 0
+    ties: int = 0  # pairs without a better side (AlpacaFarm's preference 0 or 1.5): not training data
     reasons: Counter = field(default_factory=Counter)
     messages: list[str] = field(default_factory=list)
 
 
-def _raw_records(path: Path) -> Iterator[tuple[str, object]]:
-    """Yield ``(location, parsed-or-DataError)`` for each record of a JSONL/JSON file or datasets dir."""
+def _dataset_rows(where: str, load: Callable[[], Any]) -> Iterator[tuple[str, object]]:
+    """Rows of the HF ``datasets`` Dataset ``load()`` returns; its failures become one DataError line."""
+    try:
+        dataset = load()
+    except Exception as exc:  # datasets' and pyarrow's many error types: all are "cannot read this source"
+        raise DataError(f"{where}: cannot read it with datasets: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if hasattr(dataset, "keys") and not hasattr(dataset, "features"):  # a DatasetDict
+        splits = list(dataset.keys())
+        if len(splits) != 1:
+            raise DataError(f"{where}: holds the splits {', '.join(splits)}; name one (e.g. {where}/{splits[0]})")
+        dataset = dataset[splits[0]]
+    for index, row in enumerate(dataset):
+        yield f"{where}:row {index}", row
+
+
+def _hub_rows(spec: str) -> Iterator[tuple[str, object]]:
+    repo, config, split = (spec[len(HUB_PREFIX) :].split(":") + ["", ""])[:3]
+    if not repo or spec.count(":") > 3:
+        raise DataError(f"{spec}: expected hf:REPO[:CONFIG[:SPLIT]], e.g. hf:trl-lib/ultrafeedback_binarized")
+    from datasets import load_dataset
+
+    yield from _dataset_rows(spec, lambda: load_dataset(repo, config or None, split=split or "train"))
+
+
+def _raw_records(path: str | Path) -> Iterator[tuple[str, object]]:
+    """Yield ``(location, parsed-or-DataError)`` for each record of a JSONL/JSON/parquet file, a datasets
+    dir or a Hub data set."""
+    if is_hub_id(path):
+        yield from _hub_rows(str(path))
+        return
+    path = Path(path)
     if path.is_dir():
         if not is_datasets_dir(path):
             raise DataError(
-                f"{path}: is a directory; expected a JSONL or JSON file (or a directory written "
+                f"{path}: is a directory; expected a JSONL, JSON or parquet file (or a directory written "
                 "by datasets' save_to_disk)"
             )
         from datasets import load_from_disk
 
-        for index, row in enumerate(load_from_disk(str(path))):
-            yield f"{path}:row {index}", row
+        yield from _dataset_rows(str(path), lambda: load_from_disk(str(path)))
+        return
+    if path.suffix == ".parquet":
+        from datasets import load_dataset
+
+        yield from _dataset_rows(str(path), lambda: load_dataset("parquet", data_files=str(path), split="train"))
         return
     if path.suffix == ".json":
         try:
@@ -168,18 +217,25 @@ def load_records(
     limit: int | None = None,
     report: LoadReport | None = None,
     max_bytes: int | None = None,
+    convert: Callable[[str, dict], dict | None] | None = None,
 ) -> list[dict]:
     """Load and validate records that must carry the non-empty string fields ``required``, each at most
-    ``max_bytes`` long in UTF-8 (default :func:`max_field_bytes`; 0 = no limit)."""
-    path = resolve_data_path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
+    ``max_bytes`` long in UTF-8 (default :func:`max_field_bytes`; 0 = no limit). ``convert`` turns each
+    object into the record checked (a :class:`~fgrlhf.data.schemas.Recognizer`); None drops it as a tie."""
+    if not is_hub_id(path):
+        path = resolve_data_path(path)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or directory")
     report = report if report is not None else LoadReport()
     max_bytes = max_field_bytes() if max_bytes is None else max_bytes
     records = []
     for where, raw in _raw_records(path):
         try:
-            records.append(_check(where, raw, required, allow_empty, max_bytes))
+            record = convert(where, raw) if convert is not None and isinstance(raw, dict) else raw
+            if record is None:
+                report.ties += 1
+                continue
+            records.append(_check(where, record, required, allow_empty, max_bytes))
         except DataError as exc:
             if not skip_invalid:
                 raise
@@ -191,30 +247,57 @@ def load_records(
         if limit is not None and len(records) >= limit:
             break
     report.loaded = len(records)
+    if report.ties:
+        log.warning("%s: skipped %d tied pairs (no better response)", path, report.ties)
     if not records:
         raise DataError(f"{path}: no valid records")
     return records
 
 
-def load_pairs(path: str | Path, **kwargs) -> list[dict]:
-    """Preference pairs ``{prompt, chosen, rejected}``."""
-    return load_records(path, PAIR_FIELDS, **kwargs)
+def _recognizer(kind: Kind, path: str | Path, field_map: dict[str, str] | None, flag: str) -> Recognizer:
+    from fgrlhf.data.schemas import Recognizer  # imports this module
+
+    return Recognizer(kind, str(path), field_map, flag)
 
 
-def load_prompts(path: str | Path, **kwargs) -> list[dict]:
-    return load_records(path, PROMPT_FIELDS, **kwargs)
+def load_pairs(
+    path: str | Path, *, field_map: dict[str, str] | None = None, field_map_flag: str = "--field-map", **kwargs
+) -> list[dict]:
+    """Preference pairs ``{prompt, chosen, rejected}`` (+ ``input``, ``prompt_messages``), from any schema of
+    :mod:`fgrlhf.data.schemas`; ``field_map`` renames the fields of any other (``field_map_flag`` sets it)."""
+    return load_records(path, PAIR_FIELDS, convert=_recognizer("pairs", path, field_map, field_map_flag), **kwargs)
 
 
-def load_edit_inputs(path: str | Path, **kwargs) -> tuple[list[dict], str]:
+def load_prompts(
+    path: str | Path, *, field_map: dict[str, str] | None = None, field_map_flag: str = "--field-map", **kwargs
+) -> list[dict]:
+    """Prompts ``{prompt}`` (+ ``input``, ``prompt_messages``), as :func:`load_pairs`."""
+    return load_records(path, PROMPT_FIELDS, convert=_recognizer("prompts", path, field_map, field_map_flag), **kwargs)
+
+
+def first_record(path: str | Path) -> dict | None:
+    """The first JSON object of a source (None when it has none or does not exist), for telling kinds apart."""
+    if not is_hub_id(path):
+        path = resolve_data_path(path)
+        if not path.exists():
+            return None
+    return next((raw for _, raw in _raw_records(path) if isinstance(raw, dict)), None)
+
+
+def load_edit_inputs(
+    path: str | Path, *, field_map: dict[str, str] | None = None, field_map_flag: str = "--field-map", **kwargs
+) -> tuple[list[dict], str]:
     """Inputs of ``fgrlhf edit``: pairs (the rejected side is edited) or single responses.
 
     Returns the records and which field holds the text to edit (``rejected`` or ``response``).
     """
-    path = Path(path)
-    first = next((raw for _, raw in _raw_records(path) if isinstance(raw, dict)), None) if path.exists() else None
-    if isinstance(first, dict) and "response" in first and "rejected" not in first:
-        return load_records(path, RESPONSE_FIELDS, **kwargs), "response"
-    return load_pairs(path, **kwargs), "rejected"
+    first = first_record(path)
+    if isinstance(first, dict):
+        first = {**first, **{target: first.get(name) for target, name in (field_map or {}).items()}}
+    if isinstance(first, dict) and "response" in first and not {"rejected", "output_2"} & set(first):
+        convert = _recognizer("responses", path, field_map, field_map_flag)
+        return load_records(path, RESPONSE_FIELDS, convert=convert, **kwargs), "response"
+    return load_pairs(path, field_map=field_map, field_map_flag=field_map_flag, **kwargs), "rejected"
 
 
 def load_edit_records(path: str | Path, *, statuses: tuple[str, ...] = ("edited",), **kwargs) -> list[dict]:

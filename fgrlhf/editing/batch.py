@@ -30,9 +30,11 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from fgrlhf.config import ConfigError
+from fgrlhf.data.schemas import instruction_text
 from fgrlhf.editing.cache import CachedEdit, CacheKey, EditCache, content_hash
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.editing.editors import ClaudeEditor, Editor, EditReply, call_api, classify_status, message_reply
@@ -66,6 +68,8 @@ _ERROR_STATUS = {
     "overloaded_error": 529,
 }
 _BODY_OVERHEAD = len('{"requests": []}')
+# How often a --batch run waiting for another one on its cache checks whether that one has ended.
+BATCH_LOCK_POLL_S = 1.0
 
 
 @dataclass
@@ -257,12 +261,41 @@ async def collect_edits_batch(
     """
     if not isinstance(editor, ClaudeEditor):
         raise ConfigError(f"--batch needs the anthropic editor, not {editor.name}")
+    # One --batch run per cache at a time: a second one would create batches for the same items before the
+    # first has recorded its own. It waits, then takes what the first stored from the cache.
+    lock = FileLock(f"{cache.path}.batch.lock", thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another --batch run is using the cache %s; waiting for it to end", cache.path)
+        while True:
+            await asyncio.sleep(BATCH_LOCK_POLL_S)
+            try:
+                lock.acquire(timeout=0)
+                break
+            except Timeout:
+                continue
+    try:
+        return await _collect(records, source_field, editor, cache, cfg, summary, progress)
+    finally:
+        lock.release()
+
+
+async def _collect(
+    records: list[dict],
+    source_field: str,
+    editor: ClaudeEditor,
+    cache: EditCache,
+    cfg: EditConfig,
+    summary: EditSummary,
+    progress: bool,
+) -> tuple[list[str | None], list[str | None]]:
     n = len(records)
     edited: list[str | None] = [None] * n
     failures: list[str | None] = [None] * n
     items: dict[str, _Item] = {}
     for index, record in enumerate(records):
-        digest = content_hash(record["prompt"], record[source_field], editor.fingerprint())
+        digest = content_hash(instruction_text(record), record[source_field], editor.fingerprint())
         key = CacheKey(editor.name, editor.model, PROMPT_VERSION, digest)
         if digest in items:
             items[digest].indices.append(index)
@@ -279,7 +312,7 @@ async def collect_edits_batch(
         cfg,
         summary.counters,
         items,
-        lambda index: editor.request(records[index]["prompt"], records[index][source_field]),
+        lambda index: editor.request(instruction_text(records[index]), records[index][source_field]),
         edited,
         failures,
         bar,

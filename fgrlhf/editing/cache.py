@@ -5,6 +5,12 @@ at most the requests in flight. Only replies the editor produced are stored (the
 tokens it cost); the status filters are applied on every run, so changing a bound needs no new request.
 Failures are never stored: a re-run retries them. Nothing secret is stored (no headers, no key).
 
+Two runs on one cache at once pay once per item: before requesting an item a run claims it (a ``claims`` row
+with its owner and a lease it renews while it lives); an item claimed by another live run is waited for and
+read from the cache when that run stores it. A run that dies stops renewing, its leases expire after
+``CLAIM_LEASE_S`` (at once when it ran on this host and its pid is gone) and another run takes its items
+over; an item that failed is released and retried.
+
 Batch mode (:mod:`fgrlhf.editing.batch`) also records each Message Batch the moment it is created, with
 the custom_id (= content hash) of every request in it, until its results are stored: a run that was
 interrupted while batches were processing re-attaches to them instead of paying for the items again.
@@ -14,8 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +56,39 @@ CREATE TABLE IF NOT EXISTS batch_items (
     custom_id TEXT NOT NULL,
     PRIMARY KEY (batch_id, custom_id)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    editor TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (editor, model, prompt_version, content_hash)
+);
 """
+# A claim lasts this long unless its run renews it (every CLAIM_LEASE_S / 3 while the run lives): a run killed
+# mid-request holds its items up to this long before another run takes them over.
+CLAIM_LEASE_S = 60.0
+
+
+def claim_owner() -> str:
+    """A run's name in the claims: ``host:pid:random`` (the random part because pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_here(owner: str) -> bool:
+    """``owner`` ran on this host and its process is gone."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -103,6 +144,46 @@ class EditCache:
                 time.time(),
             ),
         )
+
+    def claim(self, key: CacheKey, owner: str, lease_s: float = CLAIM_LEASE_S) -> bool:
+        """Claim ``key`` for ``owner`` (one statement, so atomic between processes): True when it was free,
+        expired or already ``owner``'s; False while another owner's lease runs."""
+        now = time.time()
+        cursor = self._db.execute(
+            "INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (editor, model, prompt_version, content_hash) DO UPDATE "
+            "SET owner = excluded.owner, expires = excluded.expires "
+            "WHERE claims.expires < ? OR claims.owner = excluded.owner",
+            (key.editor, key.model, key.prompt_version, key.content_hash, owner, now + lease_s, now),
+        )
+        if cursor.rowcount == 1:
+            return True
+        row = self._db.execute(
+            "SELECT owner FROM claims WHERE editor=? AND model=? AND prompt_version=? AND content_hash=?",
+            (key.editor, key.model, key.prompt_version, key.content_hash),
+        ).fetchone()
+        if row is None or not _dead_here(row[0]):
+            return False
+        # Its run died on this machine (kill -9): no need to wait out the lease.
+        cursor = self._db.execute(
+            "UPDATE claims SET owner=?, expires=? "
+            "WHERE editor=? AND model=? AND prompt_version=? AND content_hash=? AND owner=?",
+            (owner, now + lease_s, key.editor, key.model, key.prompt_version, key.content_hash, row[0]),
+        )
+        return cursor.rowcount == 1
+
+    def renew(self, owner: str, lease_s: float = CLAIM_LEASE_S) -> None:
+        """Extend every claim of ``owner`` (its run is alive)."""
+        self._db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + lease_s, owner))
+
+    def release(self, key: CacheKey, owner: str) -> None:
+        self._db.execute(
+            "DELETE FROM claims WHERE editor=? AND model=? AND prompt_version=? AND content_hash=? AND owner=?",
+            (key.editor, key.model, key.prompt_version, key.content_hash, owner),
+        )
+
+    def release_all(self, owner: str) -> None:
+        self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
 
     @contextmanager
     def _transaction(self):

@@ -5,8 +5,10 @@
   fgrlhf edit --input pairs.jsonl --output edits.jsonl --editor rule --rules configs/edit-rules-default.yaml rule.recall=0.8
   fgrlhf edit --input pairs.jsonl --output edits.jsonl --editor hf --model smollm2
 
-Inputs: JSONL/JSON/datasets dir of {prompt, chosen, rejected} (the rejected side is edited) or
-{prompt, response}. Settings: configs/edit-default.yaml, overridden by key=value (e.g. retry.max_attempts=8,
+Inputs: preference pairs (the rejected side is edited) in TRL's prompt/chosen/rejected, AlpacaFarm's
+instruction/input/output_1/output_2/preference or a conversational schema, or single responses
+{prompt, response}; any other schema renamed by --field-map; JSONL, JSON, parquet, a save_to_disk directory
+or hf:REPO[:CONFIG[:SPLIT]] (docs/data.md). Settings: configs/edit-default.yaml, overridden by key=value (e.g. retry.max_attempts=8,
 max_changed_fraction=0.4) and then by the flags. Claude reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL.
 Completed items are cached (SQLite) as they finish: re-running the same command after a crash or Ctrl-C
 re-sends nothing that completed, and retries only failed items.
@@ -29,12 +31,15 @@ import argparse
 import logging
 import sys
 
+from fgrlhf.data.schemas import add_field_map_argument
+
 # What Ctrl-C keeps and how to go on (printed by fgrlhf.cli).
 RESUME_HINT = "completed items are cached; re-run the same command to resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="pairs or single responses (JSONL, JSON, datasets dir)")
+    parser.add_argument("--input", required=True, help="pairs or single responses (docs/data.md)")
+    add_field_map_argument(parser)
     parser.add_argument("--output", required=True, help="edit records (JSONL), written atomically at the end")
     parser.add_argument("--editor", choices=["anthropic", "hf", "rule"], help="default: the config's editor")
     parser.add_argument("--model", help="model of the LLM editor (Claude model id; tiny/smollm2/path for hf)")
@@ -91,7 +96,14 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ConfigError(f"invalid command-line flag: {exc}") from None
     try:
-        summary = run_edit(cfg, args.input, args.output, skip_invalid=args.skip_invalid, progress=not args.no_progress)
+        summary = run_edit(
+            cfg,
+            args.input,
+            args.output,
+            skip_invalid=args.skip_invalid,
+            progress=not args.no_progress,
+            field_map=args.field_map,
+        )
     except FatalError as exc:
         print(f"error: {exc}; completed items are cached, re-run to resume", file=sys.stderr)
         return EXIT_INCOMPLETE

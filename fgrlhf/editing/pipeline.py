@@ -18,11 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock
 from tqdm import tqdm
 
 from fgrlhf.algorithms.token_diff import align_tokens
 from fgrlhf.data.loading import LoadReport, load_edit_inputs, write_jsonl
-from fgrlhf.editing.cache import CachedEdit, CacheKey, EditCache, content_hash
+from fgrlhf.data.schemas import instruction_text
+from fgrlhf.editing.cache import CLAIM_LEASE_S, CachedEdit, CacheKey, EditCache, claim_owner, content_hash
 from fgrlhf.editing.config import EditConfig
 from fgrlhf.editing.editors import Editor, build_editor
 from fgrlhf.editing.prompts import PROMPT_VERSION
@@ -35,6 +37,8 @@ REJECT_TOO_LARGE = "rejected: edit too large"
 # Exit status of `fgrlhf edit` when an item failed or the run stopped early (completed items are cached, so
 # re-running the same command retries only the rest); the filters' "rejected" items are not failures.
 EXIT_INCOMPLETE = 3
+# How often a run waiting for an item another run has claimed looks for its result in the cache.
+CLAIM_POLL_S = 0.5
 
 
 def failure_causes(statuses: Counter) -> Counter:
@@ -168,7 +172,7 @@ async def collect_edits(
     failures: list[str | None] = [None] * n
     pending = []
     for index, record in enumerate(records):
-        digest = content_hash(record["prompt"], record[source_field], editor.fingerprint())
+        digest = content_hash(instruction_text(record), record[source_field], editor.fingerprint())
         key = CacheKey(editor.name, editor.model, PROMPT_VERSION, digest)
         hit = cache.get(key)
         if hit is None:
@@ -180,33 +184,53 @@ async def collect_edits(
     policy = RetryPolicy(cfg.retry)
     slots = asyncio.Semaphore(cfg.concurrency)
     bar = tqdm(total=n, initial=summary.from_cache, desc=f"edit ({editor.name})", unit="item", disable=not progress)
+    owner = claim_owner()
 
     async def one(index: int, key: CacheKey) -> None:
         record = records[index]
-        async with slots:
-            try:
-                reply = await call_with_retries(
-                    lambda: editor.edit(record["prompt"], record[source_field]),
-                    policy,
-                    summary.counters,
-                    retry_malformed=not editor.deterministic,
-                )
-            except ItemFailed as exc:
-                failures[index] = str(exc)
-            else:
-                summary.counters.add_usage(reply.usage)
-                cache.put(key, CachedEdit(reply.edited, reply.usage))
-                edited[index] = reply.edited
-        bar.update()
+        while True:
+            async with slots:
+                if (hit := cache.get(key)) is not None:  # stored meanwhile by another run on this cache
+                    edited[index] = hit.edited
+                    summary.from_cache += 1
+                    bar.update()
+                    return
+                if cache.claim(key, owner):
+                    try:
+                        reply = await call_with_retries(
+                            lambda: editor.edit(instruction_text(record), record[source_field]),
+                            policy,
+                            summary.counters,
+                            retry_malformed=not editor.deterministic,
+                        )
+                    except ItemFailed as exc:
+                        failures[index] = str(exc)
+                    else:
+                        summary.counters.add_usage(reply.usage)
+                        cache.put(key, CachedEdit(reply.edited, reply.usage))
+                        edited[index] = reply.edited
+                    finally:
+                        cache.release(key, owner)
+                    bar.update()
+                    return
+            # Another run is editing it: wait for its result (or its lease to lapse) rather than pay again.
+            await asyncio.sleep(CLAIM_POLL_S)
 
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(CLAIM_LEASE_S / 3)
+            cache.renew(owner)
+
+    heartbeat = asyncio.ensure_future(renew())
     tasks = [asyncio.ensure_future(one(index, key)) for index, key in pending]
     try:
         await asyncio.gather(*tasks)
     finally:
         # A fatal error (or Ctrl-C) stops the others; what completed is already in the cache.
-        for task in tasks:
+        for task in [*tasks, heartbeat]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, heartbeat, return_exceptions=True)
+        cache.release_all(owner)  # what was in flight is free for another run at once
         bar.close()
     return edited, failures
 
@@ -236,7 +260,7 @@ def build_records(
             }
         else:
             status, stats = classify(original_ids[index], edited_ids[index], texts[index], max_changed_fraction)
-        fixes = editor.explain(record["prompt"], originals[index]) if edited[index] is not None else None
+        fixes = editor.explain(instruction_text(record), originals[index]) if edited[index] is not None else None
         out.append(
             {
                 **record,
@@ -263,12 +287,16 @@ def run_edit(
     skip_invalid: bool = False,
     progress: bool = True,
     editor: Editor | None = None,
+    field_map: dict[str, str] | None = None,
 ) -> EditSummary:
-    """The whole command: load, edit (resuming from the cache), filter, write ``output_path`` atomically."""
+    """The whole command: load, edit (resuming from the cache), filter, write ``output_path`` atomically;
+    ``field_map`` (``--field-map``) renames the input's fields (fgrlhf.data.schemas)."""
     from fgrlhf.models import load_tokenizer
 
     report = LoadReport()
-    records, source_field = load_edit_inputs(input_path, skip_invalid=skip_invalid, limit=cfg.limit, report=report)
+    records, source_field = load_edit_inputs(
+        input_path, field_map=field_map, skip_invalid=skip_invalid, limit=cfg.limit, report=report
+    )
     summary = EditSummary(items=len(records), skipped_invalid=report.skipped, skip_reasons=report.reasons)
     tokenizer = load_tokenizer(cfg.tokenizer)
     editor = editor or build_editor(cfg)
@@ -300,7 +328,8 @@ def run_edit(
         summary.elapsed_s = time.perf_counter() - start
         cache.close()
     out = build_records(records, source_field, edited, failures, editor, tokenizer, cfg.max_changed_fraction)
-    write_jsonl(output_path, out)
+    with FileLock(f"{output_path}.lock"):  # two runs into one output: one writer at a time (same temp file)
+        write_jsonl(output_path, out)
     summary.statuses = Counter(record["status"] for record in out)
     summary.add_fixes(out)
     if editor.name == "anthropic":

@@ -1,4 +1,4 @@
-"""Simulated-preference environments with a known gold reward (``synthetic``, ``alpaca-sim``).
+"""Simulated-preference environments with a known gold reward (``synthetic``, ``balanced``, ``alpaca-sim``).
 
 Each environment module exposes ``NAME``, ``GOLD`` (a :class:`fgrlhf.envs.gold.GoldSpec`) and the gold hook
 ``gold_reward(prompts, responses) -> list[float]`` that PPO/FIGA configs name as ``gold_reward``.
@@ -11,7 +11,11 @@ import importlib
 from collections.abc import Callable
 from types import ModuleType
 
-ENVS = {"synthetic": "fgrlhf.envs.synthetic", "alpaca-sim": "fgrlhf.envs.alpaca_sim"}
+ENVS = {
+    "synthetic": "fgrlhf.envs.synthetic",
+    "balanced": "fgrlhf.envs.balanced",
+    "alpaca-sim": "fgrlhf.envs.alpaca_sim",
+}
 
 
 def load_env(name: str) -> ModuleType:

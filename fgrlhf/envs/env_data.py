@@ -12,7 +12,9 @@ from pydantic import Field
 
 from fgrlhf.config import StrictModel
 
-ENV_CHOICES = ("synthetic", "alpaca-sim")
+ENV_CHOICES = ("synthetic", "balanced", "alpaca-sim")
+# Envs whose responses come from a grammar generator and whose policy is the SFT'd tiny Llama.
+GRAMMAR_ENVS = ("synthetic", "balanced")
 
 
 class GenerationConfig(StrictModel):
@@ -35,7 +37,7 @@ class EnvDataConfig(StrictModel):
     label_noise: float = Field(0.1, ge=0.0, le=1.0, description="probability a label is flipped")
     responses_file: str | None = None
     generation: GenerationConfig = GenerationConfig()
-    sft_steps: int = Field(0, ge=0, description="synthetic only: SFT steps of the tiny policy into DIR/policy")
+    sft_steps: int = Field(0, ge=0, description="synthetic/balanced only: SFT steps of the tiny policy into DIR/policy")
 
 
 def _responses_from_file(path: str, prompts: list[str]) -> list[tuple[str, str]]:
@@ -76,7 +78,7 @@ def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
     from fgrlhf.envs.preferences import label_pairs
 
     module = load_env(env)
-    if env == "synthetic":
+    if env in GRAMMAR_ENVS:
         train, evals = module.split_prompts(cfg.eval_fraction)
         eval_records = module.eval_records(evals, cfg.seed)
     else:
@@ -84,11 +86,11 @@ def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
         train = [r["prompt"] for r in train_records]
     pair_prompts = list(train)
     random.Random(cfg.seed).shuffle(pair_prompts)
-    pair_prompts = pair_prompts[: cfg.n_prompts or (len(train) if env == "synthetic" else 8)]
+    pair_prompts = pair_prompts[: cfg.n_prompts or (len(train) if env in GRAMMAR_ENVS else 8)]
 
     if cfg.responses_file:
         responses = _responses_from_file(cfg.responses_file, pair_prompts)
-    elif env == "synthetic":
+    elif env in GRAMMAR_ENVS:
         responses = [tuple(r) for r in module.sample_responses(pair_prompts, 2, cfg.seed)]
     else:
         responses = responses_from_model(cfg.generation, pair_prompts, cfg.seed)
@@ -110,7 +112,7 @@ def build(env: str, cfg: EnvDataConfig, out: Path) -> dict:
         "gold_mean": sum(flat_scores) / len(flat_scores),
         "label_agrees_with_gold": sum(p["gold_agrees"] for p in pairs) / len(pairs),
     }
-    if env == "synthetic" and cfg.sft_steps:
+    if env in GRAMMAR_ENVS and cfg.sft_steps:
         sft = module.sft_synthetic_policy(out / "policy", steps=cfg.sft_steps, seed=cfg.seed)
         summary["sft_heldout_loss"] = [sft["heldout_loss_before"], sft["heldout_loss_after"]]
     (out / "env_data.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

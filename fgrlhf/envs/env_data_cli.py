@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fgrlhf.envs.env_data import ENV_CHOICES
+from fgrlhf.envs.env_data import ENV_CHOICES, GRAMMAR_ENVS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +41,9 @@ def main(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(EnvDataConfig, args.config, overrides)
-    if cfg.sft_steps and args.env != "synthetic":
+    if cfg.sft_steps and args.env not in GRAMMAR_ENVS:
         from fgrlhf.config import ConfigError
 
-        raise ConfigError("sft_steps: only the synthetic env trains its own policy")
+        raise ConfigError(f"sft_steps: only the grammar envs {GRAMMAR_ENVS} train their own policy")
     print(json.dumps(build(args.env, cfg, args.out)))
     return 0

@@ -6,12 +6,16 @@ For an instruction x and a response y (words = lower-cased alphanumeric runs, st
 - coverage  C = |stems(x) ∩ stems(y)| / |stems(x)|   (content stems of x that y mentions; 1 if x has none)
 - focus     F = share of y's sentences that mention at least one content stem of x
 - relevance R = (C + F) / 2
-- length    L = 1 inside [lo, hi] words, n/lo below, max(0, 1 - (n - hi)/hi) above
+- length    L = 1 inside [lo, hi] words, n/lo below, max(0, 1 - (n - hi)/hi) above (lo = hi: a peak)
 - global    G = w_rel·R + (1 - w_rel)·L·R   (``length_needs_relevance``; else w_rel·R + (1 - w_rel)·L)  ∈ [0, 1]
             Gated by R, the length credit cannot be earned by text unrelated to the instruction: ungated,
             any well-sized random text collects (1 - w_rel)·L.
 - local     d = occurrences of the env's disfavoured phrases (word-bounded, case-insensitive)
                 + immediately doubled words ("the the")
+                + sentences that do not fit the env's ``template`` once those are removed (if it has one:
+                  a dropped word, a truncated sentence)
+            ``fault_rate="sentence"`` divides d by the number of sentences, so a longer response is not
+            charged for being longer; "count" (the default) charges every fault alike.
             r = repeated word n-gram share, 1 - #distinct / #all n-grams   ∈ [0, 1] (n per env)
 - gold      g = G · exp(-α·d - β·r)                                      ∈ [0, 1]
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _DOUBLED = re.compile(r"\b(\w+)\s+\1\b", re.I)
@@ -140,13 +145,25 @@ class GoldSpec:
     beta: float = 3.0  # per unit of repeated n-gram share
     ngram: int = 3
     length_needs_relevance: bool = False  # length credit L·R instead of L
+    fault_rate: Literal["count", "sentence"] = "count"  # d itself, or d per sentence
+    # Word sets of a well-formed sentence, slot by slot: a sentence that does not fit is one fault.
+    template: tuple[frozenset[str], ...] | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_pattern", phrase_pattern(self.disfavoured))
 
     def local_fault_count(self, response: str) -> int:
-        return len(self._pattern.findall(response)) + len(_DOUBLED.findall(response))
+        count = len(self._pattern.findall(response)) + len(_DOUBLED.findall(response))
+        if self.template is not None:
+            count += sum(not self.fits_template(s) for s in sentences(response))
+        return count
+
+    def fits_template(self, sentence: str) -> bool:
+        """Whether ``sentence``, without its disfavoured phrases and doubled words, fills the template."""
+        assert self.template is not None
+        tokens = words(_DOUBLED.sub(r"\1", self._pattern.sub(" ", sentence)))
+        return len(tokens) == len(self.template) and all(t in slot for t, slot in zip(tokens, self.template))
 
 
 @dataclass(frozen=True)
@@ -170,7 +187,8 @@ def gold_breakdown(spec: GoldSpec, prompt: str, response: str) -> GoldBreakdown:
     global_term = spec.w_relevance * relevance + (1 - spec.w_relevance) * length_credit
     d = spec.local_fault_count(response)
     r = repeated_ngram_share(tokens, spec.ngram)
-    gold = global_term * math.exp(-spec.alpha * d - spec.beta * r)
+    penalty = d / max(1, len(sentences(response))) if spec.fault_rate == "sentence" else d
+    gold = global_term * math.exp(-spec.alpha * penalty - spec.beta * r)
     return GoldBreakdown(cov, foc, length, global_term, d, r, gold)
 
 

@@ -1,5 +1,8 @@
 """``synthetic``: a tiny stochastic grammar task with a known gold reward (CI-sized).
 
+Length-confounded: every injected fault is an insertion and the gold counts faults, so its data favour
+shorter answers; ``balanced`` (:mod:`fgrlhf.envs.balanced`) is the same grammar without that confound.
+
 Prompts name a topic and two of its aspects ("Write about the river, the fish and the bridge."). A
 response is 1-7 grammar sentences ("The quiet river rests slowly under the old bridge.") whose nouns come
 from the prompt's topic, or, with probability ``off_topic``, from another topic. The generator injects
@@ -23,6 +26,7 @@ import itertools
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +58,10 @@ GOLD = GoldSpec(disfavoured=FILLERS, length_lo=15, length_hi=45, ngram=5, length
 def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     """Gold hook ``fgrlhf.envs.synthetic:gold_reward`` (raw or chat/Alpaca-formatted prompts)."""
     return gold_scores(GOLD, prompts, responses)
+
+
+# A generator: (prompt, rng) -> response (``sample_response`` here, the balanced env's in fgrlhf.envs.balanced).
+Sampler = Callable[[str, random.Random], str]
 
 
 @dataclass(frozen=True)
@@ -141,15 +149,15 @@ def sample_responses(
     return [[sample_response(p, rng, rates) for _ in range(per_prompt)] for p in prompts]
 
 
-def eval_records(prompts: list[str], seed: int) -> list[dict]:
-    """Eval prompts with a reference output: a sample of the default (faulty) generator, like davinci-003
-    is an imperfect reference in AlpacaEval, seeded per prompt so it does not depend on the split size."""
+def eval_records(prompts: list[str], seed: int, sample: Sampler | None = None, env: str = NAME) -> list[dict]:
+    """Eval prompts with a reference output: a sample of the default (faulty) generator (``sample``, default
+    this env's), like davinci-003 is an imperfect reference in AlpacaEval, seeded per prompt so it does not
+    depend on the split size."""
+    sample = sample or sample_response
     records = []
     for prompt in prompts:
         rng = random.Random(f"{seed}:{prompt}")
-        records.append(
-            {"prompt": prompt, "reference": sample_response(prompt, rng), "reference_generator": "synthetic-grammar"}
-        )
+        records.append({"prompt": prompt, "reference": sample(prompt, rng), "reference_generator": f"{env}-grammar"})
     return records
 
 
@@ -251,9 +259,15 @@ def fix_too_long(instruction: str, text: str, max_words: int) -> list[tuple[int,
 
 
 def sft_synthetic_policy(
-    out_dir: str | Path, steps: int = 2000, seed: int = 0, batch_size: int = 8, lr: float = 3e-3, log_every: int = 50
+    out_dir: str | Path,
+    steps: int = 2000,
+    seed: int = 0,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    log_every: int = 50,
+    sample: Sampler | None = None,
 ) -> dict:
-    """Train the ``tiny`` Llama on generator samples (chat format, loss on response tokens only) and save
+    """Train the ``tiny`` Llama on generator samples (``sample``, default this env's) (chat format, loss on response tokens only) and save
     an HF checkpoint with tokenizer to ``out_dir``; usable as ``--model out_dir`` / ``policy.name``.
 
     Returns ``{"heldout_loss_before", "heldout_loss_after", "train_losses"}``; the held-out batch is fixed
@@ -277,7 +291,7 @@ def sft_synthetic_policy(
             ex = encode_example(
                 tokenizer,
                 format_prompt(tokenizer, prompt),
-                sample_response(prompt, rng),
+                (sample or sample_response)(prompt, rng),
                 max_prompt_tokens=64,
                 max_response_tokens=160,
             )

@@ -10,6 +10,9 @@ code passes the reference as a and the model's output as b, so pref 2 = the mode
   edit pipeline's retry policy (backoff, retry-after, one pause gate) and SQLite cache (every completed
   call is stored at once, so a re-run re-sends nothing that completed). The SDK reads ANTHROPIC_API_KEY
   and ANTHROPIC_BASE_URL itself: the key never passes through this module or into any file.
+- ``rm:PATH``: a reward model scores both outputs (the offline choice on a cluster): an fgrlhf RM directory
+  (its sequence score) or any HF sequence-classification RM (logit 0), in a Ray task with the GPUs asked for
+  when Ray runs; scores within ``epsilon`` are a draw.
 """
 
 from __future__ import annotations
@@ -230,9 +233,92 @@ class ClaudeJudge(Judge):
         }
 
 
-def build_judge(kind: str, env: str, epsilon: float = 0.01, claude: ClaudeJudgeConfig | None = None) -> Judge:
+class RewardModelJudge(Judge):
+    """``rm:PATH``: the output the reward model scores higher wins."""
+
+    def __init__(self, path: str, epsilon: float, num_gpus: float = 0.0, num_cpus: float = 1.0):
+        self.name = f"rm:{path}"
+        self.path, self.epsilon = path, epsilon
+        self.num_gpus, self.num_cpus = num_gpus, num_cpus
+
+    def compare(self, instructions: list[str], outputs_a: list[str], outputs_b: list[str]) -> list[Verdict]:
+        import ray
+
+        args = (self.path, instructions * 2, outputs_a + outputs_b)
+        if ray.is_initialized():
+            scores = ray.get(
+                ray.remote(num_gpus=self.num_gpus, num_cpus=self.num_cpus)(score_with_reward_model).remote(*args)
+            )
+        else:
+            scores = score_with_reward_model(*args)
+        n = len(instructions)
+        return [
+            Verdict(preference_from_scores(b, a, self.epsilon), {"rm_a": a, "rm_b": b})
+            for a, b in zip(scores[:n], scores[n:])
+        ]
+
+
+def score_with_reward_model(path: str, instructions: list[str], outputs: list[str], batch_size: int = 8) -> list[float]:
+    """One scalar per (instruction, output): an fgrlhf RM's sequence score with its own prompt format and
+    lengths, else an HF sequence-classification model's first logit on its chat template."""
+    import torch
+
+    from fgrlhf.models import load_tokenizer
+    from fgrlhf.runtime.distributed import choose_device
+
+    tokenizer = load_tokenizer(path)
+    device = choose_device()  # in a Ray task: the GPU Ray assigned, else CPU (even where every GPU is visible)
+    try:
+        from fgrlhf.reward.model import load_reward_model, read_reward_info
+
+        info = read_reward_info(path)
+    except ValueError:  # not an fgrlhf RM: a plain HF reward model
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": i}, {"role": "assistant", "content": o}], tokenize=False
+            )
+            for i, o in zip(instructions, outputs)
+        ]
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True)
+                scores += model(**batch.to(device)).logits[:, 0].float().tolist()
+        return scores
+    from fgrlhf.tokenization import encode_example, format_prompt
+
+    rm = load_reward_model(path).to(device).eval()
+    examples = [
+        encode_example(
+            tokenizer,
+            format_prompt(tokenizer, i, info.get("prompt_format", "chat")),
+            o,
+            info.get("max_prompt_tokens", 192),
+            info.get("max_response_tokens", 300),
+        )
+        for i, o in zip(instructions, outputs)
+    ]
+    with torch.no_grad():
+        result = rm.score(
+            [e.prompt_ids for e in examples], [e.response_ids for e in examples], tokenizer.pad_token_id, batch_size
+        )
+    return result["sequence"].float().tolist()
+
+
+def build_judge(
+    kind: str,
+    env: str,
+    epsilon: float = 0.01,
+    claude: ClaudeJudgeConfig | None = None,
+    rm_resources: dict | None = None,
+) -> Judge:
     if kind == "gold":
         return GoldJudge(env, epsilon)
     if kind == "claude":
         return ClaudeJudge(claude or ClaudeJudgeConfig())
-    raise ValueError(f"unknown judge {kind!r}; choose gold or claude")
+    if kind.startswith("rm:") and len(kind) > 3:
+        return RewardModelJudge(kind[3:], epsilon, **(rm_resources or {}))
+    raise ValueError(f"unknown judge {kind!r}; choose gold, claude or rm:PATH")

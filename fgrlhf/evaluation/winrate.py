@@ -21,7 +21,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env",
         default="alpaca-sim",
-        choices=("alpaca-sim", "synthetic"),
+        choices=("alpaca-sim", "synthetic", "balanced"),
         help="whose gold reward and default eval split",
     )
     parser.add_argument("--n", type=int, help="first N instructions of the eval set (default all)")
@@ -45,7 +45,7 @@ def load_eval_records(env: str, eval_set: Path | None, n: int | None) -> list[di
         # An empty reference would lose every comparison by default: refused (file:line:field). The packaged
         # AlpacaEval set keeps its two empty davinci-003 outputs, which are real outputs of that model.
         records = load_records(eval_set, ("prompt", "reference"))
-    elif env == "synthetic":
+    elif hasattr(module, "split_prompts"):  # the grammar envs (synthetic, balanced)
         records = module.eval_records(module.split_prompts()[1], seed=0)
     else:
         records = module.split_records(module.load_eval_set())[1]

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory")
     add_run_arguments(parser)
     parser.add_argument(
+        "--force", action="store_true", help="run even if the disk under --out cannot hold the run's checkpoints"
+    )
+    parser.add_argument(
         "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. figa.beta=0")
@@ -39,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
     from fgrlhf.figa.config import FIGA_RUN, FigaTrainConfig
     from fgrlhf.figa.train import train
     from fgrlhf.runtime.distributed import ray_instance
+    from fgrlhf.runtime.planning import supervised_job
     from fgrlhf.runtime.preflight import check_data, check_model
     from fgrlhf.runtime.run_dir import open_run
 
@@ -49,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
     if run.done:
         print(json.dumps(run.result))
         return 0
+    run.check_space(lambda: supervised_job("figa", cfg), args.force)  # before Ray
     with ray_instance(args.num_cpus):
         result = train(cfg, run)
     print(json.dumps(result))

@@ -48,12 +48,20 @@ def main(args: argparse.Namespace) -> int:
 
     from fgrlhf.config import load_config
     from fgrlhf.runtime.distributed import ray_instance
+    from fgrlhf.runtime.run_dir import LOCK, RunLock, check_out_dir
 
     cfg = load_config(DemoConfig, args.config, args.overrides)
     console = Console()
+    args.out = check_out_dir(args.out)
+    # Locked before --fresh deletes anything; the demo always continues, so a stale lock is taken over (logged).
+    RunLock.acquire(args.out, take_over_stale=True)
     if args.fresh:
-        shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+        for entry in args.out.iterdir():
+            if entry.name != LOCK:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
     check_resumable(cfg, args.out)
     began = time.perf_counter()
     with ray_instance(args.num_cpus, dashboard=True) as dashboard:

@@ -1,17 +1,21 @@
 """Resumable stages: ``fgrlhf`` commands (or any step that writes one output) run in sequence in-process, each
 skipped when its output exists, so an interrupted run re-run continues at the first stage not done. The
-demo (``fgrlhf demo``) and the paper-table benchmarks (``benchmarks/common.py``) chain their stages here.
+demo (``fgrlhf demo``), the paper job (``fgrlhf paper``) and the paper-table benchmarks (``benchmarks/common.py``)
+chain their stages here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from fgrlhf.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,22 @@ class CommandFailed(RuntimeError):
     def __init__(self, argv: list[str], code: int):
         super().__init__(f"fgrlhf {' '.join(argv)} exited with status {code}")
         self.code = code
+
+
+class StageChanged(ConfigError):
+    """A finished stage's output was made from other inputs or settings than this run's."""
+
+
+def content_key(settings: object, inputs: tuple[Path, ...] = ()) -> str:
+    """sha256 of a stage's settings (JSON-able) and the bytes of its input files: what its output depends on."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(b"\0")
+        if path.is_file():
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 class StoppedAfter(Exception):
@@ -47,20 +67,34 @@ class Stages:
     step writes it last, atomically). With ``timings`` (a JSON file of the seconds each finished stage took,
     kept so a resumed run still reports the earlier ones), done also means finished: a stage that wrote its
     output and then failed, e.g. ``fgrlhf edit`` with some items failed (exit 3), runs again and retries
-    only what failed. ``until`` names the last stage to run (:class:`StoppedAfter` after it)."""
+    only what failed. ``until`` names the last stage to run (:class:`StoppedAfter` after it). With ``keys`` (a
+    JSON file of each finished stage's :func:`content_key`), a stage given a ``key`` is done only under the
+    same key: a finished stage with another key raises :class:`StageChanged` rather than reuse stale output."""
 
-    def __init__(self, timings: Path | None = None, until: str | None = None, say: Callable[[str], None] = log.info):
+    def __init__(
+        self,
+        timings: Path | None = None,
+        until: str | None = None,
+        say: Callable[[str], None] = log.info,
+        keys: Path | None = None,
+    ):
         self.timings = timings
         self.until = until
         self.say = say
-        self.seconds: dict[str, float] = (
-            json.loads(timings.read_text(encoding="utf-8")) if timings is not None and timings.exists() else {}
-        )
+        self.seconds: dict[str, float] = _read(timings)
+        self.keys_file = keys
+        self.keys: dict[str, str] = _read(keys)
 
-    def run(self, output: Path, step: Callable[[], None], name: str | None = None) -> Path:
+    def run(self, output: Path, step: Callable[[], None], name: str | None = None, key: str | None = None) -> Path:
         """Run ``step`` (named ``name``, default the output's file name) unless done; ``output``."""
         name = name or output.name
-        if output.exists() and (self.timings is None or name in self.seconds):
+        done = output.exists() and (self.timings is None or name in self.seconds)
+        if done and key is not None and self.keys.get(name, key) != key:
+            raise StageChanged(
+                f"stage {name}: {output} was made from other inputs or settings; use the run's settings, "
+                "delete that output (and what follows from it), or choose another --out"
+            )
+        if done:
             self.say(f"stage {name}: done earlier ({output}), skipped")
         else:
             began = time.perf_counter()
@@ -69,7 +103,67 @@ class Stages:
                 raise RuntimeError(f"stage {name} finished without writing {output}")
             self.seconds[name] = round(time.perf_counter() - began, 1)
             if self.timings is not None:
-                self.timings.write_text(json.dumps(self.seconds, indent=2) + "\n", encoding="utf-8")
+                _write(self.timings, self.seconds)
+            if key is not None and self.keys_file is not None:
+                self.keys[name] = key
+                _write(self.keys_file, self.keys)
         if name == self.until:
             raise StoppedAfter(name)
         return output
+
+
+class StageProgress:
+    """One log line per stage with its ETA (mean seconds of the stages run so far × those left), and a Ray
+    dashboard gauge per stage (1 running, 2 done)."""
+
+    def __init__(
+        self,
+        gauge: str,
+        total: int,
+        say: Callable[[str], None] = log.info,
+        on_done: Callable[[str, float], None] | None = None,
+    ):
+        self.total, self.say, self.done, self.spent = total, say, 0, 0.0
+        self.on_done = on_done  # e.g. a W&B log of each stage's seconds
+        self.gauge = None
+        try:
+            from ray.util.metrics import Gauge
+
+            self.gauge = Gauge(gauge, "stage of a staged job: 1 running, 2 done", tag_keys=("stage",))
+        except Exception:
+            self.gauge = None
+
+    def _set(self, name: str, value: float) -> None:
+        if self.gauge is not None:
+            self.gauge.set(value, tags={"stage": name})
+
+    def stage(self, name: str):
+        @contextlib.contextmanager
+        def running():
+            began = time.perf_counter()
+            self._set(name, 1)
+            yield
+            seconds = time.perf_counter() - began
+            self._set(name, 2)
+            self.done += 1
+            self.spent += seconds
+            left = max(self.total - self.done, 0)
+            eta = self.spent / self.done * left
+            self.say(f"stage {self.done}/{self.total} {name}: {seconds:.0f} s; ETA {eta / 60:.0f} min for {left} more")
+            if self.on_done is not None:
+                self.on_done(name, seconds)
+
+        return running()
+
+    def finish(self) -> None:
+        self.say(f"all {self.done} stages done in {self.spent / 60:.1f} min")
+
+
+def _read(path: Path | None) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else {}
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -5,7 +5,8 @@ Two sources, told apart by their fields:
   chosen = edited, rejected = original, and each side's U1 mask (changed tokens) from
   :func:`~fgrlhf.algorithms.token_diff.align_tokens` over the response token ids (EOS included), which is
   what Eq. 4 needs;
-- plain prompt/chosen/rejected pairs: no edit masks (Eq. 3 or Bradley–Terry only).
+- preference pairs in any schema :mod:`fgrlhf.data.schemas` recognises (TRL, AlpacaFarm, conversational) or
+  a field map renames: no edit masks (Eq. 3 or Bradley–Terry only).
 
 Layout (the project's response layout, :mod:`fgrlhf.workers.packing`): one forward covers a micro-batch's
 chosen rows ``[0, B)`` and rejected rows ``[B, 2B)``. ``input_ids``/``attention_mask`` are right-padded
@@ -24,8 +25,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fgrlhf.algorithms.token_diff import align_tokens
-from fgrlhf.data.loading import DataError, _raw_records, load_edit_records, load_pairs
-from fgrlhf.tokenization import encode_example, format_prompt
+from fgrlhf.data.loading import DataError, first_record, is_hub_id, load_edit_records, load_pairs, resolve_data_path
+from fgrlhf.data.schemas import render_prompt
+from fgrlhf.tokenization import encode_example
 from fgrlhf.workers.packing import pack
 
 
@@ -42,17 +44,17 @@ class PairExample:
 
 def is_edit_file(path: str | Path) -> bool:
     """Whether ``path`` holds ``fgrlhf edit`` records (judged by its first record's fields)."""
-    path = Path(path)
-    if not path.exists():
+    if not is_hub_id(path) and not resolve_data_path(path).exists():
         raise DataError(f"{path}: no such file or directory")
-    first = next((raw for _, raw in _raw_records(path) if isinstance(raw, dict)), None)
+    first = first_record(path)
     return isinstance(first, dict) and "edited" in first and "original" in first
 
 
-def load_preference_records(path: str | Path) -> tuple[list[dict], bool]:
-    """``(records, from_edits)``: records with prompt/chosen/rejected (+ input), from either source."""
+def load_preference_records(path: str | Path, field_map: dict[str, str] | None = None) -> tuple[list[dict], bool]:
+    """``(records, from_edits)``: records with prompt/chosen/rejected (+ input, prompt_messages), from either
+    source; ``field_map`` (``--field-map``) renames the fields of pairs in another schema."""
     if not is_edit_file(path):
-        return load_pairs(path), False
+        return load_pairs(path, field_map=field_map), False
     edits = load_edit_records(path)
     if not edits:
         raise DataError(f"{path}: no edit record has status 'edited'")
@@ -70,7 +72,7 @@ def encode_pairs(
     """Tokenize pairs (prompt formatted as at generation time); U1 masks when ``with_edit_masks``."""
     examples = []
     for record in records:
-        prompt = format_prompt(tokenizer, record["prompt"], prompt_format, record.get("input") or "")
+        prompt = render_prompt(tokenizer, record, prompt_format)
         chosen = encode_example(tokenizer, prompt, record["chosen"], max_prompt_tokens, max_response_tokens)
         rejected = encode_example(tokenizer, prompt, record["rejected"], max_prompt_tokens, max_response_tokens)
         masks: tuple = (None, None)

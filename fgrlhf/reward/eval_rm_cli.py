@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fgrlhf.data.schemas import add_field_map_argument
+
 POSITION_BIN = 16  # response tokens per bin of the report's token_reward_by_position
 
 
@@ -39,7 +41,8 @@ def _cat_padded(*tensors: torch.Tensor) -> torch.Tensor:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rm", required=True, help="reward-model directory (train-rm's DIR/final)")
-    parser.add_argument("--data", required=True, help="prompt/chosen/rejected pairs or fgrlhf edit records")
+    parser.add_argument("--data", required=True, help="preference pairs (docs/data.md) or fgrlhf edit records")
+    add_field_map_argument(parser)
     parser.add_argument("--report", help="JSON report path (default: RM/eval-<data name>.json)")
     parser.add_argument("--heatmap", metavar="OUT.html", help="write a token-reward heat map of the first pairs")
     parser.add_argument("--heatmap-k", type=int, default=20, metavar="K", help="pairs in the heat map (default 20)")
@@ -128,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     rm_dir = Path(args.rm)
     info = read_reward_info(rm_dir)
-    records, from_edits = load_preference_records(args.data)
+    records, from_edits = load_preference_records(args.data, args.field_map)
     tokenizer = load_tokenizer(str(rm_dir))
     examples = encode_pairs(
         records,

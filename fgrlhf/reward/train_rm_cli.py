@@ -4,7 +4,9 @@
                   [--config configs/rm-*.yaml] [--resume | --overwrite] [key=value ...]
 
 --data holds edit records of ``fgrlhf edit`` (chosen = edited, rejected = original, status "edited" only)
-or plain prompt/chosen/rejected pairs. ``loss: auto`` picks Eq. 4 for a token RM on edit records, Eq. 3
+or preference pairs: TRL's prompt/chosen/rejected (strings or conversations), AlpacaFarm's
+instruction/input/output_1/output_2/preference, any other schema renamed by --field-map; JSONL, JSON, parquet,
+a save_to_disk directory or hf:REPO[:CONFIG[:SPLIT]] (docs/data.md). ``loss: auto`` picks Eq. 4 for a token RM on edit records, Eq. 3
 for a token RM on plain pairs (the paper's "without fine-grained data" ablation) and Bradley–Terry for a
 sequence RM. A fraction ``eval_fraction`` of the pairs (chosen by ``seed``) is held out for eval.
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import logging
 
+from fgrlhf.data.schemas import add_field_map_argument
 from fgrlhf.reward.train import RM_RUN, RMTrainConfig, resolve_loss, split_eval
 from fgrlhf.runtime.plan_cli import add_capacity_arguments, check_before_run
 from fgrlhf.runtime.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="edit records (fgrlhf edit) or prompt/chosen/rejected pairs")
+    parser.add_argument("--data", required=True, help="edit records (fgrlhf edit) or preference pairs (docs/data.md)")
+    add_field_map_argument(parser)
     parser.add_argument("--kind", choices=("token", "sequence"), help="reward-model kind (config key 'kind')")
     parser.add_argument("--model", help="backbone: tiny, smollm2 or an HF checkpoint dir (config key 'model.name')")
     parser.add_argument("--out", required=True, help="run directory")
@@ -41,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
     )
-    parser.add_argument("--force", action="store_true", help="run even if `fgrlhf plan` says the job does not fit")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run even if `fgrlhf plan` says the job does not fit, or the disk under --out cannot hold its checkpoints",
+    )
     add_capacity_arguments(parser)
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. deepspeed.zero_stage=3 max_steps=100"
@@ -53,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
     from fgrlhf.reward.data import load_preference_records
     from fgrlhf.reward.task import RewardModelTask
     from fgrlhf.runtime.distributed import ray_instance
+    from fgrlhf.runtime.planning import supervised_job
     from fgrlhf.runtime.preflight import check_data, check_model
     from fgrlhf.runtime.run_dir import open_run
     from fgrlhf.trainers.supervised import run_supervised_training
@@ -66,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
     if run.done:
         print(json.dumps(run.result))
         return 0
-    records, from_edits = load_preference_records(args.data)
+    run.check_space(lambda: supervised_job("rm", cfg, args.model_config), args.force)  # before the data and Ray
+    records, from_edits = load_preference_records(args.data, args.field_map)
     loss = resolve_loss(cfg, from_edits, args.data)
     log.info(
         "%s reward model on %s (%d %s), loss %s",

@@ -80,9 +80,14 @@ class ActorGroup:
         address, port = ray.get(self.actors[0].rendezvous_address.remote())
         return self.submit("setup", address, port, *args)
 
-    def shutdown(self) -> None:
-        """Kill every actor for good (no restart)."""
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        """Kill every actor for good (no restart), after letting those with a ``close`` method leave their
+        process groups (a process killed or exiting with a live group can abort or leak its communicator); a
+        rank stuck in a collective is not waited for longer than ``grace_s``."""
         import ray
 
+        closing = [actor.close.remote() for actor in self.actors if hasattr(actor, "close")]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=grace_s)
         for actor in self.actors:
             ray.kill(actor, no_restart=True)

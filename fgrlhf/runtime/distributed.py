@@ -1,7 +1,9 @@
 """DeepSpeed and process groups on Ray actors, and placement of actors on the cluster.
 
 Every learner rank is a Ray actor. Rank 0 picks a free port, the driver hands ``(addr, port)`` to all ranks,
-and each calls :func:`init_rank` before building its engine. CPU runs use gloo, GPU runs NCCL.
+and each calls :func:`init_rank` before building its engine, and :func:`leave_group` before it goes. A rank
+computes on the GPU Ray assigned it, else on the CPU (:func:`bind_device`); ``auto`` is NCCL on a GPU, gloo
+on CPU.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -138,28 +142,111 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def resolve_backend(cfg: DeepSpeedConfig) -> str:
-    if cfg.backend != "auto":
-        return cfg.backend
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def _ray_gpu_ids() -> list | None:
+    """The GPU ids Ray assigned to this process if it is a Ray worker (a task or an actor), else None."""
+    ray = sys.modules.get("ray")  # a Ray worker has always imported ray; others need not pay for it
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return list(ray.get_gpu_ids())
 
 
-def init_rank(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
-    """Join the learner group as ``rank`` (env:// rendezvous, as ``deepspeed`` launchers do)."""
+def choose_device() -> torch.device:
+    """The device this process computes on: ``cuda`` (its first visible GPU) or ``cpu``.
+
+    In a Ray worker it is decided by the GPUs Ray assigned (``ray.get_gpu_ids()``), never by what CUDA can
+    see: Ray >= 2.5x no longer empties ``CUDA_VISIBLE_DEVICES`` for an actor with ``num_gpus=0``, so such an
+    actor on a GPU host sees every GPU and would otherwise land on GPU 0. Elsewhere (the driver, a plain
+    subprocess) it is ``cuda`` when torch sees one. Ray names only the assigned GPUs in
+    ``CUDA_VISIBLE_DEVICES``, so an actor's GPU is always device 0.
+    """
+    assigned = _ray_gpu_ids()
+    if assigned is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not assigned:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"Ray assigned GPU(s) {assigned} to this process, but torch sees no CUDA device "
+            f"(torch {torch.__version__}: a CPU-only build?); install a CUDA build of torch on the GPU nodes"
+        )
+    return torch.device("cuda", 0)
+
+
+def bind_device() -> torch.device:
+    """:func:`choose_device`, made to hold for every library in the process; call it first in an actor.
+
+    On ``cpu`` in a Ray worker the GPUs Ray did not assign are hidden (``CUDA_VISIBLE_DEVICES=""``, as Ray
+    itself did before 2.5x), so DeepSpeed's accelerator, which asks ``torch.cuda``, does not pick one either;
+    this works until something in the process has initialised CUDA. On ``cuda`` nothing is touched: the
+    process sees its GPU(s) alone, and creating a CUDA context here would cost a vLLM actor, whose engine
+    computes in another process, memory on its GPU.
+    """
+    device = choose_device()
+    if device.type == "cpu" and _ray_gpu_ids() is not None:
+        if torch.cuda.is_initialized():
+            log.warning("CUDA is already initialised in this CPU-only Ray worker: its GPUs stay visible")
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return device
+
+
+def resolve_backend(configured: str, device: torch.device) -> str:
+    """The process-group backend for a process on ``device``: ``auto`` is NCCL on a GPU, gloo on CPU."""
+    if configured == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if configured == "nccl" and device.type != "cuda":
+        raise ValueError(
+            "backend=nccl, but this rank has no GPU (num_gpus_per_rank=0, or no GPU assigned by Ray); "
+            "use backend=gloo or auto"
+        )
+    return configured
+
+
+# NCCL settings that every process of a group must share. NCCL_CUMEM_ENABLE: vLLM turns cuMem off in its
+# processes at import (vllm/env_override.py) unless the environment sets it; the learners and the push
+# group's other members take the same value, so every member of the learner -> vLLM push runs NCCL alike:
+# the user's if set (it reaches every process through the environment), else vLLM's.
+NCCL_ENV = {"NCCL_CUMEM_ENABLE": "0"}
+
+
+def apply_nccl_env() -> dict[str, str]:
+    """Set :data:`NCCL_ENV` in this process (an explicit value in the environment wins) before its first NCCL
+    communicator is created; returns the values in force."""
+    return {name: os.environ.setdefault(name, value) for name, value in NCCL_ENV.items()}
+
+
+def init_rank(
+    rank: int, world_size: int, master_addr: str, master_port: int, backend: str = "auto", timeout_s: float = 1800.0
+) -> torch.device:
+    """Join the learner group as ``rank`` (env:// rendezvous, as ``deepspeed`` launchers do) on this process's
+    device (:func:`bind_device`); returns the device. ``timeout_s`` bounds the rendezvous and every collective
+    of the group (NCCL's watchdog ends a rank stuck longer). Leave with :func:`leave_group`."""
     import deepspeed
 
+    device = bind_device()
+    backend = resolve_backend(backend, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the rank's one GPU (Ray shows it as device 0): NCCL's and DeepSpeed's
+    if backend == "nccl":
+        apply_nccl_env()
     os.environ.update(
         RANK=str(rank),
-        LOCAL_RANK="0" if torch.cuda.is_available() else str(rank),
+        LOCAL_RANK="0" if device.type == "cuda" else str(rank),
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR=master_addr,
         MASTER_PORT=str(master_port),
     )
-    if torch.cuda.is_available():
-        # Ray sets CUDA_VISIBLE_DEVICES per actor, so each rank sees its own GPU as device 0.
-        torch.cuda.set_device(0)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+    return device
+
+
+def leave_group() -> None:
+    """Destroy this process's default process group, if any. A process that exits with a live gloo group can
+    abort in its destructors ("terminate called without an active exception"); an NCCL one leaks its
+    communicator. Every process that joined a group with :func:`init_rank` calls this before it exits."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_model: bool = False) -> dict[str, Any]:
@@ -227,53 +314,114 @@ def partitioned_construction(config: dict[str, Any]):
         yield
 
 
+def _tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in one checkpoint file, safetensors or a torch ``.bin``, read without
+    loading the tensors (a safetensors header; a ``.bin`` memory-mapped)."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
+    return {name: tuple(tensor.shape) for name, tensor in _load_bin(path).items()}
+
+
+def _read_tensor(path: str, name: str) -> torch.Tensor:
+    """One tensor of a checkpoint file; the file is opened for it alone, so nothing else of it stays mapped."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as weights:
+            return weights.get_tensor(name)
+    return _load_bin(path)[name]
+
+
+def _load_bin(path: str) -> dict[str, torch.Tensor]:
+    """A torch ``.bin`` state dict, memory-mapped (pages are read only when a tensor is used) and unpickled
+    with ``weights_only`` (no code runs from the file)."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        raise ValueError(
+            f"{path}: saved in torch's legacy (pre-1.6) format, which cannot be memory-mapped; re-save it "
+            "with save_pretrained (safetensors) before loading it partitioned"
+        ) from exc
+
+
+def ignored_checkpoint_keys(module: torch.nn.Module, names) -> list[str]:
+    """Of the checkpoint's tensor ``names`` that ``module`` does not have, those ``from_pretrained`` ignores
+    too: the patterns of every transformers model class inside (``_keys_to_ignore_on_load_unexpected``), and
+    the tensors a model now computes itself (its non-persistent buffers) that older exports saved, under the
+    buffer's name or, moved since, its last two name parts (a 2023 LLaMA export's per-layer
+    ``model.layers.N.self_attn.rotary_emb.inv_freq`` against today's one ``model.rotary_emb.inv_freq``)."""
+    import re
+
+    state = module.state_dict().keys()
+    patterns = {
+        pattern
+        for sub in module.modules()
+        for pattern in getattr(sub, "_keys_to_ignore_on_load_unexpected", None) or ()
+    }
+    computed = {name for name, _ in module.named_buffers()} - state
+    moved = {".".join(name.split(".")[-2:]) for name in computed}
+    return sorted(
+        name
+        for name in set(names) - state
+        if name in computed
+        or ".".join(name.split(".")[-2:]) in moved
+        or any(re.search(pattern, name) for pattern in patterns)
+    )
+
+
 def load_partitioned(module: torch.nn.Module, files: list) -> None:
-    """Copy the safetensors ``files`` (one checkpoint, maybe sharded) into ``module`` built by
+    """Copy the checkpoint ``files`` (safetensors or torch ``.bin``, maybe sharded) into ``module`` built by
     :func:`partitioned_construction`; every rank calls it (each gather is collective).
 
     One parameter at a time: it is gathered whole, rank 0 reads its tensor and writes it, and DeepSpeed
     broadcasts rank 0's copy and re-partitions it on leaving the context. Rank 0 opens the file for each
-    tensor, so at most one tensor of the checkpoint is mapped in at a time: no rank ever holds more of the
+    tensor, so at most one tensor of the checkpoint is read in at a time: no rank ever holds more of the
     model than its partition plus one parameter. Persistent buffers (never partitioned) load on every rank.
-    The files must hold every parameter and persistent buffer of ``module`` and nothing else; a tied weight's
-    second name (``lm_head.weight`` tied to the embedding) may be left out, as ``save_pretrained`` does.
+    The files must hold every parameter and persistent buffer of ``module``; a tied weight's second name
+    (``lm_head.weight`` tied to the embedding) may be left out, as ``save_pretrained`` does. Tensors the model
+    does not have are refused, except those ``from_pretrained`` ignores too (:func:`ignored_checkpoint_keys`),
+    which are logged.
     """
     import deepspeed
-    from safetensors import safe_open
 
     source: dict[str, str] = {}  # tensor name -> file
     shapes: dict[str, tuple[int, ...]] = {}
     for path in map(str, files):
-        with safe_open(path, framework="pt") as weights:
-            for name in weights.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
-                source[name], shapes[name] = path, tuple(weights.get_slice(name).get_shape())
+        for name, shape in _tensor_shapes(path).items():
+            source[name], shapes[name] = path, shape
     state = module.state_dict().keys()  # partitioned tensors are empty: this costs nothing
     params = dict(module.named_parameters())  # a tied weight once, under its first name
     buffers = {name: buf for name, buf in module.named_buffers() if name in state}  # the persistent ones
+    ignored = ignored_checkpoint_keys(module, shapes.keys())
     missing = sorted((params.keys() | buffers.keys()) - shapes.keys())
-    unexpected = sorted(shapes.keys() - state)
+    unexpected = sorted(shapes.keys() - state - set(ignored))
     if missing or unexpected:
         raise ValueError(
-            f"checkpoint {', '.join(map(str, files))} does not match the model: missing {missing}, "
-            f"unexpected {unexpected}"
+            f"checkpoint {', '.join(map(str, files))} does not match the model ({type(module).__name__}): "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    if ignored:
+        log.info(
+            "checkpoint tensors not loaded (the model computes them, as from_pretrained ignores them): %s", ignored
         )
     for name, tensor in {**params, **buffers}.items():
         shape = tuple(getattr(tensor, "ds_shape", tensor.shape))
         if shapes[name] != shape:
             raise ValueError(f"{source[name]}: {name} has shape {list(shapes[name])}, the model's is {list(shape)}")
 
-    def read(name: str) -> torch.Tensor:
-        with safe_open(source[name], framework="pt") as weights:
-            return weights.get_tensor(name)
-
     writer = torch.distributed.get_rank() == 0
     for name, param in params.items():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
             if writer:
-                param.copy_(read(name))
+                param.copy_(_read_tensor(source[name], name))
     with torch.no_grad():
         for name, buf in buffers.items():
-            buf.copy_(read(name))
+            buf.copy_(_read_tensor(source[name], name))
 
 
 def writable(params):

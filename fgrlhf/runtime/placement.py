@@ -6,7 +6,10 @@ reads the same plan to say which GPU each role lands on, so the plan and the run
 ``separate``: a bundle per actor. ``colocated``: actor i of every role shares bundle i (e.g. rollout,
 reference and learner rank 0 split one GPU). GPUs within the cluster are modelled as Ray assigns them: a
 bundle asking for whole GPUs takes fresh ones, and a fractional bundle goes to the fullest GPU it still fits
-on (Ray's best fit for fractional GPU requests), so two 0.5-GPU bundles share one device.
+on (Ray's best fit for fractional GPU requests), so two 0.5-GPU bundles share one device. Inside a bundle Ray
+hands each actor devices of its own the same way (:func:`slot_devices`): a colocated bundle of 4 GPUs holding
+the policy rank, the critic rank, the rollout actor and two half-GPU scorers puts each whole-GPU actor on its
+own device and the two halves together, so memory is counted per device, never spread over the bundle.
 """
 
 from __future__ import annotations
@@ -124,5 +127,33 @@ def assign_gpus(plan: PlacementPlan) -> list[list[int]]:
             else:
                 best = len(used)
                 used.append(gpus)
+            out.append([best])
+    return out
+
+
+def slot_devices(plan: PlacementPlan) -> list[list[int]]:
+    """Per slot (in ``plan.slots`` order), the global GPU indices its actor gets inside its bundle.
+
+    Ray gives an actor in a multi-GPU bundle whole devices of its own, and packs fractional actors best fit
+    onto the bundle's devices, in creation order; the same rules as :func:`assign_gpus`, one level down."""
+    bundle_devices = assign_gpus(plan)
+    load: dict[int, float] = {}
+    out: list[list[int]] = []
+    for slot in plan.slots:
+        mine = bundle_devices[slot.bundle]
+        if slot.gpus <= 0:
+            out.append([])
+        elif slot.gpus >= 1.0 - _EPS:
+            fresh = [d for d in mine if load.get(d, 0.0) <= _EPS][: round(slot.gpus)]
+            if abs(slot.gpus - round(slot.gpus)) > _EPS or len(fresh) < round(slot.gpus):
+                raise ValueError(f"{slot.role}[{slot.index}] asks for {slot.gpus} GPUs its bundle cannot give whole")
+            load.update(dict.fromkeys(fresh, 1.0))
+            out.append(fresh)
+        else:
+            fits = [d for d in mine if load.get(d, 0.0) + slot.gpus <= 1.0 + _EPS]
+            if not fits:
+                raise ValueError(f"{slot.role}[{slot.index}] ({slot.gpus} GPU) fits on no device of its bundle")
+            best = max(fits, key=lambda d: load.get(d, 0.0))
+            load[best] = load.get(best, 0.0) + slot.gpus
             out.append([best])
     return out

@@ -416,10 +416,13 @@ def _gb(value: float) -> float:
 def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None, gpus_per_node: int | None = None) -> dict:
     """Place the roles on devices and nodes, sum each device's memory, and decide whether the job fits
     (host RAM is not checked when ``host_ram_gb`` is None)."""
-    from fgrlhf.runtime.placement import assign_gpus
+    from fgrlhf.runtime.placement import slot_devices
 
     roles = {r.role: r for r in job.roles}
-    devices = assign_gpus(job.placement)
+    try:
+        devices = slot_devices(job.placement)  # per slot: the devices Ray gives that actor
+    except ValueError as exc:
+        raise PlanError(f"placement: {exc}") from None
     n_gpus = 1 + max((d for ds in devices for d in ds), default=-1)
     per_node = gpus_per_node or max(n_gpus, 1)
     cap = gpu_memory_gb * GiB
@@ -427,17 +430,18 @@ def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None, gpus_per
     device_roles: dict[int, list[str]] = {}
     host: dict[int, float] = {}
     problems: list[str] = []
-    for slot in job.placement.slots:
+    for slot, mine in zip(job.placement.slots, devices):
         role = roles[slot.role]
         name = f"{slot.role}[{slot.index}]"
-        mine = devices[slot.bundle]
         node = mine[0] // per_node if mine else 0
         if slot.gpus > 0:
             need = role.total + CUDA_CONTEXT_GB * GiB
             if role.claims_device is not None:
                 need = max(role.claims_device * cap, need)
+            # All of it on the actor's first device: a rank computes on cuda:0 of what it sees, so a second
+            # GPU adds nothing to hold it (and one bundle's GPUs never share an actor's load).
+            device_load[mine[0]] = device_load.get(mine[0], 0.0) + need
             for d in mine:
-                device_load[d] = device_load.get(d, 0.0) + need / len(mine)
                 device_roles.setdefault(d, []).append(name)
             host[node] = host.get(node, 0.0) + PROCESS_BASELINE_GB * GiB + role.host_load
         else:
@@ -461,12 +465,8 @@ def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None, gpus_per
                 )
     for role in job.roles:  # NCCL refuses a process group with two ranks on one device
         if role.count > 1 and role.zero_stage is not None and role.gpus > 0:
-            ranks = [s for s in job.placement.slots if s.role == role.role]
-            shared = [
-                d
-                for d in {d for s in ranks for d in devices[s.bundle]}
-                if sum(d in devices[s.bundle] for s in ranks) > 1
-            ]
+            ranks = [mine for s, mine in zip(job.placement.slots, devices) if s.role == role.role]
+            shared = [d for d in {d for mine in ranks for d in mine} if sum(d in mine for mine in ranks) > 1]
             if shared:
                 problems.append(
                     f"{role.role}: several ranks on GPU {', '.join(map(str, sorted(shared)))}; NCCL "
@@ -488,7 +488,7 @@ def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None, gpus_per
             {"gpu": d, "roles": device_roles.get(d, []), "memory_gb": _gb(device_load.get(d, 0.0))}
             for d in range(node * per_node, min(n_gpus, (node + 1) * per_node))
         ]
-        cpu_only = [f"{s.role}[{s.index}]" for s in job.placement.slots if not devices[s.bundle] and node == 0]
+        cpu_only = [f"{s.role}[{s.index}]" for s, mine in zip(job.placement.slots, devices) if not mine and node == 0]
         nodes.append({"node": node, "gpus": gpus, "cpu_roles": cpu_only, "host_ram_gb": _gb(host.get(node, 0.0))})
     return {
         "kind": job.kind,
@@ -521,9 +521,9 @@ def evaluate(job: Job, gpu_memory_gb: float, host_ram_gb: float | None, gpus_per
                     "bundle": s.bundle,
                     "gpus": s.gpus,
                     "cpus": s.cpus,
-                    "devices": devices[s.bundle],
+                    "devices": mine,
                 }
-                for s in job.placement.slots
+                for s, mine in zip(job.placement.slots, devices)
             ],
             "nodes": nodes,
         },
@@ -588,6 +588,11 @@ def supervised_job(kind: str, cfg, model_config: str | None = None) -> Job:
 def detect_kind(data: dict) -> str:
     """``ppo``, ``rm`` or ``figa`` from a config's top-level keys."""
     keys = set(data)
+    if keys & {"preference_data", "splits"}:  # fgrlhf paper's experiment config: it names stage configs
+        raise PlanError(
+            "an experiment config (fgrlhf paper) runs several jobs: `fgrlhf plan` each stage's config it names "
+            "(its rm and ppo configs)"
+        )
     if keys & {"ppo", "rollout", "policy_learner", "critic_learner", "reward"}:
         return "ppo"
     if keys & {"figa", "method"} or isinstance(data.get("data"), dict):

@@ -15,15 +15,18 @@ BUILTIN_MODELS = ("tiny", "smollm2")
 
 
 def check_data(path: str | Path, what: str) -> None:
-    """``path`` (given as ``what``: a flag or config key) is a data file or a datasets directory."""
-    from fgrlhf.data.loading import is_datasets_dir, resolve_data_path
+    """``path`` (given as ``what``: a flag or config key) is a data file, a datasets directory or a Hub id
+    (``hf:REPO``, whose existence only the load can tell)."""
+    from fgrlhf.data.loading import is_datasets_dir, is_hub_id, resolve_data_path
 
+    if is_hub_id(path):
+        return
     resolved = resolve_data_path(path)
     if not resolved.exists():
         raise ConfigError(f"{what}: {path}: no such file")
     if resolved.is_dir() and not is_datasets_dir(resolved):
         raise ConfigError(
-            f"{what}: {path}: is a directory; expected a JSONL or JSON file (or a directory "
+            f"{what}: {path}: is a directory; expected a JSONL, JSON or parquet file (or a directory "
             "written by datasets' save_to_disk)"
         )
 

@@ -26,22 +26,43 @@ Opening ``--out`` (:func:`open_run`, before Ray or any model starts; nothing is 
   diff. Input files (``RunSpec.inputs`` and a command's extra inputs such as ``train-rm --data``) are
   compared by content (sha256), so moving a file is fine and editing it is not. Accepted changes are logged
   and appended to ``resumes.jsonl``.
+
+Sharing ``--out``, a disk, or a Ray job's working directory:
+
+- :func:`check_out_dir`: a relative ``--out`` resolves against ``$FGRLHF_STORAGE_ROOT`` when that is set; inside
+  a Ray job without it, it is refused (it would land in Ray's temporary copy of the working directory).
+- ``DIR/.lock`` (``flock``) is held from :func:`open_run` until the run finishes or its process ends; its body
+  names the holder (host, pid, start time, command). A second run into a locked directory is refused, naming
+  the holder, ``--resume`` included. A body left behind by a process that died without releasing the lock
+  (``kill -9``, a stopped Ray job) is a stale lock: reported, and taken over only by ``--resume`` or
+  ``--overwrite``.
+- :meth:`RunDir.check_space`: before the first step, the free space under ``--out`` must hold what the run
+  will still write (kept checkpoints, the one being written, the final export, sized by
+  :mod:`fgrlhf.runtime.planning`); ``--force`` runs anyway. A checkpoint or export that still fails for
+  space (:meth:`RunDir.space_guard`, also when the error comes from a Ray actor) marks ``run.json`` failed
+  and ends in one line naming the path, the bytes needed and ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import fnmatch
 import hashlib
 import json
 import logging
+import os
 import shutil
-from collections.abc import Iterator
+import socket
+import sys
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import IO, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -49,7 +70,14 @@ from fgrlhf.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-MANIFEST, CONFIG, RESUMES = "run.json", "config.yaml", "resumes.jsonl"
+MANIFEST, CONFIG, RESUMES, LOCK = "run.json", "config.yaml", "resumes.jsonl", ".lock"
+# A relative --out resolves against this directory when it is set (the way to use relative paths in a Ray job).
+STORAGE_ROOT_ENV = "FGRLHF_STORAGE_ROOT"
+# Set by Ray's job supervisor for a submitted job's entrypoint (ray/dashboard/modules/job/job_supervisor.py,
+# Ray 2.60): JSON with the job's runtime_env and metadata, whose "job_submission_id" names the job.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Free bytes below which an I/O error without an errno counts as a full disk when the write's size is unknown.
+NEARLY_FULL = 1 << 20
 # What every trainer writes (metrics, TensorBoard, checkpoints, the exported model).
 TRAINER_FILES = ("metrics.jsonl", "tb", "checkpoints", "final", "final.partial")
 ABSENT = "(absent)"
@@ -57,6 +85,159 @@ ABSENT = "(absent)"
 
 class RunDirError(ConfigError):
     """``--out`` cannot be used as asked; the message names the directory and what to do."""
+
+
+class DiskFullError(RunDirError):
+    """A checkpoint or export did not fit on the disk; the message names the path, the bytes needed and --resume."""
+
+
+# --- where --out is ---------------------------------------------------------------------------------------
+def ray_job_id() -> str | None:
+    """The submission id of the Ray job this process is the entrypoint of (``unknown`` if unreadable), else None."""
+    raw = os.environ.get(RAY_JOB_ENV)
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return "unknown"
+    return str(metadata.get("job_submission_id") or "unknown")
+
+
+def check_out_dir(out: str | os.PathLike, *, what: str = "--out") -> Path:
+    """Where ``out`` really is. Absolute: itself. Relative: under ``$FGRLHF_STORAGE_ROOT`` when set; inside a
+    Ray job without it, refused (:class:`ConfigError`): the job runs in Ray's temporary copy of the working
+    directory, deleted with the job, and the run would go with it; else relative to the current directory."""
+    path = Path(out).expanduser()
+    if path.is_absolute():
+        return path
+    root = os.environ.get(STORAGE_ROOT_ENV)
+    if root:
+        base = Path(root).expanduser()
+        if not base.is_absolute():
+            raise ConfigError(f"{STORAGE_ROOT_ENV}={root} must be an absolute path")
+        return base / path
+    job = ray_job_id()
+    if job is not None:
+        raise ConfigError(
+            f"{what} {out} is relative inside the Ray job {job}: it would land in Ray's temporary copy of the "
+            f"working directory ({Path.cwd()}), which is deleted with the job; give an absolute path on storage "
+            f"that outlives the job, or set {STORAGE_ROOT_ENV} (e.g. in the job's runtime_env env_vars) to "
+            "resolve relative paths against it"
+        )
+    return path
+
+
+# --- the lock ---------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _read_body(handle: IO[str]) -> dict[str, Any]:
+    handle.seek(0)
+    text = handle.read().strip()
+    if not text:
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        return {"raw": text[:200]}
+    return body if isinstance(body, dict) else {"raw": text[:200]}
+
+
+def describe_holder(body: dict[str, Any]) -> str:
+    if not body:
+        return "holder not recorded yet"
+    if "raw" in body:
+        return f"unreadable lock body {body['raw']!r}"
+    return f"host {body.get('host')}, pid {body.get('pid')}, since {body.get('started')}: `{body.get('command')}`"
+
+
+def _release(handle: IO[str]) -> None:
+    """Clear the body (a clean end leaves no stale lock) and close, which drops the flock."""
+    if handle.closed:
+        return
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.flush()
+    except OSError:  # a full disk must not hide the run's own error; an empty-bodied lock is never stale
+        pass
+    handle.close()
+
+
+class RunLock:
+    """``DIR/.lock``: an exclusive ``flock`` plus a JSON body naming the holder. The flock goes with the process
+    (also on ``kill -9``); the body stays when the process dies without :meth:`release`, which is how a
+    stale lock is told from a released one."""
+
+    _held: ClassVar[
+        dict[Path, RunLock]
+    ] = {}  # this process's locks: a re-open of the same dir (a stage re-run) replaces
+
+    def __init__(self, path: Path, handle: IO[str]):
+        self.path = path
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, _release, handle)  # also at interpreter exit
+
+    @classmethod
+    def acquire(cls, directory: Path, *, take_over_stale: bool) -> RunLock:
+        """Lock ``directory`` (created if missing). Refused (:class:`RunDirError`) while another process holds
+        it, and for a stale lock unless ``take_over_stale``."""
+        key = directory.resolve()
+        if key in cls._held:  # this process is done with its earlier run of this directory
+            cls._held.pop(key).release()
+        path = directory / LOCK
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 -- held for the run's lifetime
+        except OSError as exc:
+            raise RunDirError(f"cannot create {path} ({exc.strerror}); choose a writable --out") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            body = _read_body(handle)
+            handle.close()
+            raise RunDirError(
+                f"{directory} is in use by a live run ({describe_holder(body)}); wait for it to end or choose "
+                "another --out"
+            ) from None
+        except OSError as exc:  # a filesystem without flock (some network or FUSE mounts)
+            log.warning("%s: cannot lock it (%s); a second run into it would not be refused", path, exc)
+        stale = _read_body(handle)
+        if stale:
+            if stale.get("host") != socket.gethostname():
+                why = "its lock is released; its host cannot be checked from here"
+            elif _pid_alive(int(stale.get("pid", -1))):
+                why = f"pid {stale.get('pid')} is alive but no longer holds the lock"
+            else:
+                why = f"pid {stale.get('pid')} is no longer running"
+            if not take_over_stale:
+                handle.close()  # the flock goes, the body stays: still stale for the next try
+                raise RunDirError(
+                    f"{directory} has a stale lock: the run of {describe_holder(stale)} ended without releasing "
+                    f"it ({why}); its files are as it left them: pass --resume to continue it or --overwrite "
+                    "to start it over"
+                )
+            log.warning("%s: taking over the stale lock of %s (%s)", directory, describe_holder(stale), why)
+        handle.seek(0)
+        handle.truncate()
+        body = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now(), "command": " ".join(sys.argv)}
+        handle.write(json.dumps(body) + "\n")
+        handle.flush()
+        lock = cls(directory, handle)
+        cls._held[key] = lock
+        return lock
+
+    def release(self) -> None:
+        self._finalizer()
+        RunLock._held.pop(self.path.resolve(), None)
 
 
 @dataclass(frozen=True)
@@ -216,6 +397,9 @@ class RunDir:
     mode: Literal["new", "resume", "overwrite"]
     manifest: dict[str, Any] = field(default_factory=dict)  # the existing run's run.json ({} if none)
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # accepted on --resume
+    lock: RunLock | None = None  # held until finish() or the process ends
+    # Bytes of one checkpoint and of the final export (fgrlhf.runtime.planning), once check_space knows them.
+    sizes: tuple[float, float] | None = None
 
     @property
     def done(self) -> bool:
@@ -278,9 +462,82 @@ class RunDir:
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
     def finish(self, result: dict[str, Any]) -> None:
-        """Mark the run finished; ``result`` is what a later ``--resume`` of it reports."""
+        """Mark the run finished (``result`` is what a later ``--resume`` of it reports) and release the lock."""
         self.manifest = {**self.manifest, "status": "finished", "updated": _now(), "result": result}
         write_json_atomic(self.path / MANIFEST, self.manifest)
+        if self.lock is not None:
+            self.lock.release()
+
+    def fail(self, reason: str) -> None:
+        """Mark the run failed with ``reason`` (``--resume`` continues it from its last complete checkpoint)."""
+        self.manifest = {**self.manifest, "status": "failed", "updated": _now(), "error": reason}
+        try:
+            write_json_atomic(self.path / MANIFEST, self.manifest)
+        except OSError:  # no room for a second copy: rewrite it in place, reusing its blocks
+            try:
+                (self.path / MANIFEST).write_text(json.dumps(self.manifest) + "\n", encoding="utf-8")
+            except OSError as exc:
+                log.error("could not mark %s failed: %s", self.path / MANIFEST, exc)
+
+    # disk space
+    def check_space(self, plan: Callable[[], Any], force: bool) -> None:
+        """Refuse (:class:`RunDirError`) a run whose remaining writes do not fit in the free space under
+        ``--out``. ``plan()`` returns the :class:`fgrlhf.runtime.planning.Job` of the config (its checkpoint
+        and export sizes); a job the plan cannot size here (a model only the cluster has) is not checked."""
+        from fgrlhf.runtime.planning import PlanError
+
+        try:
+            job = plan()
+        except PlanError as exc:
+            log.warning("disk check skipped: %s", exc)
+            return
+        self.sizes = (job.checkpoint, job.final)
+        # Peak: the kept checkpoints plus the one being written (committed before the oldest goes), or the kept
+        # ones plus the final export; what this run dir already holds of them is replaced, not added.
+        peak = max((job.keep_checkpoints + 1) * job.checkpoint, job.keep_checkpoints * job.checkpoint + job.final)
+        held = sum(_du(self.path / name) for name in ("checkpoints", "final"))
+        need = peak - held
+        free = shutil.disk_usage(self.path).free
+        if need <= free:
+            log.info("disk: %s needs up to %s more, %s free", self.path, _size(need), _size(free))
+            return
+        message = (
+            f"{self.path} has {_size(free)} free, but the run will write up to {_size(need)} more "
+            f"({job.keep_checkpoints} kept checkpoint(s) + 1 being written of {_size(job.checkpoint)} each, "
+            f"final export {_size(job.final)}); free space or choose another --out"
+        )
+        if force:
+            log.warning("%s (--force: running anyway)", message)
+            return
+        raise RunDirError(message + ", or pass --force to run anyway")
+
+    @contextmanager
+    def space_guard(self, target: Path, what: str) -> Iterator[None]:
+        """Around a checkpoint or export into ``target``: a write that fails for lack of space (``ENOSPC`` from
+        this process or, wrapped by Ray, from an actor; or an I/O error on a filesystem with less free space
+        than the write needs) marks the run failed and becomes one :class:`DiskFullError` line."""
+        try:
+            yield
+        except Exception as exc:
+            need = self._need(what)
+            free = shutil.disk_usage(self.path).free
+            if not (_is_enospc(exc) or (_is_io_error(exc) and free < (need if need is not None else NEARLY_FULL))):
+                raise
+            last = latest_checkpoint(self.path, self.spec.state_file)
+            needed = f"about {_size(need)}" if need is not None else f"more than the {_size(free)} left"
+            message = (
+                f"no space left writing the {what} {target}: it needs {needed} ({_size(free)} free under "
+                f"{self.path}); free space, then re-run with --resume to continue from "
+                + (f"the last complete checkpoint ({last.path.name})" if last else "the start (no complete checkpoint)")
+            )
+            self.fail(message)
+            raise DiskFullError(message) from exc
+
+    def _need(self, what: str) -> float | None:
+        if self.sizes is not None:
+            return self.sizes[0] if what == "checkpoint" else self.sizes[1]
+        last = latest_checkpoint(self.path, self.spec.state_file)  # unplanned: as big as the last one
+        return float(_du(last.path)) if last is not None and what == "checkpoint" else None
 
     # checkpoints
     def resume_checkpoint(self) -> Checkpoint | None:
@@ -312,12 +569,56 @@ class RunDir:
 
     @contextmanager
     def staging_final(self) -> Iterator[Path]:
-        """Yields an empty ``final.partial`` to export into; on success it replaces ``final``."""
+        """Yields an empty ``final.partial`` to export into; on success it replaces ``final``. A full disk
+        during the export ends as :meth:`space_guard` says."""
         partial = self.path / "final.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        yield partial
+        with self.space_guard(partial, "final export"):
+            yield partial
         shutil.rmtree(self.final, ignore_errors=True)
         partial.rename(self.final)
+
+
+def _du(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 if missing)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes and contexts, and the actor-side exception a Ray error wraps (``.cause``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        cause = getattr(e, "cause", None)
+        todo += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
+
+
+def _is_enospc(exc: BaseException) -> bool:
+    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _chain(exc))
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """An error that may be a full disk without saying so: torch.save's C++ writer raises RuntimeError
+    ("basic_ios::clear: iostream error", "file write failed") without an errno."""
+    return any(
+        isinstance(e, OSError) or (isinstance(e, RuntimeError) and ("iostream error" in str(e) or "write" in str(e)))
+        for e in _chain(exc)
+    )
 
 
 def _write_yaml(config: dict[str, Any], path: Path) -> None:
@@ -344,21 +645,50 @@ def open_run(
 ) -> RunDir:
     """Apply the ``--out`` policy of the module docstring; raises :class:`RunDirError` when refused.
 
-    Reads only (no model, no Ray): call it before starting either. ``inputs`` adds input files that are
-    not config keys (e.g. ``{"data": args.data}``).
+    Reads only (no model, no Ray), apart from taking ``DIR/.lock`` (see the module docstring): call it before
+    starting either. ``inputs`` adds input files that are not config keys (e.g. ``{"data": args.data}``).
     """
-    import yaml
-
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other: continue the run or start it over")
-    path = Path(path)
+    path = check_out_dir(path)
     config = cfg.model_dump(mode="json")
     flat = flatten(config)
     files = {**{key: flat[key] for key in spec.inputs if flat.get(key) is not None}, **(inputs or {})}
     digests = {key: file_digest(value) for key, value in files.items()}
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a directory")
-    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if path.is_dir() and not any(spec.owns(p.name) for p in path.iterdir() if p.name != LOCK) and _entries(path):
+        # refused before the lock, so that no .lock is left in someone's unrelated directory
+        raise RunDirError(
+            f"{path} is not empty and holds no run ({_names(_entries(path))}); choose an empty or new --out"
+        )
+    lock = RunLock.acquire(path, take_over_stale=resume or overwrite)
+    try:
+        run = _open_locked(path, spec, cfg, config, digests, resume=resume, overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def _entries(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK)
+
+
+def _open_locked(
+    path: Path,
+    spec: RunSpec,
+    cfg: BaseModel,
+    config: dict[str, Any],
+    digests: dict[str, dict[str, Any]],
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> RunDir:
+    import yaml
+
+    entries = _entries(path)
     ours = [name for name in entries if spec.owns(name)]
     other = [name for name in entries if not spec.owns(name)]
     manifest = _read_manifest(path / MANIFEST) if MANIFEST in ours else {}
@@ -371,8 +701,6 @@ def open_run(
         if resume:
             log.info("--resume: %s holds no run yet; starting a new one", path)
         return RunDir(path, spec, config, digests, "new")
-    if not ours:
-        raise RunDirError(f"{path} is not empty and holds no run ({_names(other)}); choose an empty or new --out")
     status = manifest.get("status", "unknown")
     if overwrite:
         if other:

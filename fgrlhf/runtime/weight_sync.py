@@ -8,7 +8,10 @@ bytes cross the group. A restarted rollout actor joins a fresh group (new port a
 
 The backend is decided by the members themselves (:func:`choose_backend` over what each reports), never by
 the driver, which may be a CPU-only head node. ``timeout_s`` bounds the rendezvous and every broadcast, so
-a receiver that stops taking part makes the push fail instead of hanging the sender.
+a receiver that stops taking part makes the push fail instead of hanging the sender: each broadcast is
+waited for on the CPU for at most ``timeout_s`` (under NCCL a plain ``wait()`` only orders the CUDA stream and
+returns at once), and on a timeout the group is aborted and :class:`WeightPushError` raised, the same under
+gloo and NCCL. NCCL's watchdog, which would kill the process instead, is given twice that as a backstop.
 """
 
 from __future__ import annotations
@@ -74,10 +77,14 @@ def checksums(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, fl
 
 
 class WeightSyncGroup:
-    """One member of the push group; rank 0 hosts the store and sends, the others receive."""
+    """One member of the push group; rank 0 hosts the store and sends, the others receive. ``close()`` it
+    before the process exits."""
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float):
+        from fgrlhf.runtime.distributed import apply_nccl_env
+
         timeout = timedelta(seconds=timeout_s)
+        self.timeout = timeout
         store: dist.Store = dist.TCPStore(
             address, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
         )
@@ -86,17 +93,35 @@ class WeightSyncGroup:
         self.device = torch.device("cuda" if backend == "nccl" else "cpu")
         self.group: Any  # torch's stubs give the per-backend groups no collectives; the bound classes have them
         if backend == "nccl":
+            apply_nccl_env()  # the same NCCL settings as the learner group and vLLM's worker
             options = dist.ProcessGroupNCCL.Options()
-            options._timeout = timeout  # the watchdog's limit per collective (torch's default: 10 min)
+            # The watchdog's limit per collective (torch's default: 10 min) ends the process; the blocking
+            # wait in _broadcast must time out first and abort the group, so the watchdog gets twice as long.
+            options._timeout = 2 * timeout
             self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
         else:
             self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
         self._store = store  # keep the master store alive as long as the group
 
     def _broadcast(self, flat: torch.Tensor) -> None:
+        if self.group is None:
+            raise WeightPushError("the weight-push group is closed (aborted after a failed push): rebuild it")
         options = dist.BroadcastOptions()
         options.rootRank = 0
-        self.group.broadcast([flat], options).wait()
+        try:
+            self.group.broadcast([flat], options).wait(self.timeout)  # blocks the CPU, NCCL included
+        except Exception as exc:
+            self.close()  # a member is gone or stuck: the group cannot be used again, and NCCL's must not hang
+            raise WeightPushError(
+                f"weight-push broadcast ({self.backend}, rank {self.rank} of {self.world_size}) did not complete "
+                f"within {self.timeout.total_seconds():g} s: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+
+    def close(self) -> None:
+        """Abort the group (never blocks, unlike a graceful NCCL shutdown whose peers may be gone); idempotent."""
+        if self.group is not None:
+            self.group.abort()
+            self.group = None
 
     def send_bucket(self, tensors: Sequence[torch.Tensor]) -> None:
         """Rank 0: broadcast one bucket, the tensors of one ``buckets(layout, bucket_mb)`` group in order.

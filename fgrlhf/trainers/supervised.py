@@ -98,6 +98,7 @@ SUPERVISED_CHANGEABLE = (
     "deepspeed.num_cpus_per_rank",
     "deepspeed.num_gpus_per_rank",
     "deepspeed.backend",
+    "deepspeed.timeout_s",
 )
 SUPERVISED_EXTENDS = ("epochs", "max_steps")  # a finished run continues when these change
 
@@ -283,7 +284,8 @@ def run_supervised_training(
 
 def _save_checkpoint(ranks: ActorGroup, run: RunDir, step: int, epoch: int, cfg: SupervisedConfig) -> None:
     path = run.checkpoint_dir(step)
-    ranks.all("save_checkpoint", str(path))
+    with run.space_guard(path, "checkpoint"):  # a full disk: one line and run.json "failed", not a Ray traceback
+        ranks.all("save_checkpoint", str(path))
     state = {
         "step": step,
         "epoch": epoch,

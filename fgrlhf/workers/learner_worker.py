@@ -55,7 +55,10 @@ class DeepSpeedLearner(ABC):
     engine: DeepSpeedEngine  # built by setup(), the first call after rendezvous_address
 
     def __init__(self, rank: int, world_size: int, ds_cfg: DeepSpeedConfig, policy_cfg: ModelConfig):
+        from fgrlhf.runtime.distributed import bind_device
+
         torch.set_num_threads(1)
+        bind_device()  # before anything asks CUDA: a CPU rank must not see the host's GPUs
         self.rank, self.world_size, self.ds_cfg, self.policy_cfg = rank, world_size, ds_cfg, policy_cfg
         # this rank's shard of the latest rollout, kept by evaluate() for train()
         self.prompt_ids: list[list[int]] = []
@@ -71,9 +74,9 @@ class DeepSpeedLearner(ABC):
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the role's DeepSpeed world and build the engine (all ranks call this concurrently)."""
         from fgrlhf.models import load_tokenizer
-        from fgrlhf.runtime.distributed import build_engine, init_rank, resolve_backend
+        from fgrlhf.runtime.distributed import build_engine, init_rank
 
-        init_rank(self.rank, self.world_size, master_addr, master_port, resolve_backend(self.ds_cfg))
+        init_rank(self.rank, self.world_size, master_addr, master_port, self.ds_cfg.backend, self.ds_cfg.timeout_s)
         self.tokenizer = load_tokenizer(self.policy_cfg.name)
         self.pad_id = self.tokenizer.pad_token_id
         tiny = self.policy_cfg.name == "tiny"
@@ -165,6 +168,12 @@ class DeepSpeedLearner(ABC):
         stats["lr"] = float(self.optimizer.param_groups[0]["lr"])
         return stats
 
+    def close(self) -> None:
+        """Leave the learner group before the actor goes (:meth:`fgrlhf.runtime.actor_group.ActorGroup.shutdown`)."""
+        from fgrlhf.runtime.distributed import leave_group
+
+        leave_group()
+
     # --- checkpoints and weights ------------------------------------------------------------------------
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self.engine.save_checkpoint(directory, tag=tag, client_state={"torch_rng": torch.get_rng_state()})
@@ -245,15 +254,25 @@ class PolicyLearner(DeepSpeedLearner):
         ]
 
     def sees_cuda(self) -> bool:
-        """Whether this process has a GPU: the push backend is decided from the members, not the driver."""
-        return torch.cuda.is_available()
+        """Whether this rank computes on a GPU: the push backend is decided from the members, not the driver."""
+        from fgrlhf.runtime.distributed import choose_device
+
+        return choose_device().type == "cuda"
 
     def join_weight_sync(
         self, address: str, port: int, world_size: int, backend: str, tag: str, timeout_s: float
     ) -> None:
         from fgrlhf.runtime.weight_sync import WeightSyncGroup
 
+        if self.sync is not None:  # a rebuilt push group replaces the old one
+            self.sync.close()
         self.sync = WeightSyncGroup(address, port, 0, world_size, backend, tag, timeout_s)
+
+    def close(self) -> None:
+        if self.sync is not None:
+            self.sync.close()
+            self.sync = None
+        super().close()
 
     def push_weights(self, bucket_mb: float) -> None:
         """Broadcast the weights from rank 0 to the rollout actors, one bucket at a time; under ZeRO-3 every

@@ -11,11 +11,12 @@ from fgrlhf.workers.packing import response_logprobs
 class ReferenceWorker:
     def __init__(self, model_cfg: ModelConfig, micro_batch_size: int):
         from fgrlhf.models import load_causal_lm, load_tokenizer
+        from fgrlhf.runtime.distributed import bind_device
 
         torch.set_num_threads(1)
+        self.device = bind_device()  # the GPU Ray assigned, else CPU (even where every GPU is visible)
         tokenizer = load_tokenizer(model_cfg.name)
         self.pad_id = tokenizer.pad_token_id
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # transformers types .to as an unbound Module.to
         model = load_causal_lm(model_cfg, tokenizer).to(self.device)  # type: ignore[arg-type]
         self.model = model.eval().requires_grad_(False)

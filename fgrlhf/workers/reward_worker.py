@@ -15,9 +15,10 @@ from fgrlhf.workers.packing import at_response, pack
 class RewardWorker:
     def __init__(self, model_dir: str, pad_id: int, micro_batch_size: int):
         from fgrlhf.reward.model import TokenRewardModel, load_reward_model
+        from fgrlhf.runtime.distributed import bind_device
 
         torch.set_num_threads(1)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = bind_device()  # the GPU Ray assigned, else CPU (even where every GPU is visible)
         self.model = load_reward_model(model_dir).to(self.device).eval().requires_grad_(False)
         self.is_token_rm = isinstance(self.model, TokenRewardModel)
         self.pad_id = pad_id

@@ -61,10 +61,11 @@ class HFEngine:
 
     def __init__(self, model_cfg: ModelConfig, device: str | None = None, logprobs_micro_batch_size: int = 8):
         from fgrlhf.models import load_causal_lm, load_tokenizer
+        from fgrlhf.runtime.distributed import choose_device
 
         self.logprobs_micro_batch_size = logprobs_micro_batch_size  # rows per teacher-forced forward
         self.tokenizer = load_tokenizer(model_cfg.name)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else choose_device()
         # transformers types .to as an unbound Module.to
         self.model = load_causal_lm(model_cfg, self.tokenizer).to(self.device).eval()  # type: ignore[arg-type]
         self.pad_id = self.tokenizer.pad_token_id
@@ -128,7 +129,10 @@ class RolloutWorker:
     """Ray actor owning one generation engine; a member of the weight-sync group (rank >= 1)."""
 
     def __init__(self, kind: Literal["hf", "vllm"], model_cfg: ModelConfig, engine_kwargs: dict | None = None):
+        from fgrlhf.runtime.distributed import bind_device
+
         torch.set_num_threads(1)
+        bind_device()  # before the engine asks CUDA: a CPU actor must not see the host's GPUs
         self.engine = make_engine(kind, model_cfg, engine_kwargs)
         self.receiver: WeightSyncGroup | None = None  # join_weight_sync, unless the engine receives itself
         self.synced = False  # a restarted actor holds the initial weights until the next push
@@ -158,8 +162,10 @@ class RolloutWorker:
         return self.engine.logprobs(prompt_ids, response_ids)
 
     def sees_cuda(self) -> bool:
-        """Whether this actor (and so its engine's worker, which inherits its GPU) has a GPU."""
-        return torch.cuda.is_available()
+        """Whether this actor (and so its engine's worker, which inherits its GPU) computes on a GPU."""
+        from fgrlhf.runtime.distributed import choose_device
+
+        return choose_device().type == "cuda"
 
     def join_weight_sync(
         self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float

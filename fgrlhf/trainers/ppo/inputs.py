@@ -16,13 +16,17 @@ if TYPE_CHECKING:  # torch is imported inside functions so `fgrlhf --help` stays
 
 
 def load_prompt_ids(cfg: PPOTrainConfig) -> tuple[list[str], list[list[int]]]:
+    """The prompts' texts as the policy reads them (prompt format or chat template) and their token ids."""
     from fgrlhf.data.loading import load_prompts
+    from fgrlhf.data.schemas import render_prompt
     from fgrlhf.models import load_tokenizer
-    from fgrlhf.tokenization import encode_prompt, format_prompt
+    from fgrlhf.tokenization import encode_prompt
 
     tokenizer = load_tokenizer(cfg.policy.name)
-    records = load_prompts(cfg.prompts.path, limit=cfg.prompts.limit)
-    texts = [format_prompt(tokenizer, r["prompt"], cfg.policy.prompt_format, r.get("input", "") or "") for r in records]
+    records = load_prompts(
+        cfg.prompts.path, limit=cfg.prompts.limit, field_map=cfg.prompts.field_map, field_map_flag="prompts.field_map"
+    )
+    texts = [render_prompt(tokenizer, r, cfg.policy.prompt_format) for r in records]
     return texts, [encode_prompt(tokenizer, t, cfg.prompts.max_prompt_tokens) for t in texts]
 
 

@@ -26,15 +26,22 @@ def step_metrics(
     seconds: float,
     actor_restarts: int,
     rollout_seconds: float,
+    *,
+    kl_coef: float,
+    reward_scale: float | None,
+    repetition_ngram: int,
 ) -> dict:
-    """The record of a finished step: rewards, KL, the learners' per-rank stats (averaged), lengths, speed.
-    ``rollout_seconds``: the generation time that ``rollout_tokens_per_s`` divides by."""
+    """The record of a finished step: rewards, KL, the learners' per-rank stats (averaged), lengths, repetition,
+    speed, and the shaping the step used. ``rollout_seconds``: the generation time that
+    ``rollout_tokens_per_s`` divides by; ``kl_coef``: β this step; ``reward_scale``: what the task reward was
+    divided by (None: raw units); ``repetition_ngram``: n of ``repetition_rate``."""
     from fgrlhf.algorithms import ppo_core
+    from fgrlhf.algorithms.drift import repetition_rate
 
     mask, result = batch.mask, batch.result
     # a finished step's batch has every phase filled in
     assert mask is not None and result is not None
-    assert batch.old_logprobs is not None and batch.ref_logprobs is not None
+    assert batch.old_logprobs is not None and batch.ref_logprobs is not None and batch.response_ids is not None
     reward = batch.sequence_reward
     n_tokens = int(mask.sum())
     record = {
@@ -52,6 +59,9 @@ def step_metrics(
         "value_loss": _mean_of(critic_stats, "value_loss"),
         "lr": _mean_of(policy_stats, "lr"),
         "response_len_mean": float(mask.sum(1).mean()),
+        "repetition_rate": repetition_rate(batch.response_ids, repetition_ngram),
+        "kl_coef": kl_coef,
+        "reward_scale": reward_scale,
         "advantage_mean": float(ppo_core.masked_mean(result.advantages, mask)),
         "return_mean": float(ppo_core.masked_mean(result.returns, mask)),
         "tokens_per_s": n_tokens / seconds,

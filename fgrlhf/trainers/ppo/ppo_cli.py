@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
     )
-    parser.add_argument("--force", action="store_true", help="run even if `fgrlhf plan` says the job does not fit")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run even if `fgrlhf plan` says the job does not fit, or the disk under --out cannot hold its checkpoints",
+    )
     add_capacity_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. ppo.kl_coef=0.02")
 
@@ -36,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from fgrlhf.config import load_config
     from fgrlhf.runtime.distributed import ray_instance
+    from fgrlhf.runtime.planning import ppo_job
     from fgrlhf.runtime.run_dir import open_run
     from fgrlhf.trainers.ppo.config import PPO_RUN, PPOTrainConfig, check_paths
     from fgrlhf.trainers.ppo.trainer import PPOTrainer
@@ -48,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
         record = run.result
         assert record is not None  # a finished run's run.json holds its result
     else:
+        run.check_space(lambda: ppo_job(cfg, args.model_config), args.force)  # before Ray: a full disk stops here
         with ray_instance(args.num_cpus):
             record = PPOTrainer(cfg, run).run()
     print(json.dumps({k: v for k, v in record.items() if k != "phase_seconds"}))

@@ -33,6 +33,7 @@ from fgrlhf.runtime.run_dir import RunDir, open_run
 from fgrlhf.trainers.ppo.batch import RolloutBatch
 from fgrlhf.trainers.ppo.cluster import Cluster
 from fgrlhf.trainers.ppo.config import PPO_RUN, TINY_RMS, PPOTrainConfig, StopAtGold
+from fgrlhf.trainers.ppo.guards import DriftMonitor, ShapingState
 from fgrlhf.trainers.ppo.inputs import batch_indices, load_prompt_ids, prefix_gold_scores, save_tiny_reward_model
 from fgrlhf.trainers.ppo.metrics import MetricsSink, step_metrics
 
@@ -73,6 +74,8 @@ class PPOTrainer:
         self.phase_seconds: dict[str, float] = {}
         self.golds: list[float] = []  # gold_reward_mean of every logged step (stop_at_gold)
         self.pending: InFlight | None = None  # async_rollout: the next step's batch, being generated
+        self.shaping = ShapingState.start(cfg.ppo)  # replaced by a checkpoint's on --resume (run)
+        self.eos_token_id: int | None = None  # the policy tokenizer's (ppo.no_eos_penalty)
 
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
@@ -103,9 +106,11 @@ class PPOTrainer:
         self._resolve_reward_model()
         cfg = self.cfg
         tokenizer = load_tokenizer(cfg.policy.name)
+        self.eos_token_id = tokenizer.eos_token_id
 
         start_step = 0
         latest = self.rundir.resume_checkpoint()
+        self.shaping = ShapingState.start(cfg.ppo, latest.state if latest is not None else None)
         if self.rundir.mode == "resume" and latest is None:
             log.info("--resume: no complete checkpoint under %s, starting at step 0", self.out_dir)
         self.cluster = cluster = Cluster(cfg)
@@ -124,6 +129,7 @@ class PPOTrainer:
             sink = MetricsSink(self.out_dir, start_step)
             record: dict = {}
             golds = self.golds = [r["gold_reward_mean"] for r in sink.history if "gold_reward_mean" in r]
+            drift = DriftMonitor.resume(cfg.ppo.drift, sink.history)
             bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="ppo", unit="step")
             for step in bar:
                 if gold_target_reached(golds, cfg.stop_at_gold):  # also a resumed run that had stopped here
@@ -135,11 +141,20 @@ class PPOTrainer:
                 if cfg.stop_at_gold is not None:
                     golds.append(record["gold_reward_mean"])
                     record["stopped_at_gold"] = gold_target_reached(golds, cfg.stop_at_gold)
-                last = done == cfg.steps or record.get("stopped_at_gold")
+                record["alarms"] = drift.check(record)
+                if cfg.ppo.drift.stop and record["alarms"]:
+                    record["stopped_by_drift"] = [alarm["kind"] for alarm in record["alarms"]]
+                last = done == cfg.steps or record.get("stopped_at_gold") or record.get("stopped_by_drift")
                 if (cfg.save_every and done % cfg.save_every == 0) or last:
                     record["phase_seconds"]["checkpoint"] = self._save_checkpoint(done)
                 sink.write_step(record)
                 bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl_mean']:.4f}")
+                if record.get("stopped_by_drift"):
+                    log.warning(
+                        "ppo.drift.stop: run ended after step %d (%s)", done, ", ".join(record["stopped_by_drift"])
+                    )
+                    self.pending = None  # an async run's next batch (already collected) is not trained on
+                    break
             bar.close()
             sink.close()
             with self.rundir.staging_final() as partial:  # a crash mid-save never leaves a half-written final/
@@ -179,7 +194,7 @@ class PPOTrainer:
         if self.cfg.ppo.async_rollout:
             assert batch.generation_seconds is not None  # filled in by _collect
             rollout_seconds = batch.generation_seconds
-        return step_metrics(
+        record = step_metrics(
             batch,
             policy_stats,
             critic_stats,
@@ -187,7 +202,12 @@ class PPOTrainer:
             time.perf_counter() - start,
             self.cluster.restarts,
             rollout_seconds,
+            kl_coef=self.shaping.kl_coef,
+            reward_scale=self.shaping.reward_scale,
+            repetition_ngram=self.cfg.ppo.drift.ngram,
         )
+        self.shaping.update_kl_coef(self.cfg.ppo, record["kl_seq_mean"], len(batch.indices))
+        return record
 
     def _batch(self, step: int, prompt_ids: list[list[int]]) -> RolloutBatch:
         indices = batch_indices(len(prompt_ids), self.cfg.ppo.rollout_batch_size, step, self.cfg.seed)
@@ -326,32 +346,53 @@ class PPOTrainer:
             batch.rm_sequence, batch.rm_token = rm[0]["sequence"], rm[0].get("token")
 
     def _advantages(self, batch: RolloutBatch) -> None:
+        """Rewards to advantages (:func:`~fgrlhf.algorithms.ppo_core.compute_advantages`) with the run's shaping
+        state: on the first batch the task reward's scale (``ppo.reward_scale: initial_std``) and the length
+        penalty's target are measured and fixed for the run."""
+        import torch
+
         from fgrlhf.algorithms import ppo_core
 
-        ppo = self.cfg.ppo
+        ppo, shaping = self.cfg.ppo, self.shaping
         if ppo.reward_mode == "token" and batch.rm_token is None:
             raise ValueError("ppo.reward_mode=token needs a TokenRewardModel as reward.model")
         # filled in by _rollout and _score
-        assert batch.mask is not None and batch.old_logprobs is not None
+        assert batch.mask is not None and batch.old_logprobs is not None and batch.response_ids is not None
         assert batch.ref_logprobs is not None and batch.old_values is not None
         width = batch.mask.size(1)
+        task_inputs = {
+            "sequence_reward": batch.sequence_reward if ppo.reward_mode in ppo_core.SEQUENCE_MODES else None,
+            "token_rewards": batch.rm_token if ppo.reward_mode == "token" else None,
+            "prefix_scores": _pad_to(batch.prefix_gold, width + 1) if ppo.reward_mode == "oracle_token" else None,
+        }
+        lengths = batch.mask.sum(1)
+        task = ppo_core.task_rewards(ppo.reward_mode, batch.mask, center_tokens=ppo.center_token_rewards, **task_inputs)
+        shaping.measure(ppo, batch.step, ppo_core.return_scale(task, batch.mask), float(lengths.mean()))
+        penalties = []
+        if ppo.length_penalty is not None and shaping.length_target is not None:
+            penalties.append(ppo_core.length_penalty(lengths, ppo.length_penalty.coef, shaping.length_target))
+        if ppo.no_eos_penalty is not None:
+            budget = self.cfg.rollout.max_new_tokens  # a shorter response stopped at an EOS, which it keeps
+            ended = [len(r) < budget or (bool(r) and r[-1] == self.eos_token_id) for r in batch.response_ids]
+            penalties.append(ppo_core.no_eos_penalty(torch.tensor(ended), ppo.no_eos_penalty))
         batch.result = ppo_core.compute_advantages(
             ppo.reward_mode,
             batch.mask,
             batch.old_logprobs,
             batch.ref_logprobs,
             batch.old_values,
-            kl_coef=ppo.kl_coef,
+            kl_coef=shaping.kl_coef,
             kl_estimator=ppo.kl_estimator,
             kl_clamp=ppo.kl_clamp,
-            sequence_reward=batch.sequence_reward if ppo.reward_mode in ppo_core.SEQUENCE_MODES else None,
-            token_rewards=batch.rm_token if ppo.reward_mode == "token" else None,
-            prefix_scores=_pad_to(batch.prefix_gold, width + 1) if ppo.reward_mode == "oracle_token" else None,
             center_tokens=ppo.center_token_rewards,
+            reward_scale=shaping.reward_scale,
+            reward_clip=ppo.reward_clip,
+            penalty=torch.stack(penalties).sum(0) if penalties else None,
             whiten_rewards=ppo.whiten_rewards,
             whiten_advantages=ppo.whiten_advantages,
             gamma=ppo.gamma,
             lam=ppo.lam,
+            **task_inputs,
         )
 
     def _train(self, batch: RolloutBatch) -> tuple[list[dict], list[dict]]:
@@ -404,11 +445,13 @@ class PPOTrainer:
 
         start = time.perf_counter()
         path = self.rundir.checkpoint_dir(step)
-        ray.get(
-            self.cluster.policy.submit("save_checkpoint", str(path / "policy"), "ds")
-            + self.cluster.critic.submit("save_checkpoint", str(path / "critic"), "ds")
-        )
+        with self.rundir.space_guard(path, "checkpoint"):  # a full disk: one line, run.json "failed"
+            ray.get(
+                self.cluster.policy.submit("save_checkpoint", str(path / "policy"), "ds")
+                + self.cluster.critic.submit("save_checkpoint", str(path / "critic"), "ds")
+            )
         state = {"step": step, "data_position": step * self.cfg.ppo.rollout_batch_size, "seed": self.cfg.seed}
+        state.update(self.shaping.to_state())  # the reward scale, β and length target a resume continues with
         self.rundir.commit_checkpoint(path, state, self.cfg.keep_checkpoints)
         return time.perf_counter() - start
 
