@@ -1,7 +1,8 @@
 """PPO step time and CPU of fgrlhf vs TRL's PPO trainer on the same models, batch, generation length and CPU.
 
   python benchmarks/throughput.py [--model tiny|smollm2] [--quick] [--steps 5] [--warmup 1] [--cpus 2]
-                                  [--trl-threads 1] [--no-async] [--learner-ranks N [N ...]]
+                                  [--trl-threads 1] [--no-async] [--no-floor] [--learner-ranks N [N ...]]
+                                  [--sweep [--sweep-lengths 64 128 256] [--sweep-batches 8 16 32]]
                                   [--json OUT] [--plot OUT.png]
                                   [key=value ...]   # PPOTrainConfig overrides of configs/ppo-tiny-cpu.yaml
                                                     # (before --learner-ranks, which would take them in)
@@ -50,6 +51,17 @@ fgrlhf runs twice in the same invocation, from the same weights and prompts: fir
 is also measured at each further value in the same run (``fgrlhf_by_learner_ranks``: wall and CPU per
 step, and the training phase's CPU), the first value being the main run above.
 
+The same invocation times the step's compute floor (:mod:`benchmarks.floor`: one process with
+``--trl-threads`` torch threads, the same models, prompts, batch, lengths and epochs, nothing padded) and
+reports ``floor`` (with its per-phase CPU seconds) and ``ratio_cpu_seconds_fgrlhf_vs_floor`` (and TRL's,
+``ratio_cpu_seconds_trl_vs_floor``); ``--no-floor`` skips it.
+
+``--sweep`` measures how the cost grows instead: for every response length of ``--sweep-lengths`` (64 128
+256) and rollout batch of ``--sweep-batches`` (8 16 32), ``rollout.max_new_tokens`` and
+``ppo.rollout_batch_size`` set so, fgrlhf's synchronous loop, TRL and the floor (unless ``--no-floor``) are
+timed as above: wall and CPU seconds per step side by side, as a table and a plot (CPU and wall against the
+length, one line per framework and batch). The batches must be multiples of ``ppo.step_batch_size``.
+
 Without ``trl`` importable the script stops with an error; it never reports a TRL number it did not measure.
 """
 
@@ -73,7 +85,7 @@ if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: o
 
     run_as_module(__file__)
 
-from benchmarks import cpu_breakdown
+from benchmarks import cpu_breakdown, floor
 from benchmarks.common import publish, pyplot, ray_session, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +129,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure only fgrlhf's synchronous loop (default: also ppo.async_rollout=true, same run)",
     )
     parser.add_argument(
+        "--no-floor", action="store_true", help="skip the compute floor (benchmarks/floor.py) and its ratios"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="time fgrlhf (sync), TRL and the floor at every response length x rollout batch of the sweep",
+    )
+    parser.add_argument("--sweep-lengths", type=int, nargs="+", default=[64, 128, 256], metavar="T")
+    parser.add_argument("--sweep-batches", type=int, nargs="+", default=[8, 16, 32], metavar="B")
+    parser.add_argument(
         "--learner-ranks",
         type=int,
         nargs="+",
@@ -130,7 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="PPOTrainConfig overrides")
 
 
-def load_cfg(args: argparse.Namespace, workdir: Path, learner_ranks: int | None = None):
+def load_cfg(
+    args: argparse.Namespace, workdir: Path, learner_ranks: int | None = None, sweep: tuple[int, int] | None = None
+):
     from fgrlhf.config import load_config
     from fgrlhf.trainers.ppo.config import PPOTrainConfig
 
@@ -142,10 +166,18 @@ def load_cfg(args: argparse.Namespace, workdir: Path, learner_ranks: int | None 
         extra = [f"policy.name={args.model}", f"reward.model={workdir / SMOLLM2_RM}", *extra]
     if learner_ranks is not None:
         extra += [f"policy_learner.world_size={learner_ranks}", f"critic_learner.world_size={learner_ranks}"]
+    point = [f"rollout.max_new_tokens={sweep[0]}", f"ppo.rollout_batch_size={sweep[1]}"] if sweep else []
     # Checkpoints are not part of a step (the final one is saved after the trailing step).
     return load_config(
-        PPOTrainConfig, args.config, [*extra, *args.overrides, f"steps={args.warmup + steps + 1}", "save_every=0"]
+        PPOTrainConfig,
+        args.config,
+        [*extra, *args.overrides, *point, f"steps={args.warmup + steps + 1}", "save_every=0"],
     )
+
+
+def run_floor(cfg, workdir: Path, warmup: int, threads: int) -> dict:
+    """The floor's steps: as many measured as fgrlhf's (it needs no trailing step)."""
+    return floor.run_floor_apart(cfg.model_copy(update={"steps": cfg.steps - 1}), workdir, warmup, threads)
 
 
 def measured(values: list, warmup: int, total: int) -> list:
@@ -292,6 +324,24 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
 
 
 # --- TRL --------------------------------------------------------------------------------------------------
+def scalar_model(model_cfg, tokenizer, seed: int, dtype):
+    """TRL's reward/value model: ``model_cfg``'s backbone with a seeded random scalar head (a sequence
+    classifier; tiny: random backbone too)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
+
+    from fgrlhf.models import smollm2_checkpoint, tiny_llama_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if model_cfg.name == "tiny":
+            config = tiny_llama_config(model_cfg, tokenizer)
+            config.num_labels = 1
+            return LlamaForSequenceClassification(config)
+        source = smollm2_checkpoint() if model_cfg.name == "smollm2" else model_cfg.name
+        return AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype)
+
+
 def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
     try:
         import trl
@@ -303,9 +353,9 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
         ) from None
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification, TrainerCallback
+    from transformers import TrainerCallback
 
-    from fgrlhf.models import load_causal_lm, load_tokenizer, smollm2_checkpoint, tiny_llama_config
+    from fgrlhf.models import load_causal_lm, load_tokenizer
     from fgrlhf.trainers.ppo.inputs import load_prompt_ids
 
     ppo, ds = cfg.ppo, cfg.policy_learner
@@ -313,17 +363,6 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
     tokenizer = load_tokenizer(cfg.policy.name)
     tokenizer.padding_side = "left"  # TRL generates from the collated (left-padded) queries
     policy, ref = load_causal_lm(cfg.policy, tokenizer), load_causal_lm(cfg.policy, tokenizer)
-
-    def scalar_model(seed: int):
-        """The policy's backbone with a seeded random scalar head (tiny: random backbone too)."""
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            if cfg.policy.name == "tiny":
-                config = tiny_llama_config(cfg.policy, tokenizer)
-                config.num_labels = 1
-                return LlamaForSequenceClassification(config)
-            source = smollm2_checkpoint() if cfg.policy.name == "smollm2" else cfg.policy.name
-            return AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=policy.dtype)
 
     _, prompt_ids = load_prompt_ids(cfg)
     dataset = Dataset.from_dict({"input_ids": prompt_ids})
@@ -378,8 +417,8 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
             processing_class=tokenizer,
             model=policy,
             ref_model=ref,
-            reward_model=scalar_model(cfg.seed + 1),
-            value_model=scalar_model(cfg.seed + 2),
+            reward_model=scalar_model(cfg.policy, tokenizer, cfg.seed + 1, policy.dtype),
+            value_model=scalar_model(cfg.policy, tokenizer, cfg.seed + 2, policy.dtype),
             train_dataset=dataset,
             eval_dataset=dataset.select(range(2)),
             callbacks=[timer],
@@ -415,7 +454,7 @@ def run_trl_apart(cfg, workdir: Path, warmup: int, threads: int) -> dict:
 
 # --- report -----------------------------------------------------------------------------------------------
 def render(result: dict) -> str:
-    f, t, a = result["fgrlhf"], result["trl"], result.get("fgrlhf_async")
+    f, t, a, fl = result["fgrlhf"], result["trl"], result.get("fgrlhf_async"), result.get("floor")
     s = result["settings"]
     lines = [
         (
@@ -443,11 +482,27 @@ def render(result: dict) -> str:
             f"| TRL {t['version']} PPOTrainer | {t['step_seconds']:.2f} | {t['cpu_seconds_per_step']:.2f} | "
             f"{len(t['step_seconds_all'])} |"
         ),
+        *(
+            [
+                f"| floor (one process, no padding) | {fl['step_seconds']:.2f} | {fl['cpu_seconds_per_step']:.2f} | "
+                f"{len(fl['step_seconds_all'])} |"
+            ]
+            if fl
+            else []
+        ),
         "",
         "| metric | value |",
         "| --- | ---: |",
         f"| ratio_step_time_fgrlhf_vs_trl | {result['ratio_step_time_fgrlhf_vs_trl']:.2f} |",
         f"| ratio_cpu_seconds_fgrlhf_vs_trl | {result['ratio_cpu_seconds_fgrlhf_vs_trl']:.2f} |",
+        *(
+            [
+                f"| ratio_cpu_seconds_fgrlhf_vs_floor | {result['ratio_cpu_seconds_fgrlhf_vs_floor']:.2f} |",
+                f"| ratio_cpu_seconds_trl_vs_floor | {result['ratio_cpu_seconds_trl_vs_floor']:.2f} |",
+            ]
+            if fl
+            else []
+        ),
         *(
             [
                 f"| ratio_step_time_async_vs_sync | {result['ratio_step_time_async_vs_sync']:.2f} |",
@@ -484,6 +539,7 @@ def render(result: dict) -> str:
             if "fgrlhf_by_learner_ranks" in result
             else []
         ),
+        *(["", floor.render(fl)] if fl else []),
         "",
         cpu_breakdown.render(f["breakdown"]),
     ]
@@ -510,6 +566,8 @@ def plot(result: dict, path: Path) -> None:
         rest = max(run["step_seconds"] - bottom, 0.0)
         wall.bar(bar, rest, bottom=bottom, label=None if i else "other", color="lightgrey")
     wall.bar(trl_label, t["step_seconds"], color="tab:grey")
+    if "floor" in result:
+        wall.bar("floor", result["floor"]["step_seconds"], color="tab:olive")
     wall.set_ylabel("wall seconds per PPO step (median)")
     wall.legend(fontsize=7, loc="upper right")
     b = f["breakdown"]  # fgrlhf: stacked by where the CPU goes (means of the same steps)
@@ -527,6 +585,8 @@ def plot(result: dict, path: Path) -> None:
             cpu.bar("fgrlhf (mean)", seconds, bottom=bottom, label=name, color=shade)
             bottom += seconds
     cpu.bar(f"{trl_label} (median)", t["cpu_seconds_per_step"], color="tab:grey")
+    if "floor" in result:
+        cpu.bar("floor (median)", result["floor"]["cpu_seconds_per_step"], color="tab:olive")
     cpu.set_ylabel("CPU seconds per PPO step")
     cpu.legend(fontsize=7, loc="upper right")
     fig.suptitle(
@@ -534,6 +594,123 @@ def plot(result: dict, path: Path) -> None:
         f"{result['settings']['trl_threads']} TRL thread)",
         fontsize=10,
     )
+    save_figure(fig, path)
+
+
+# --- sweep ------------------------------------------------------------------------------------------------
+SWEPT = ("fgrlhf", "trl", "floor")
+
+
+def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
+    """fgrlhf's synchronous loop, TRL and the floor at every (response length, rollout batch)."""
+    points = sorted(itertools.product(set(args.sweep_lengths), set(args.sweep_batches)))
+    cfgs = [load_cfg(args, workdir, sweep=point) for point in points]  # all checked before the first run
+    rows = []
+    for (length, batch), cfg in zip(points, cfgs, strict=True):
+        log.info("sweep point: %d new tokens, rollout batch %d", length, batch)
+        runs = {"trl": run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)}
+        if cfg.reward.model == str(workdir / SMOLLM2_RM) and not (workdir / SMOLLM2_RM).is_dir():
+            save_token_rm(cfg, workdir / SMOLLM2_RM)
+        if not args.no_floor:
+            runs["floor"] = run_floor(cfg, workdir, args.warmup, args.trl_threads)
+        runs["fgrlhf"] = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
+        row: dict = {"max_new_tokens": length, "rollout_batch_size": batch}
+        for name, run in runs.items():
+            row[name] = {key: run[key] for key in ("step_seconds", "step_seconds_all", "cpu_seconds_per_step")}
+        fg, trl = row["fgrlhf"], row["trl"]
+        row["ratio_step_time_fgrlhf_vs_trl"] = fg["step_seconds"] / trl["step_seconds"]
+        row["ratio_cpu_seconds_fgrlhf_vs_trl"] = fg["cpu_seconds_per_step"] / trl["cpu_seconds_per_step"]
+        if "floor" in row:
+            row["ratio_cpu_seconds_fgrlhf_vs_floor"] = fg["cpu_seconds_per_step"] / row["floor"]["cpu_seconds_per_step"]
+        rows.append(row)
+    return {
+        "benchmark": "throughput_sweep",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": {
+            "config": str(args.config),
+            "overrides": args.overrides,
+            "model": args.model,
+            "policy": cfgs[0].policy.name,
+            "cpus": args.cpus,
+            "trl_threads": args.trl_threads,
+            "learner_ranks": cfgs[0].policy_learner.world_size,
+            "warmup": args.warmup,
+            "steps": cfgs[0].steps - args.warmup - 1,
+            "step_batch_size": cfgs[0].ppo.step_batch_size,
+            "epochs": cfgs[0].ppo.epochs,
+            "lengths": args.sweep_lengths,
+            "batches": args.sweep_batches,
+        },
+        "sweep": rows,
+        "cpu_growth": cpu_growth(rows),
+    }
+
+
+def cpu_growth(rows: list[dict]) -> dict[str, float]:
+    """Per framework, CPU seconds per step at the longest and largest point over the shortest and smallest:
+    how fast its cost grows."""
+    first = min(rows, key=lambda r: (r["max_new_tokens"], r["rollout_batch_size"]))
+    last = max(rows, key=lambda r: (r["max_new_tokens"], r["rollout_batch_size"]))
+    return {
+        name: last[name]["cpu_seconds_per_step"] / first[name]["cpu_seconds_per_step"]
+        for name in SWEPT
+        if name in first
+    }
+
+
+def render_sweep(result: dict) -> str:
+    s = result["settings"]
+    names = [name for name in SWEPT if name in result["sweep"][0]]
+    lines = [
+        (
+            f"PPO step cost by response length and rollout batch, {model_label(s['policy'])}, minibatch "
+            f"{s['step_batch_size']}, {s['epochs']} epochs; median of {s['steps']} steps"
+        ),
+        "",
+        "| new tokens | rollout batch | "
+        + " | ".join(f"{n} wall s | {n} CPU s" for n in names)
+        + " | CPU fgrlhf/TRL | wall fgrlhf/TRL |"
+        + (" CPU fgrlhf/floor |" if "floor" in names else ""),
+        "| ---: | ---: | "
+        + " | ".join("---: | ---:" for _ in names)
+        + " | ---: | ---: |"
+        + (" ---: |" if "floor" in names else ""),
+    ]
+    for row in result["sweep"]:
+        cells = " | ".join(f"{row[n]['step_seconds']:.2f} | {row[n]['cpu_seconds_per_step']:.2f}" for n in names)
+        lines.append(
+            f"| {row['max_new_tokens']} | {row['rollout_batch_size']} | {cells} | "
+            f"{row['ratio_cpu_seconds_fgrlhf_vs_trl']:.2f} | {row['ratio_step_time_fgrlhf_vs_trl']:.2f} |"
+            + (f" {row['ratio_cpu_seconds_fgrlhf_vs_floor']:.2f} |" if "floor" in names else "")
+        )
+    growth = ", ".join(f"{name} {value:.2f}x" for name, value in result["cpu_growth"].items())
+    lines += ["", f"CPU seconds per step, largest point over smallest: {growth}"]
+    return "\n".join(lines)
+
+
+def plot_sweep(result: dict, path: Path) -> None:
+    plt = pyplot()
+    rows = result["sweep"]
+    names = [name for name in SWEPT if name in rows[0]]
+    styles = dict(zip(SWEPT, ("-", "--", ":"), strict=True))
+    batches = sorted({row["rollout_batch_size"] for row in rows})
+    fig, (cpu, wall) = plt.subplots(1, 2, figsize=(10, 4))
+    for panel, key, label in ((cpu, "cpu_seconds_per_step", "CPU"), (wall, "step_seconds", "wall")):
+        for i, batch in enumerate(batches):
+            points = sorted((r for r in rows if r["rollout_batch_size"] == batch), key=lambda r: r["max_new_tokens"])
+            for name in names:
+                panel.plot(
+                    [r["max_new_tokens"] for r in points],
+                    [r[name][key] for r in points],
+                    styles[name],
+                    marker="o",
+                    color=f"C{i}",
+                    label=f"{name}, batch {batch}",
+                )
+        panel.set_xlabel("response length (new tokens)")
+        panel.set_ylabel(f"{label} seconds per PPO step (median)")
+    cpu.legend(fontsize=7)
+    fig.suptitle(f"PPO step cost, {model_label(result['settings']['policy'])}", fontsize=10)
     save_figure(fig, path)
 
 
@@ -550,11 +727,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
+        if args.sweep:
+            publish(args, run_sweep(args, workdir), plot_sweep, render_sweep)
+            return 0
         cfgs = [load_cfg(args, workdir, ranks) for ranks in args.learner_ranks or [None]]  # all checked first
         cfg = cfgs[0]
         trl_result = run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)  # first: fails fast without trl
         if cfg.reward.model == str(workdir / SMOLLM2_RM):
             save_token_rm(cfg, workdir / SMOLLM2_RM)
+        floor_result = None if args.no_floor else run_floor(cfg, workdir, args.warmup, args.trl_threads)
         fg_result = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
         async_result = (
             None if args.no_async else run_fgrlhf(with_rollout_mode(cfg, True), workdir, args.warmup, args.cpus)
@@ -605,6 +786,14 @@ def main(argv: list[str] | None = None) -> int:
                 "step_seconds_all": run["step_seconds_all"],
             }
             for ranks, run in by_ranks.items()
+        }
+    if floor_result is not None:
+        result |= {
+            "floor": floor_result,
+            "floor_step_seconds": floor_result["step_seconds"],
+            "ratio_cpu_seconds_fgrlhf_vs_floor": fg_result["cpu_seconds_per_step"]
+            / floor_result["cpu_seconds_per_step"],
+            "ratio_cpu_seconds_trl_vs_floor": trl_result["cpu_seconds_per_step"] / floor_result["cpu_seconds_per_step"],
         }
     if async_result is not None:
         result |= {

@@ -10,6 +10,7 @@
 #    in bf16, the rollout engine (vLLM when installed, else HF generate) on CUDA, critic, reward and
 #    reference on CPU. Its push goes over NCCL from 2 GPUs on; with one GPU the learner and the rollout actor
 #    share it and that push goes over gloo (the JSON says which).
+# 4. The paper job's 1-GPU profile (configs/paper-tiny-1gpu.yaml), end to end to its report (Tables 1–3).
 #
 #   bash scripts/gpu_smoke.sh [OUT_DIR]
 #
@@ -197,6 +198,18 @@ try:
         if phase_means.get("weight_push") else None,
         "reward_mean": record.get("reward_mean"), "kl_mean": record.get("kl_mean"),
     }
+    stage = "paper"  # the paper job's 1-GPU profile end to end, in its own process and Ray instance
+    import subprocess
+
+    paper_began = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "fgrlhf.cli", "paper", "--config", "configs/paper-tiny-1gpu.yaml",
+         "--out", str(out / "paper")], capture_output=True, text=True,
+    )
+    report = out / "paper" / "report.json"
+    tables = sorted(k for k in json.loads(report.read_text()) if k.startswith("table_")) if report.exists() else []
+    summary["paper"] = {"rc": done.returncode, "seconds": round(time.time() - paper_began, 1), "tables": tables,
+                        "stderr_tail": done.stderr[-800:] if done.returncode else ""}
     finite = all(math.isfinite(m[k]) for m in metrics for k in ("reward_mean", "kl_mean", "policy_loss"))
     # The GPU roles on CUDA, the CPU roles (no GPU asked for) on CPU although every GPU is visible to them.
     placed = (devices.get("policy", "").startswith("cuda") and devices.get("rollout") == "cuda"
@@ -205,6 +218,7 @@ try:
         (len(metrics) != steps, "steps missing"), (not finite, "non-finite metrics"),
         (not placed, "a role on the wrong device"),
         (engine == "vllm" and not summary["ipc_push"]["ok"], "the CUDA IPC push did not land"),
+        (summary["paper"]["rc"] != 0 or tables != ["table_1", "table_2", "table_3"], "the paper job's 1-GPU profile failed"),
     ] if bad]
     summary["status"] = "fail" if problems else "pass"
     if problems:

@@ -42,6 +42,20 @@ def alpacafarm_pairs(path: Path, n: int = 32) -> Path:
     return path
 
 
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in (REPO / "configs").glob("paper-*.yaml") if p.name != "paper-cpu-edit-rules.yaml"),
+)
+def test_every_shipped_paper_profile_loads_and_its_ppo_and_rm_configs_exist(name):
+    from fgrlhf.config import load_config
+    from fgrlhf.pipelines.paper import repo_file
+    from fgrlhf.pipelines.paper_config import PaperConfig
+
+    cfg = load_config(PaperConfig, REPO / "configs" / name, [])
+    for path in (cfg.ppo.config, cfg.rm.sequence_config, cfg.rm.token_config):
+        assert Path(repo_file(path)).is_file(), path
+
+
 def test_config_errors_name_the_key(tmp_path, capsys):
     cases = {
         ("ppo.armz=[token]",): "armz",

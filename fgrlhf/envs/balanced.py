@@ -153,8 +153,7 @@ def sample_response(prompt: str, rng: random.Random, rates: FaultRates = FaultRa
 def sample_responses(
     prompts: list[str], per_prompt: int, seed: int, rates: FaultRates = FaultRates()
 ) -> list[list[str]]:
-    rng = random.Random(seed)
-    return [[sample_response(p, rng, rates) for _ in range(per_prompt)] for p in prompts]
+    return synthetic.sample_responses(prompts, per_prompt, seed, sample=lambda p, rng: sample_response(p, rng, rates))
 
 
 def eval_records(prompts: list[str], seed: int) -> list[dict]:

@@ -143,10 +143,12 @@ def sample_response(prompt: str, rng: random.Random, rates: FaultRates = FaultRa
 
 
 def sample_responses(
-    prompts: list[str], per_prompt: int, seed: int, rates: FaultRates = FaultRates()
+    prompts: list[str], per_prompt: int, seed: int, rates: FaultRates = FaultRates(), sample: Sampler | None = None
 ) -> list[list[str]]:
+    """``per_prompt`` responses to each prompt from one seeded stream; ``sample``: another env's generator."""
     rng = random.Random(seed)
-    return [[sample_response(p, rng, rates) for _ in range(per_prompt)] for p in prompts]
+    draw = sample or (lambda prompt, r: sample_response(prompt, r, rates))
+    return [[draw(p, rng) for _ in range(per_prompt)] for p in prompts]
 
 
 def eval_records(prompts: list[str], seed: int, sample: Sampler | None = None, env: str = NAME) -> list[dict]:

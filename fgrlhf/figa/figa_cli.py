@@ -21,19 +21,14 @@ import argparse
 import json
 
 from fgrlhf.runtime.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
-from fgrlhf.runtime.run_dir import add_run_arguments
+from fgrlhf.runtime.run_dir import add_launch_arguments, add_run_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/figa-*.yaml, configs/sft-*.yaml)")
     parser.add_argument("--out", required=True, help="run directory")
     add_run_arguments(parser)
-    parser.add_argument(
-        "--force", action="store_true", help="run even if the disk under --out cannot hold the run's checkpoints"
-    )
-    parser.add_argument(
-        "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
-    )
+    add_launch_arguments(parser, "run even if the disk under --out cannot hold the run's checkpoints")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. figa.beta=0")
 
 

@@ -29,7 +29,7 @@ from fgrlhf.data.schemas import add_field_map_argument
 from fgrlhf.reward.train import RM_RUN, RMTrainConfig, resolve_loss, split_eval
 from fgrlhf.runtime.plan_cli import add_capacity_arguments, check_before_run
 from fgrlhf.runtime.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
-from fgrlhf.runtime.run_dir import add_run_arguments
+from fgrlhf.runtime.run_dir import add_launch_arguments, add_run_arguments
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--config", help="YAML config (see configs/rm-*.yaml)")
     add_run_arguments(parser)
-    parser.add_argument(
-        "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="run even if `fgrlhf plan` says the job does not fit, or the disk under --out cannot hold its checkpoints",
+    add_launch_arguments(
+        parser,
+        "run even if `fgrlhf plan` says the job does not fit, or the disk under --out cannot hold its checkpoints",
     )
     add_capacity_arguments(parser)
     parser.add_argument(

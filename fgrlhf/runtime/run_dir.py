@@ -770,3 +770,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start over in a used --out, removing only the previous run's own files",
     )
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser, force_help: str) -> None:
+    """``--num-cpus`` and ``--force``, the same for every trainer command; ``force_help``: what a forced run
+    overrides in that command."""
+    parser.add_argument(
+        "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
+    )
+    parser.add_argument("--force", action="store_true", help=force_help)

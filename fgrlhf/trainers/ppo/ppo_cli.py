@@ -18,20 +18,16 @@ import json
 
 from fgrlhf.runtime.plan_cli import add_capacity_arguments, check_before_run
 from fgrlhf.runtime.run_dir import RESUME_HINT as RESUME_HINT  # what Ctrl-C kept, printed by fgrlhf.cli
-from fgrlhf.runtime.run_dir import add_run_arguments
+from fgrlhf.runtime.run_dir import add_launch_arguments, add_run_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/ppo-*.yaml)")
     parser.add_argument("--out", required=True, help="run directory")
     add_run_arguments(parser)
-    parser.add_argument(
-        "--num-cpus", type=float, default=None, help="CPUs of the local Ray instance started when RAY_ADDRESS is unset"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="run even if `fgrlhf plan` says the job does not fit, or the disk under --out cannot hold its checkpoints",
+    add_launch_arguments(
+        parser,
+        "run even if `fgrlhf plan` says the job does not fit, or the disk under --out cannot hold its checkpoints",
     )
     add_capacity_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. ppo.kl_coef=0.02")
