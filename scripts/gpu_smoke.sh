@@ -58,6 +58,7 @@ out=${1:-$(mktemp -d -t fgrlhf-gpu-smoke-XXXXXX)}
 remaining=$(left)
 [ "$remaining" -gt 60 ] || fail setup "set-up left under a minute of the time limit"
 
+FGRLHF_SMOKE_DEADLINE=$(($(date +%s) + remaining)) \
 FGRLHF_SMOKE_SETUP="{\"bootstrap\": \"$bootstrap\", \"vllm\": \"$vllm_setup\", \"seconds\": $((SECONDS - began))}" \
     timeout "$remaining" python - "$out" <<'EOF'
 import json
@@ -202,9 +203,12 @@ try:
     import subprocess
 
     paper_began = time.time()
+    left = float(os.environ["FGRLHF_SMOKE_DEADLINE"]) - paper_began - 10  # keep time for the JSON line
+    if left < 120:  # the tiny profile needs about two minutes: say so rather than run past the limit
+        raise TimeoutError(f"only {left:.0f} s of the time limit left for the paper job's 1-GPU profile")
     done = subprocess.run(
         [sys.executable, "-m", "fgrlhf.cli", "paper", "--config", "configs/paper-tiny-1gpu.yaml",
-         "--out", str(out / "paper")], capture_output=True, text=True,
+         "--out", str(out / "paper")], capture_output=True, text=True, timeout=left,
     )
     report = out / "paper" / "report.json"
     tables = sorted(k for k in json.loads(report.read_text()) if k.startswith("table_")) if report.exists() else []
