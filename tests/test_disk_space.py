@@ -19,7 +19,7 @@ import pytest
 from fgrlhf.cli import main as fgrlhf
 from fgrlhf.runtime.run_dir import DiskFullError, open_run
 from fgrlhf.trainers.ppo.config import PPO_RUN
-from tests.test_run_dir import FIGA_CONFIG, FIGA_EDITS, PPO_CONFIG, ppo_cfg
+from tests.test_run_dir import command_args, ppo_cfg
 from tests.test_train_rm import TRAIN, _edit_records
 
 MiB = 1 << 20
@@ -66,21 +66,11 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(fgrlhf.runtime.distributed, "ray_instance", boom)
 
 
-def _args(name: str, out: Path, tmp_path: Path) -> list[str]:
-    data = tmp_path / "pairs.jsonl"
-    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
-    return {
-        "ppo": ["ppo", "--config", str(PPO_CONFIG), "--out", str(out)],
-        "train-rm": ["train-rm", "--data", str(data), "--model", "tiny", "--out", str(out)],
-        "figa": ["figa", "--config", str(FIGA_CONFIG), "--out", str(out), f"data.edits_path={FIGA_EDITS}"],
-    }[name]
-
-
 # --- refused at start --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ppo", "train-rm", "figa"])
 def test_a_run_whose_checkpoints_cannot_fit_is_refused_before_ray(name, small_disk, tmp_path, capsys, no_ray):
     out = small_disk / "run"
-    args = _args(name, out, tmp_path)
+    args = command_args(name, out, tmp_path)
     assert fgrlhf(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -92,7 +82,7 @@ def test_a_run_whose_checkpoints_cannot_fit_is_refused_before_ray(name, small_di
 
 def test_a_run_that_fits_is_not_refused(tmp_path, capsys, no_ray):
     with pytest.raises(AssertionError, match="started Ray"):
-        fgrlhf(_args("ppo", tmp_path / "run", tmp_path))
+        fgrlhf(command_args("ppo", tmp_path / "run", tmp_path))
 
 
 # --- a write that still fails for space ----------------------------------------------------------------------

@@ -302,7 +302,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(fgrlhf.figa.collect, "collect", boom)
 
 
-def _command_args(name: str, out: Path, tmp_path: Path) -> list[str]:
+def command_args(name: str, out: Path, tmp_path: Path) -> list[str]:
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
     return {
@@ -318,14 +318,14 @@ def test_cli_refuses_a_used_out_before_any_work(name, tmp_path, capsys, no_work)
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"command": name, "status": "finished"}))
-    assert fgrlhf(_command_args(name, out, tmp_path)) == 2
+    assert fgrlhf(command_args(name, out, tmp_path)) == 2
     err = capsys.readouterr().err
     assert f"error: {out} already holds a {name} run (finished); pass --resume" in err and "--overwrite" in err
 
 
 def test_cli_ppo_resume_with_other_seed_is_refused_with_a_diff(tmp_path, capsys, no_work):
     finished_run(tmp_path / "run", steps=4)
-    args = _command_args("ppo", tmp_path / "run", tmp_path)
+    args = command_args("ppo", tmp_path / "run", tmp_path)
     assert fgrlhf([*args, "seed=3", "--resume"]) == 2
     assert "  seed: 0 -> 3" in capsys.readouterr().err
     assert fgrlhf([*args, "--resume"]) == 0  # finished, same settings: its saved result, no Ray
@@ -336,7 +336,7 @@ def test_cli_train_rm_resume_of_a_finished_run_with_other_data(tmp_path, capsys,
     from fgrlhf.reward.train import RM_RUN, RMTrainConfig
 
     out = tmp_path / "rm"
-    args = _command_args("train-rm", out, tmp_path)
+    args = command_args("train-rm", out, tmp_path)
     data = Path(args[2])
     run = open_run(out, RM_RUN, load_config(RMTrainConfig, None, ["model.name=tiny"]), inputs={"data": str(data)})
     run.start()
