@@ -2,9 +2,14 @@
 
 env data (gold-labelled pairs, plus the SFT policy on synthetic) -> rule edits of each pair's rejected
 response -> reward models -> evaluation. Every stage calls the project's own commands in-process (one Ray
-session for the whole benchmark) and writes into the work dir; a stage whose output exists is skipped, so
-an interrupted benchmark re-run resumes, and the two scripts share data and RMs when given the same
-``--workdir``.
+session for the whole benchmark) and writes into the work dir, as a stage of the work dir's
+:class:`~fgrlhf.pipelines.stages.Pipeline` (:func:`prepare_data` opens it; :attr:`Prepared.pipeline`): a stage
+whose output exists is skipped, so an interrupted benchmark re-run resumes, and the two scripts share data
+and RMs when given the same ``--workdir``. Each stage is keyed by its settings (env, sizes, seed, overrides,
+...) and the bytes of its input files (edit rules and RM configs included) in ``stage_keys.json``, beside the
+seconds each took (``stage_seconds.json``): a re-run whose settings changed under a finished stage stops with
+``StageChanged`` instead of reusing its stale output. Work dirs from before these files have no recorded keys:
+their outputs are reused as they are.
 
 Layout of a work dir: ``data/round_R/`` (``fgrlhf env-data`` outputs, seed R), ``data/pairs.jsonl`` (all
 rounds), ``data/edits.jsonl`` (``fgrlhf edit`` with the rule editor; ``data/edit_rules.txt`` names its
@@ -12,7 +17,8 @@ rules and their hash), ``data/heldout.jsonl`` (pairs on the
 env's eval prompts labelled by the gold order, never trained on), ``data/heldout_edits.jsonl`` (their
 rejected sides rule-edited: edited should beat original), on envs with pre-registered data checks
 (``balanced``) ``data/heldout*_length_matched.jsonl`` (|Δ tokens| ≤ 2), ``rm/NAME-sSEED/`` (``fgrlhf train-rm``
-run + ``timing.json``), ``eval/*.json`` (``fgrlhf eval-rm`` reports).
+run + ``timing.json``), ``eval/*.json`` (``fgrlhf eval-rm`` reports), ``stage_seconds.json`` and
+``stage_keys.json`` (the stages' seconds and keys, by their path in the work dir).
 """
 
 from __future__ import annotations
@@ -133,9 +139,10 @@ ENV_SETUP = {
 
 @dataclass
 class Prepared:
-    """The outputs of :func:`prepare_data`."""
+    """The outputs of :func:`prepare_data`, and the work dir's pipeline that later stages run on."""
 
     env: str
+    pipeline: stages.Pipeline
     pairs: Path
     edits: Path
     prompts_train: Path
@@ -192,14 +199,17 @@ def ray_session(num_cpus: float) -> Iterator[None]:
         ray.shutdown()
 
 
-def run_command(*argv: object) -> None:
-    """Run an ``fgrlhf`` subcommand in-process (sharing the Ray session); its JSON line goes to stderr so
-    the benchmark's stdout holds only its table."""
-    stages.run_command(*argv, stdout_to_stderr=True)
+def open_pipeline(workdir: Path) -> stages.Pipeline:
+    """The stages of a work dir. Their ``fgrlhf`` commands share the Ray session and print their JSON lines
+    to stderr, so the benchmark's stdout holds only its table. A stage is done when its output exists (each
+    step writes it last, atomically), as in work dirs that predate the timings file."""
+    return stages.Pipeline(workdir, "fgrlhf_benchmark_stage", say=log.info, trust_outputs=True)
 
 
-# stage(output, build): run ``build`` unless ``output`` exists (``build`` writes it last, atomically).
-stage = stages.Stages().run
+def portable(path: str | Path, workdir: Path) -> str:
+    """``path`` relative to the work dir when inside it, for stage keys: a moved or copied work dir keeps them."""
+    path = Path(path)
+    return str(path.relative_to(workdir)) if path.is_relative_to(workdir) else str(path)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -257,48 +267,36 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
         )
     data.mkdir(parents=True, exist_ok=True)
     recorded.write_text(f"{rules_id}\n", encoding="utf-8")
-    for seed in range(sizes.rounds):
-        out = data / f"round_{seed}"
+    pipeline = open_pipeline(workdir)
+    rounds = [data / f"round_{seed}" for seed in range(sizes.rounds)]
+    for seed, out in enumerate(rounds):
         # Only round 0 trains the SFT policy: every RM and PPO run starts from that one.
         extra = [f"sft_steps={sizes.sft_steps}"] if env in GRAMMAR_ENVS and seed == 0 and sizes.sft_steps else []
         extra += [f"n_prompts={sizes.n_prompts}"] if sizes.n_prompts else []
         extra += [f"generation.max_new_tokens={sizes.gen_tokens}"] if env == "alpaca-sim" else []
-        stage(
-            out / "env_data.json",
-            lambda out=out, seed=seed, extra=extra: run_command(
-                "env-data", "--env", env, "--out", out, "--seed", seed, *extra
-            ),
-        )
+        argv = ["env-data", "--env", env, "--out", out, "--seed", seed, *extra]
+        pipeline.command(None, out / "env_data.json", argv, [env, seed, extra])
     pairs = data / "pairs.jsonl"
-    stage(
+    pipeline.stage(
         pairs,
-        lambda: write_jsonl(
-            pairs, [r for seed in range(sizes.rounds) for r in read_jsonl(data / f"round_{seed}" / "pairs.jsonl")]
-        ),
+        lambda: write_jsonl(pairs, [r for out in rounds for r in read_jsonl(out / "pairs.jsonl")]),
+        inputs=tuple(out / "pairs.jsonl" for out in rounds),
     )
     heldout = data / "heldout.jsonl"
-    stage(heldout, lambda: write_jsonl(heldout, heldout_pairs(env, sizes)))
+    pipeline.stage(
+        heldout,
+        lambda: write_jsonl(heldout, heldout_pairs(env, sizes)),
+        key=[env, sizes.heldout_prompts, sizes.heldout_per_prompt, sizes.gen_tokens],
+    )
     edits, heldout_edits = data / "edits.jsonl", data / "heldout_edits.jsonl"
     for source, target in ((pairs, edits), (heldout, heldout_edits)):
-        stage(
-            target,
-            lambda source=source, target=target: run_command(
-                "edit",
-                "--input",
-                source,
-                "--output",
-                target,
-                "--editor",
-                "rule",
-                "--rules",
-                edit_rules,
-                "--no-progress",
-                f"tokenizer={setup.tokenizer}",
-            ),
-        )
+        argv = ["edit", "--input", source, "--output", target, "--editor", "rule", "--rules", edit_rules]
+        argv += ["--no-progress", f"tokenizer={setup.tokenizer}"]
+        pipeline.command(None, target, argv, setup.tokenizer, (source, edit_rules))
 
     prepared = Prepared(
         env,
+        pipeline,
         pairs,
         edits,
         data / "round_0" / "prompts_train.jsonl",
@@ -316,18 +314,24 @@ def prepare_data(env: str, workdir: Path, sizes: Sizes, edit_rules: Path | None 
         for name in ("heldout_gold", "heldout_edits"):
             if name not in prepared.eval_sets:
                 continue
-            matched = data / f"{name}_length_matched.jsonl"
-            stage(
+            matched, source = data / f"{name}_length_matched.jsonl", prepared.eval_sets[name]
+            pipeline.stage(
                 matched,
-                lambda source=prepared.eval_sets[name], matched=matched: write_jsonl(
+                lambda source=source, matched=matched: write_jsonl(
                     matched, length_matched(read_jsonl(source), setup.tokenizer)
                 ),
+                key=setup.tokenizer,
+                inputs=(source,),
             )
             if read_jsonl(matched):
                 prepared.eval_sets[f"{name}_length_matched"] = matched
     if env == "alpaca-sim":
         real = data / "alpaca_real_pairs.jsonl"
-        stage(real, lambda: write_jsonl(real, read_jsonl(resolve_data_path(ALPACA_EVAL_PAIRS))[: sizes.real_pairs]))
+        pipeline.stage(
+            real,
+            lambda: write_jsonl(real, read_jsonl(resolve_data_path(ALPACA_EVAL_PAIRS))[: sizes.real_pairs]),
+            key=[ALPACA_EVAL_PAIRS, sizes.real_pairs],
+        )
         prepared.eval_sets["alpaca_gpt4_judged"] = real
     statuses: dict[str, int] = {}
     for record in read_jsonl(edits):
@@ -474,10 +478,11 @@ def train_rm(
     out = workdir / "rm" / f"{name}-s{seed}"
     timing = out / "timing.json"
 
+    setup = ENV_SETUP[prepared.env]
+
     def build() -> None:
         began = time.perf_counter()
-        setup = ENV_SETUP[prepared.env]
-        run_command(
+        prepared.pipeline.run_command(
             "train-rm",
             "--config",
             setup.rm_config,
@@ -513,15 +518,17 @@ def train_rm(
             },
         )
 
-    stage(timing, build)
+    key = [kind, seed, portable(prepared.backbone, workdir), [*setup.rm_overrides, *overrides]]
+    prepared.pipeline.stage(timing, build, key=key, inputs=(data, setup.rm_config))
     # final_dir from this work dir, not the cached record: a moved or copied work dir uses its own RMs.
     return {**json.loads(timing.read_text(encoding="utf-8")), "final_dir": str(out / "final")}
 
 
-def eval_rm(rm_final: str | Path, data: Path, report: Path) -> dict:
+def eval_rm(prepared: Prepared, rm_final: str | Path, data: Path, report: Path) -> dict:
     """Pairwise accuracy with a bootstrap 95% CI (``fgrlhf eval-rm``), cached as ``report``."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    stage(report, lambda: run_command("eval-rm", "--rm", rm_final, "--data", data, "--report", report))
+    argv = ["eval-rm", "--rm", rm_final, "--data", data, "--report", report]
+    prepared.pipeline.command(None, report, argv, inputs=(data, Path(rm_final) / "config.json"))
     return json.loads(report.read_text(encoding="utf-8"))
 
 

@@ -1,7 +1,8 @@
 """PPO step time and CPU of fgrlhf vs TRL's PPO trainer on the same models, batch, generation length and CPU.
 
   python benchmarks/throughput.py [--model tiny|smollm2] [--quick] [--steps 5] [--warmup 1] [--cpus 2]
-                                  [--trl-threads 1] [--no-async] [--no-floor] [--learner-ranks N [N ...]]
+                                  [--trl-threads 1] [--no-async] [--no-floor] [--floor-layouts batched [single]]
+                                  [--learner-ranks N [N ...]]
                                   [--sweep [--sweep-lengths 64 128 256] [--sweep-batches 8 16 32]]
                                   [--json OUT] [--plot OUT.png]
                                   [key=value ...]   # PPOTrainConfig overrides of configs/ppo-tiny-cpu.yaml
@@ -52,15 +53,21 @@ is also measured at each further value in the same run (``fgrlhf_by_learner_rank
 step, and the training phase's CPU), the first value being the main run above.
 
 The same invocation times the step's compute floor (:mod:`benchmarks.floor`: one process with
-``--trl-threads`` torch threads, the same models, prompts, batch, lengths and epochs, nothing padded) and
-reports ``floor`` (with its per-phase CPU seconds) and ``ratio_cpu_seconds_fgrlhf_vs_floor`` (and TRL's,
-``ratio_cpu_seconds_trl_vs_floor``); ``--no-floor`` skips it.
+``--trl-threads`` torch threads, the same models, prompts, batch, lengths, minibatches and epochs, no
+framework) and reports ``floor`` (with its per-phase CPU seconds and its work counted beside fgrlhf's) and
+``ratio_cpu_seconds_fgrlhf_vs_floor`` (and TRL's, ``ratio_cpu_seconds_trl_vs_floor``); ``--no-floor`` skips
+it. The floor of these ratios is the **batched** one (the rollout batch in one ``generate`` call, every
+forward and backward on length-sorted micro-batches of the config's sizes). ``--floor-layouts batched
+single`` also times the per-sequence floor (each sequence generated and scored alone; on a CPU it costs
+more than the batched one: 46 CPU-s a step with SmolLM2 on the 2-core box, hence not by default),
+reported as ``floor_single`` with ``ratio_cpu_seconds_fgrlhf_vs_floor_single`` and
+``ratio_cpu_seconds_trl_vs_floor_single``; the first layout given is the one behind ``floor`` and its ratios.
 
 ``--sweep`` measures how the cost grows instead: for every response length of ``--sweep-lengths`` (64 128
 256) and rollout batch of ``--sweep-batches`` (8 16 32), ``rollout.max_new_tokens`` and
-``ppo.rollout_batch_size`` set so, fgrlhf's synchronous loop, TRL and the floor (unless ``--no-floor``) are
-timed as above: wall and CPU seconds per step side by side, as a table and a plot (CPU and wall against the
-length, one line per framework and batch). The batches must be multiples of ``ppo.step_batch_size``.
+``ppo.rollout_batch_size`` set so, fgrlhf's synchronous loop, TRL and the floor (the first of
+``--floor-layouts``, unless ``--no-floor``) are timed as above: wall and CPU seconds per step side by side,
+as a table and a plot (CPU and wall against the length, one line per framework and batch). The batches must be multiples of ``ppo.step_batch_size``.
 
 Without ``trl`` importable the script stops with an error; it never reports a TRL number it did not measure.
 """
@@ -132,6 +139,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-floor", action="store_true", help="skip the compute floor (benchmarks/floor.py) and its ratios"
     )
     parser.add_argument(
+        "--floor-layouts",
+        nargs="+",
+        choices=floor.LAYOUTS,
+        default=["batched"],
+        metavar="LAYOUT",
+        help="floor layouts to time (batched, single); the first is the floor of ratio_cpu_seconds_*_vs_floor, "
+        "each further one is reported as floor_LAYOUT with its own ratios (default: batched)",
+    )
+    parser.add_argument(
         "--sweep",
         action="store_true",
         help="time fgrlhf (sync), TRL and the floor at every response length x rollout batch of the sweep",
@@ -175,9 +191,9 @@ def load_cfg(
     )
 
 
-def run_floor(cfg, workdir: Path, warmup: int, threads: int) -> dict:
+def run_floor(cfg, workdir: Path, warmup: int, threads: int, layout: str = "batched") -> dict:
     """The floor's steps: as many measured as fgrlhf's (it needs no trailing step)."""
-    return floor.run_floor_apart(cfg.model_copy(update={"steps": cfg.steps - 1}), workdir, warmup, threads)
+    return floor.run_floor_apart(cfg.model_copy(update={"steps": cfg.steps - 1}), workdir, warmup, threads, layout)
 
 
 def measured(values: list, warmup: int, total: int) -> list:
@@ -454,8 +470,9 @@ def run_trl_apart(cfg, workdir: Path, warmup: int, threads: int) -> dict:
 
 # --- report -----------------------------------------------------------------------------------------------
 def render(result: dict) -> str:
-    f, t, a, fl = result["fgrlhf"], result["trl"], result.get("fgrlhf_async"), result.get("floor")
+    f, t, a = result["fgrlhf"], result["trl"], result.get("fgrlhf_async")
     s = result["settings"]
+    floors = floors_of(result)
     lines = [
         (
             f"PPO step time, {model_label(s['policy'])}, rollout batch {s['rollout_batch_size']}, minibatch {s['step_batch_size']}, "
@@ -482,27 +499,22 @@ def render(result: dict) -> str:
             f"| TRL {t['version']} PPOTrainer | {t['step_seconds']:.2f} | {t['cpu_seconds_per_step']:.2f} | "
             f"{len(t['step_seconds_all'])} |"
         ),
-        *(
-            [
-                f"| floor (one process, no padding) | {fl['step_seconds']:.2f} | {fl['cpu_seconds_per_step']:.2f} | "
-                f"{len(fl['step_seconds_all'])} |"
-            ]
-            if fl
-            else []
-        ),
+        *[
+            f"| floor, {run['layout']} (one process) | {run['step_seconds']:.2f} | "
+            f"{run['cpu_seconds_per_step']:.2f} | {len(run['step_seconds_all'])} |"
+            for run in floors.values()
+        ],
         "",
         "| metric | value |",
         "| --- | ---: |",
         f"| ratio_step_time_fgrlhf_vs_trl | {result['ratio_step_time_fgrlhf_vs_trl']:.2f} |",
         f"| ratio_cpu_seconds_fgrlhf_vs_trl | {result['ratio_cpu_seconds_fgrlhf_vs_trl']:.2f} |",
-        *(
-            [
-                f"| ratio_cpu_seconds_fgrlhf_vs_floor | {result['ratio_cpu_seconds_fgrlhf_vs_floor']:.2f} |",
-                f"| ratio_cpu_seconds_trl_vs_floor | {result['ratio_cpu_seconds_trl_vs_floor']:.2f} |",
-            ]
-            if fl
-            else []
-        ),
+        *[
+            f"| ratio_cpu_seconds_{who}_vs_{key} ({run['layout']}) | "
+            f"{result[f'ratio_cpu_seconds_{who}_vs_{key}']:.2f} |"
+            for key, run in floors.items()
+            for who in ("fgrlhf", "trl")
+        ],
         *(
             [
                 f"| ratio_step_time_async_vs_sync | {result['ratio_step_time_async_vs_sync']:.2f} |",
@@ -539,11 +551,17 @@ def render(result: dict) -> str:
             if "fgrlhf_by_learner_ranks" in result
             else []
         ),
-        *(["", floor.render(fl)] if fl else []),
+        *[part for run in floors.values() for part in ("", floor.render(run))],
         "",
         cpu_breakdown.render(f["breakdown"]),
     ]
     return "\n".join(lines)
+
+
+def floors_of(result: dict) -> dict[str, dict]:
+    """The result's floors by key: ``floor`` (the ratios' floor) and ``floor_LAYOUT`` for further layouts."""
+    keys = ["floor", *(f"floor_{layout}" for layout in floor.LAYOUTS)]
+    return {key: result[key] for key in keys if key in result}
 
 
 def model_label(name: str) -> str:
@@ -566,8 +584,8 @@ def plot(result: dict, path: Path) -> None:
         rest = max(run["step_seconds"] - bottom, 0.0)
         wall.bar(bar, rest, bottom=bottom, label=None if i else "other", color="lightgrey")
     wall.bar(trl_label, t["step_seconds"], color="tab:grey")
-    if "floor" in result:
-        wall.bar("floor", result["floor"]["step_seconds"], color="tab:olive")
+    for i, run in enumerate(floors_of(result).values()):
+        wall.bar(f"floor ({run['layout']})", run["step_seconds"], color="tab:olive" if i == 0 else "darkkhaki")
     wall.set_ylabel("wall seconds per PPO step (median)")
     wall.legend(fontsize=7, loc="upper right")
     b = f["breakdown"]  # fgrlhf: stacked by where the CPU goes (means of the same steps)
@@ -585,8 +603,12 @@ def plot(result: dict, path: Path) -> None:
             cpu.bar("fgrlhf (mean)", seconds, bottom=bottom, label=name, color=shade)
             bottom += seconds
     cpu.bar(f"{trl_label} (median)", t["cpu_seconds_per_step"], color="tab:grey")
-    if "floor" in result:
-        cpu.bar("floor (median)", result["floor"]["cpu_seconds_per_step"], color="tab:olive")
+    for i, run in enumerate(floors_of(result).values()):
+        cpu.bar(
+            f"floor ({run['layout']}, median)",
+            run["cpu_seconds_per_step"],
+            color="tab:olive" if i == 0 else "darkkhaki",
+        )
     cpu.set_ylabel("CPU seconds per PPO step")
     cpu.legend(fontsize=7, loc="upper right")
     fig.suptitle(
@@ -612,7 +634,7 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
         if cfg.reward.model == str(workdir / SMOLLM2_RM) and not (workdir / SMOLLM2_RM).is_dir():
             save_token_rm(cfg, workdir / SMOLLM2_RM)
         if not args.no_floor:
-            runs["floor"] = run_floor(cfg, workdir, args.warmup, args.trl_threads)
+            runs["floor"] = run_floor(cfg, workdir, args.warmup, args.trl_threads, args.floor_layouts[0])
         runs["fgrlhf"] = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
         row: dict = {"max_new_tokens": length, "rollout_batch_size": batch}
         for name, run in runs.items():
@@ -735,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
         trl_result = run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)  # first: fails fast without trl
         if cfg.reward.model == str(workdir / SMOLLM2_RM):
             save_token_rm(cfg, workdir / SMOLLM2_RM)
-        floor_result = None if args.no_floor else run_floor(cfg, workdir, args.warmup, args.trl_threads)
+        layouts = [] if args.no_floor else list(dict.fromkeys(args.floor_layouts))
+        floors = {layout: run_floor(cfg, workdir, args.warmup, args.trl_threads, layout) for layout in layouts}
         fg_result = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
         async_result = (
             None if args.no_async else run_fgrlhf(with_rollout_mode(cfg, True), workdir, args.warmup, args.cpus)
@@ -787,13 +810,15 @@ def main(argv: list[str] | None = None) -> int:
             }
             for ranks, run in by_ranks.items()
         }
-    if floor_result is not None:
+    for i, (layout, floor_result) in enumerate(floors.items()):
+        suffix = f"_{layout}" if i else ""  # the first layout is the floor of the unsuffixed keys
         result |= {
-            "floor": floor_result,
-            "floor_step_seconds": floor_result["step_seconds"],
-            "ratio_cpu_seconds_fgrlhf_vs_floor": fg_result["cpu_seconds_per_step"]
+            f"floor{suffix}": floor_result,
+            f"floor{suffix}_step_seconds": floor_result["step_seconds"],
+            f"ratio_cpu_seconds_fgrlhf_vs_floor{suffix}": fg_result["cpu_seconds_per_step"]
             / floor_result["cpu_seconds_per_step"],
-            "ratio_cpu_seconds_trl_vs_floor": trl_result["cpu_seconds_per_step"] / floor_result["cpu_seconds_per_step"],
+            f"ratio_cpu_seconds_trl_vs_floor{suffix}": trl_result["cpu_seconds_per_step"]
+            / floor_result["cpu_seconds_per_step"],
         }
     if async_result is not None:
         result |= {

@@ -85,17 +85,17 @@ from benchmarks.common import (
     default_workdir,
     finish,
     fmt,
+    portable,
     prepare_data,
     pyplot,
     ray_session,
     read_jsonl,
-    run_command,
     save_figure,
-    stage,
     train_rm,
     write_json,
 )
 from fgrlhf.algorithms.intervals import sign_test_interval
+from fgrlhf.pipelines.stages import Pipeline
 
 log = logging.getLogger("benchmarks.training_hours")
 
@@ -318,19 +318,20 @@ def calibrated_target(initial: float, plateau: float, fraction: float) -> float:
 
 
 # --- stages --------------------------------------------------------------------------------------------------
-def run_ppo(workdir: Path, name: str, config: str, overrides: list[str]) -> tuple[Path, list[dict]]:
-    """One ``fgrlhf ppo`` run, cached by its settings (a hash of the config and every override names the
-    directory, so a changed target or budget never reuses a run)."""
-    out = workdir / "ppo" / f"{name}-{hashlib.sha256(' '.join([config, *overrides]).encode()).hexdigest()[:8]}"
+def run_ppo(pipeline: Pipeline, name: str, config: str, overrides: list[str]) -> tuple[Path, list[dict]]:
+    """One ``fgrlhf ppo`` run, cached by its settings (a hash of the config path and every override names the
+    directory, so a changed target or budget never reuses a run; the stage key adds the config's content)."""
+    digest = hashlib.sha256(" ".join([config, *overrides]).encode()).hexdigest()[:8]
+    out = pipeline.root / "ppo" / f"{name}-{digest}"
 
     def build() -> None:
         began = time.perf_counter()
-        run_command("ppo", "--config", config, "--out", out, "--resume", *overrides)
+        pipeline.run_command("ppo", "--config", config, "--out", out, "--resume", *overrides)
         write_json(
             out / "timing.json", {"name": name, "wall_seconds_with_startup": round(time.perf_counter() - began, 2)}
         )
 
-    stage(out / "timing.json", build)
+    pipeline.stage(out / "timing.json", build, inputs=(Path(config),))
     return out, read_jsonl(out / "metrics.jsonl")
 
 
@@ -372,11 +373,12 @@ def initial_gold(args, prepared, cfg, workdir: Path, n: int) -> dict:
             },
         )
 
-    stage(out, build)
+    key = [n, settings.model_dump(), portable(prepared.backbone, workdir), cfg.policy.prompt_format, args.env]
+    prepared.pipeline.stage(out, build, key=key, inputs=(prepared.prompts_train,))
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg, samples: int = 0) -> dict:
+def win_rate_of(pipeline: Pipeline, policy: str, out: Path, env: str, n: int | None, cfg, samples: int = 0) -> dict:
     """The policy's answers on the env's eval split (prompt format and lengths of the PPO config ``cfg``)
     judged against the references by the gold: greedy (``samples`` 0), or ``samples`` answers per prompt
     sampled with the rollouts' temperature and top-p, whose preferences are averaged per prompt (the
@@ -410,7 +412,9 @@ def win_rate_of(policy: str, out: Path, env: str, n: int | None, cfg, samples: i
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, {**result, "policy": policy, "samples_per_prompt": samples, "preferences": prefs})
 
-    stage(out, build)
+    generation = [cfg.prompts.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p]
+    key = [portable(policy, pipeline.root), env, n, samples, generation, cfg.policy.prompt_format]
+    pipeline.stage(out, build, key=key)
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -491,7 +495,7 @@ def run(args: argparse.Namespace) -> dict:
             target, rule = initial["mean"] + args.target_delta, f"initial gold + {args.target_delta}"
         else:
             _, cal = run_ppo(
-                workdir,
+                prepared.pipeline,
                 f"calibration-oracle_sequence-s{args.calibration_seed}",
                 config,
                 # its critic starts from the first seed's sequence RM (RMs exist for comparison seeds only)
@@ -550,7 +554,7 @@ def run(args: argparse.Namespace) -> dict:
         def comparison_run(variant: str, seed: int) -> None:
             # Every run goes the whole budget: steps to its own best needs the full curve.
             run_dirs[(variant, seed)], metrics[(variant, seed)] = run_ppo(
-                workdir, f"{variant}-s{seed}", config, overrides(variant, seed, args.max_steps)
+                prepared.pipeline, f"{variant}-s{seed}", config, overrides(variant, seed, args.max_steps)
             )
 
         # The oracle seeds first: the rule needs every one of them to reach the target before any other arm runs.
@@ -573,11 +577,18 @@ def run(args: argparse.Namespace) -> dict:
             initial_file = f"initial-n{preset['eval_n'] or 'all'}-t{shared.rollout.max_new_tokens}{suffix}.json"
             evals[samples] = {
                 ("initial", None): win_rate_of(
-                    prepared.backbone, workdir / "winrate" / initial_file, args.env, preset["eval_n"], shared, samples
+                    prepared.pipeline,
+                    prepared.backbone,
+                    workdir / "winrate" / initial_file,
+                    args.env,
+                    preset["eval_n"],
+                    shared,
+                    samples,
                 )
             }
             for key, run_dir in run_dirs.items():
                 evals[samples][key] = win_rate_of(
+                    prepared.pipeline,
                     str(run_dir / "final"),
                     run_dir / f"winrate{suffix}.json",
                     args.env,

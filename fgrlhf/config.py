@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -38,6 +38,32 @@ class ModelConfig(StrictModel):
     tiny_heads: int = Field(2, ge=1)
     tiny_intermediate_size: int = Field(128, ge=8)
     seed: int = 0
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="transformers' attention kernel for every HF-loaded role (policy, reference, reward, critic, "
+        "RM and FIGA training); flash_attention_2 needs the flash_attn package (GPU). The vLLM engine ignores it",
+    )
+    autocast: Literal["none", "bf16"] = Field(
+        "none",
+        description="bf16: forwards (and the learners' backwards) under torch.autocast(bfloat16) over float32 "
+        "master weights, in the HF rollout engine, the reference, the reward model and the PPO learners "
+        "(DeepSpeed's torch_autocast); none: plain dtype arithmetic. docs/precision.md has the measured trade-off",
+    )
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attention_installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("flash_attention_2 needs the flash_attn package, which is not installed; use sdpa")
+        return value
+
+    @model_validator(mode="after")
+    def _autocast_over_fp32(self) -> ModelConfig:
+        if self.autocast == "bf16" and self.dtype != "float32":
+            raise ValueError(f"autocast=bf16 keeps float32 master weights: set dtype=float32 (not {self.dtype})")
+        return self
 
 
 class DeepSpeedConfig(StrictModel):
@@ -62,6 +88,25 @@ class DeepSpeedConfig(StrictModel):
         "default is the model's dtype), else the model's dtype (DeepSpeed has no bf16/fp32 mix at stage 0)",
     )
     gradient_checkpointing: bool = False
+    packing: Literal["auto", "padded", "grouped", "packed"] = Field(
+        "auto",
+        description="micro-batch layout (fgrlhf.workers.packing): padded = rows in batch order, right-padded; "
+        "grouped = rows sorted by length, then padded; packed = a micro-batch's sequences in one row, position "
+        "ids restarting per sequence; auto = packed on CUDA with flash_attention_2, else grouped (measured "
+        "fastest on CPU)",
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="token budget of one micro-batch (padded rows x longest, or packed tokens), rows sorted by "
+        "length; unset: micro_batch_size rows. Each micro-batch's loss is weighted by its share of the "
+        "minibatch's response tokens, so the step equals one big batch's",
+    )
+    balance_ranks: bool = Field(
+        True,
+        description="PPO: reorder each batch so that every data-parallel rank's contiguous shard holds about "
+        "as many tokens (per-row results are put back in batch order)",
+    )
     timeout_s: float = Field(
         1800.0,
         gt=0.0,

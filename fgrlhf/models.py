@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -128,7 +129,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def tiny_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
-    return LlamaConfig(
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.tiny_hidden_size,
         intermediate_size=cfg.tiny_intermediate_size,
@@ -141,6 +142,8 @@ def tiny_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> L
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    config._attn_implementation = cfg.attn_implementation  # LlamaConfig's typed signature omits the kwarg
+    return config
 
 
 def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
@@ -157,17 +160,28 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None =
     path = _resolve(cfg.name)
     zero3 = zero3_loading()
     if zero3 is None:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
     # ZeRO-3 (inside fgrlhf.runtime.distributed.zero3_init): built partitioned, then loaded one parameter at a time.
     # Not transformers' own ZeRO-3 loading: it opens the whole checkpoint on every rank, rank 0 reads it all
     # through one mapping, and measured on CPU a rank peaked at its partition plus about half the model.
     with partitioned_construction(zero3):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(path), dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
     model.tie_weights()  # part of the weight init that partitioned_construction skips
     load_partitioned(model, checkpoint_files(path))
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
+
+
+def autocast(cfg: ModelConfig, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The forward's precision context for ``cfg.autocast``: ``bf16`` runs matmuls in bfloat16 over the float32
+    weights (``torch.autocast``), ``none`` changes nothing. Backwards need no context: autograd replays the
+    forward's casts."""
+    if cfg.autocast == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def checkpoint_files(path: Path) -> list[Path]:

@@ -15,9 +15,10 @@ custom_id). Each item's outcome is decided when its batch ends, by the same sche
 ``errored`` results with the matching error type, and the batch-only outcomes ``expired`` and ``canceled``
 (ignored by POST /v1/messages) become results of that type, e.g. ``[[faults:expired,500]]``.
 
-Judge mode (a prompt with <output_a>/<output_b> tags, as fgrlhf.evaluation.judges sends): it answers "Output (a)" or
-"Output (b)", preferring the output with more words (a on a tie), or always (a) when either output holds
-``[[position-bias]]``; the item is the pair in that order, and fault markers in either output apply.
+Judge mode (a prompt with <output_a>/<output_b> tags, as fgrlhf.evaluation.judges sends, directly or in a batch): it
+answers "Output (a)" or "Output (b)", preferring the output with more words (a on a tie), or always (a) when either
+output holds ``[[position-bias]]``; the item is the pair in the order shown, and fault markers in either output
+apply.
 """
 
 from __future__ import annotations

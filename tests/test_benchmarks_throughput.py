@@ -2,7 +2,6 @@
 
 import json
 import math
-import statistics
 
 import pytest
 
@@ -29,7 +28,8 @@ def test_warmup_below_one_is_refused(capsys):
 @pytest.mark.slow
 def test_throughput_quick(tmp_path, capsys):
     report, png = tmp_path / "tp.json", tmp_path / "tp.png"
-    args = ["--quick", "--learner-ranks", "1", "2", "--json", str(report), "--plot", str(png)]
+    args = ["--quick", "--learner-ranks", "1", "2", "--floor-layouts", "batched", "single"]
+    args += ["--json", str(report), "--plot", str(png)]
     assert throughput.main([*args, "--workdir", str(tmp_path / "w")]) == 0
     result = json.loads(report.read_text())
     for key in (
@@ -53,6 +53,13 @@ def test_throughput_quick(tmp_path, capsys):
     assert math.isfinite(result["ratio_cpu_seconds_trl_vs_floor"]) and result["ratio_cpu_seconds_trl_vs_floor"] > 0
     assert len(fl["step_seconds_all"]) == 1
     assert sum(fl["phase_cpu_seconds"].values()) == pytest.approx(fl["cpu_seconds_per_step"])
+    # The batched floor is the ratios' floor; --floor-layouts added the per-sequence one beside it.
+    single = result["floor_single"]
+    assert fl["layout"] == "batched" and single["layout"] == "single"
+    assert result["ratio_cpu_seconds_fgrlhf_vs_floor_single"] == pytest.approx(
+        result["fgrlhf"]["cpu_seconds_per_step"] / single["cpu_seconds_per_step"]
+    )
+    assert single["counts"][0]["tokens"] == fl["counts"][0]["tokens"]  # same prompts, full-length responses
     fg = result["fgrlhf"]
     # The actor time on the critical path fits inside each step's wall time.
     for step in fg["steps"]:
@@ -78,25 +85,82 @@ def test_throughput_quick(tmp_path, capsys):
     assert all(r["train_actor_cpu_seconds"] > 0 and len(r["step_seconds_all"]) == 1 for r in by_ranks.values())
     out = capsys.readouterr().out
     assert "ratio_step_time_fgrlhf_vs_trl" in out and "ratio_step_time_async_vs_sync" in out
-    assert "ratio_cpu_seconds_fgrlhf_vs_floor" in out and "train_policy" in out
+    assert "ratio_cpu_seconds_fgrlhf_vs_floor (batched)" in out and "train_policy" in out
+    assert "ratio_cpu_seconds_fgrlhf_vs_floor_single (single)" in out and "| floor, single (one process) |" in out
     assert png.stat().st_size > 0
 
 
+def test_learner_minibatches_follow_the_ranks_shards_and_shuffles():
+    # 8 rows, 2 ranks, minibatch 4, 2 epochs: 4 optimizer steps, each 2 rows of rank 0's shard (0-3) and 2 of
+    # rank 1's (4-7); every epoch trains on every row once.
+    steps = floor.learner_minibatches(8, 2, 4, 2, seed=3)
+    assert len(steps) == 4
+    for per_rank in steps:
+        assert [len(part) for part in per_rank] == [2, 2]
+        assert set(per_rank[0]) <= {0, 1, 2, 3} and set(per_rank[1]) <= {4, 5, 6, 7}
+    for epoch in (steps[:2], steps[2:]):
+        assert sorted(i for per_rank in epoch for part in per_rank for i in part) == list(range(8))
+    assert floor.learner_minibatches(8, 2, 4, 2, seed=3) == steps  # seeded like the learners
+
+
+def test_by_length_groups_rows_of_similar_length():
+    lengths = [9, 3, 7, 3, 8, 1]
+    assert floor.by_length([0, 1, 2, 3, 4, 5], lengths, 2) == [[5, 1], [3, 2], [4, 0]]
+    counts = floor.empty_counts()
+    floor.count_forward(counts, "reward", [[5, 1], [3, 2], [4, 0]], lengths)
+    assert counts["tokens"]["reward"] == 31 and counts["positions"]["reward"] == 2 * (3 + 7 + 9)
+
+
+def test_counts_that_differ_from_the_step_are_refused():
+    ok = floor.empty_counts()
+    other = floor.empty_counts()
+    other["optimizer_steps"]["critic"] = 4
+    floor.check_counts(ok, floor.empty_counts())
+    with pytest.raises(RuntimeError, match=r"optimizer_steps.critic': \(0, 4\)"):
+        floor.check_counts(ok, other)
+
+
+def run_floor_cli(tmp_path, layout: str) -> dict:
+    report = tmp_path / f"floor-{layout}.json"
+    args = ["--steps", "1", "--layout", layout, "--json", str(report), "rollout.max_new_tokens=6"]
+    assert floor.main(args) == 0
+    return json.loads(report.read_text())
+
+
 @pytest.mark.slow
-def test_floor_phases_add_up(tmp_path, capsys):
-    report = tmp_path / "floor.json"
-    assert floor.main(["--steps", "2", "--json", str(report), "rollout.max_new_tokens=6"]) == 0
-    result = json.loads(report.read_text())
-    phases = result["phase_cpu_seconds"]
-    assert set(phases) == set(floor.PHASES)
-    # Contiguous phases: their means add up to the mean step, within the measured steps' spread.
-    assert sum(phases.values()) == pytest.approx(result["cpu_seconds_per_step_mean"])
-    assert sum(result["phase_wall_seconds"].values()) == pytest.approx(statistics.fmean(result["step_seconds_all"]))
-    assert phases["generate"] > 0 and phases["train_policy"] > 0 and result["cpu_seconds_per_step"] > 0
-    assert len(result["cpu_seconds_all"]) == 2
-    # Nothing padded: each response at its own length, at most max_new_tokens, the batch of 8 every step.
-    assert all(len(step) == 8 and all(1 <= n <= 6 for n in step) for step in result["response_lengths"])
-    assert "train_critic" in capsys.readouterr().out
+def test_floor_batched_and_single_do_the_steps_work(tmp_path, capsys):
+    batched = run_floor_cli(tmp_path, "batched")
+    out = capsys.readouterr().out
+    assert "Floor layout: batched" in out and "| optimizer steps, critic | 4 | 4 |" in out
+    single = run_floor_cli(tmp_path, "single")
+    for result in (batched, single):
+        phases = result["phase_cpu_seconds"]
+        assert set(phases) == set(floor.PHASES)
+        # One measured step, contiguous phases: they add up to the step.
+        assert sum(phases.values()) == pytest.approx(result["cpu_seconds_per_step"])
+        assert sum(result["phase_wall_seconds"].values()) == pytest.approx(result["step_seconds"])
+        assert phases["generate"] > 0 and phases["train_policy"] > 0 and result["cpu_seconds_per_step"] > 0
+        assert len(result["cpu_seconds_all"]) == 1
+        (lengths,) = result["response_lengths"]
+        assert len(lengths) == 8 and all(1 <= n <= 6 for n in lengths)
+        # The step's work (checked against fgrlhf's step on the same batch inside the run, reported here):
+        # 2 epochs x 8 rows / minibatch 4 optimizer steps per learner; each row scored once per scoring
+        # forward and trained on once per epoch.
+        (counts,), (fgrlhf,) = result["counts"], result["fgrlhf_counts"]
+        assert counts["generated_tokens"] == fgrlhf["generated_tokens"] == sum(lengths)
+        assert counts["optimizer_steps"] == fgrlhf["optimizer_steps"] == {"policy": 4, "critic": 4}
+        assert counts["tokens"] == fgrlhf["tokens"]
+        scored = counts["tokens"]["reference"]
+        assert all(counts["tokens"][p] == scored for p in ("logprobs", "reward", "value"))
+        assert counts["tokens"]["train_policy"] == counts["tokens"]["train_critic"] == 2 * scored
+        # Length-sorted micro-batches pad no more than fgrlhf's micro-batches in batch order.
+        assert all(counts["positions"][p] <= fgrlhf["positions"][p] for p in floor.FORWARDS)
+    # The same prompts, and on the random tiny model responses of the full 6 tokens in both layouts.
+    assert single["counts"][0]["generated_tokens"] == batched["counts"][0]["generated_tokens"]
+    assert single["counts"][0]["tokens"] == batched["counts"][0]["tokens"]
+    assert single["counts"][0]["positions"] == single["counts"][0]["tokens"]  # one row at a time: no padding
+    assert single["counts"][0]["generate_calls"] == 8 and batched["counts"][0]["generate_calls"] == 1
+    assert batched["rows_per_forward"]["train_policy"] == 2 and single["rows_per_forward"]["train_policy"] == 1
 
 
 def sweep_row(length: int, batch: int, cpu: dict[str, float]) -> dict:

@@ -58,3 +58,42 @@ def test_demo_refuses_to_resume_under_other_settings(tmp_path, capsys):
     dump_config(DemoConfig(pair_prompts=8), tmp_path / "config.yaml")
     assert fgrlhf(["demo", "--out", str(tmp_path), "pair_prompts=16"]) == 2
     assert "pair_prompts" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_finished_stage_whose_settings_changed(tmp_path, monkeypatch):
+    """Each demo stage is keyed by the config slice it depends on: a re-run into the same --out whose stage
+    settings changed is refused rather than given the stale output; other changes leave it done, and a run
+    directory from before the keys file resumes."""
+    import io
+
+    from rich.console import Console
+
+    from fgrlhf.pipelines import demo, stages
+
+    calls = []
+
+    def env_data(*argv, stdout_to_stderr=False):  # the pairs stage's command, without a model
+        calls.append(argv[0])
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pairs.jsonl").write_text("{}\n")
+
+    monkeypatch.setattr(stages, "run_command", env_data)
+    text = io.StringIO()
+    console = Console(file=text)
+    cfg = demo.DemoConfig(pair_prompts=8)
+
+    def pairs_only(config: demo.DemoConfig) -> None:
+        with pytest.raises(stages.StoppedAfter):
+            demo.run(config, tmp_path, console, until="pairs")
+
+    pairs_only(cfg)
+    pairs_only(cfg.model_copy(update={"eval_prompts": 4}))  # only the win-rate stages depend on it
+    assert calls == ["env-data"]
+    for changed in ({"pair_prompts": 16}, {"env_data_overrides": ["generation.max_new_tokens=12"]}):
+        with pytest.raises(stages.StageChanged, match="stage pairs"):
+            demo.run(cfg.model_copy(update=changed), tmp_path, console, until="pairs")
+    (tmp_path / "stage_keys.json").unlink()
+    pairs_only(cfg)
+    assert calls == ["env-data"]
+    assert "stage 1/7 pairs:" in text.getvalue()

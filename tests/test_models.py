@@ -44,3 +44,44 @@ def test_embedded_smollm2_loads_from_cached_safetensors_checkpoint():
 def test_unknown_model_name_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="not 'tiny', 'smollm2' or a directory"):
         load_tokenizer(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_attn_implementation_reaches_every_loader(tmp_path, impl):
+    """``model.attn_implementation`` is the kernel of the tiny model, of a checkpoint loaded with
+    ``from_pretrained`` and of a reward model (reward worker, critic), and both kernels compute the same."""
+    from fgrlhf.reward.model import build_reward_model, load_reward_model
+
+    tok = load_tokenizer("tiny")
+    tiny = load_causal_lm(ModelConfig(attn_implementation=impl), tok)
+    assert tiny.config._attn_implementation == impl
+    tiny.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    loaded = load_causal_lm(ModelConfig(name=str(tmp_path / "lm"), attn_implementation=impl))
+    assert loaded.config._attn_implementation == impl
+    build_reward_model("token", ModelConfig()).save_pretrained(tmp_path / "rm", tok)
+    assert load_reward_model(tmp_path / "rm", attn_implementation=impl).config._attn_implementation == impl
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, tok.pad_token_id, tok.pad_token_id]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    other = load_causal_lm(ModelConfig(attn_implementation="eager" if impl == "sdpa" else "sdpa"), tok)
+    with torch.no_grad():
+        a = tiny(input_ids=ids, attention_mask=mask).logits
+        b = other(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(a[mask.bool()], b[mask.bool()], atol=1e-5)
+
+
+def test_flash_attention_without_flash_attn_is_one_config_error(monkeypatch):
+    import importlib.util
+
+    from fgrlhf.config import ConfigError, load_config
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(ModelConfig, overrides=["attn_implementation=flash_attention_2"])
+    message = str(caught.value)
+    assert "attn_implementation" in message and "flash_attn package" in message
+    assert "Traceback" not in message

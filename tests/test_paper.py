@@ -96,9 +96,12 @@ def test_dry_run_prints_fit_and_claude_cost_and_writes_nothing(tmp_path, capsys)
     verdict = text.strip().splitlines()[-1]
     assert verdict.startswith("verdict: fits") and "$" in verdict
     assert text.count("fits: yes") == 5  # two RMs, three PPO arms
-    # 16 + 8 pairs edited; judge: 2 orders x (4 validation x (1 SFT + 3 arms x 1 checkpoint) + 4 eval x (1 + 3))
+    # 16 + 8 pairs edited; judge: 1 drawn order x (4 validation x (1 SFT + 3 arms x 1 checkpoint) + 4 eval x (1 + 3))
     assert "Claude edit: 24 requests" in text
-    assert "Claude judge: 64 requests" in text
+    assert "Claude judge: 32 requests" in text
+    both = ["eval.claude.positions=both"]
+    assert fgrlhf(["paper", "--config", TINY, "--out", str(out), "--dry-run", *claude, *both]) == 0
+    assert "Claude judge: 64 requests" in capsys.readouterr().out  # both orders
     assert not out.exists()
 
 

@@ -1,10 +1,11 @@
-"""fgrlhf.pipelines.stages: the resumable stage runner of `fgrlhf demo` and the paper-table benchmarks."""
+"""fgrlhf.pipelines.stages: the resumable stage runner of `fgrlhf demo`, `fgrlhf paper` and the paper-table
+benchmarks."""
 
 import json
 
 import pytest
 
-from fgrlhf.pipelines.stages import CommandFailed, Stages, StoppedAfter, run_command
+from fgrlhf.pipelines.stages import CommandFailed, Pipeline, StageChanged, Stages, StoppedAfter, run_command
 
 
 def _writes(path, calls):
@@ -77,3 +78,63 @@ def test_run_command_raises_on_a_nonzero_exit_and_can_keep_stdout_for_a_table(tm
     assert failed.value.code == 4
     assert "fgrlhf plan --config bad.yaml exited with status 4" in str(failed.value)
     assert '{"line": 1}' in capsys.readouterr().out
+
+
+def test_pipeline_keys_each_stage_skips_it_under_the_same_key_and_refuses_another(tmp_path):
+    rules, calls, lines = tmp_path / "rules.yaml", [], []
+    rules.write_text("a: 1\n")
+    out = tmp_path / "data" / "edits.jsonl"
+    out.parent.mkdir()
+
+    def pipeline() -> Pipeline:  # a fresh one per run, as in a re-run into the same directory
+        return Pipeline(tmp_path, "fgrlhf_test_stage", 1, say=lines.append)
+
+    pipeline().stage(out, _writes(out, calls), key={"n": 8}, inputs=(rules,))
+    assert calls == ["edits.jsonl"]
+    # named by its path under the root; the seconds and the key are kept beside the outputs
+    assert set(json.loads((tmp_path / "stage_seconds.json").read_text())) == {"data/edits.jsonl"}
+    assert set(json.loads((tmp_path / "stage_keys.json").read_text())) == {"data/edits.jsonl"}
+    assert any(line.startswith("stage 1/1 data/edits.jsonl:") and "ETA" in line for line in lines)
+
+    pipeline().stage(out, _writes(out, calls), key={"n": 8}, inputs=(rules,))
+    assert calls == ["edits.jsonl"] and "done earlier" in lines[-2]
+    with pytest.raises(StageChanged, match=r"stage data/edits\.jsonl"):
+        pipeline().stage(out, _writes(out, calls), key={"n": 16}, inputs=(rules,))
+    rules.write_text("a: 2\n")  # an input file's bytes are part of the key
+    with pytest.raises(StageChanged):
+        pipeline().stage(out, _writes(out, calls), key={"n": 8}, inputs=(rules,))
+    assert calls == ["edits.jsonl"]
+
+
+def test_a_failed_command_ends_the_pipeline_with_one_line_naming_its_stage(tmp_path, monkeypatch):
+    import fgrlhf.pipelines.stages as stages
+
+    def fails(*argv, stdout_to_stderr=False):
+        raise CommandFailed([str(a) for a in argv], 3)
+
+    monkeypatch.setattr(stages, "run_command", fails)
+    pipeline = Pipeline(tmp_path, "fgrlhf_test_stage", resume="resubmit with the same --out")
+    with pytest.raises(SystemExit) as stopped:
+        pipeline.command("edits", tmp_path / "edits.jsonl", ["edit", "--input", "x"], key=1)
+    assert str(stopped.value) == "stage edits failed (exit 3); fix the cause and resubmit with the same --out"
+    with pytest.raises(SystemExit, match=r"^stage rm failed"):  # a step that runs a command among other work
+        pipeline.stage(tmp_path / "timing.json", lambda: pipeline.run_command("train-rm"), "rm", key=1)
+    assert not (tmp_path / "stage_seconds.json").exists()
+
+
+def test_trusted_outputs_from_a_store_without_timings_or_keys_are_reused(tmp_path):
+    """The benchmarks' work dirs cached every stage before the timings and keys files existed: a re-run (e.g.
+    training_hours.py continuing an interrupted run) reuses those outputs, then keys what it runs."""
+    old, new, calls, lines = tmp_path / "old.json", tmp_path / "new.json", [], []
+    old.write_text("{}\n")
+
+    def pipeline() -> Pipeline:
+        return Pipeline(tmp_path, "fgrlhf_test_stage", say=lines.append, trust_outputs=True)
+
+    pipeline().stage(old, _writes(old, calls), key="any")
+    pipeline().stage(new, _writes(new, calls), key="v1")
+    assert calls == ["new.json"]
+    assert "stage 1 new.json: 0 s" in lines and not any("ETA" in line for line in lines)  # no total planned
+    assert set(json.loads((tmp_path / "stage_keys.json").read_text())) == {"new.json"}
+    with pytest.raises(StageChanged):
+        pipeline().stage(new, _writes(new, calls), key="v2")

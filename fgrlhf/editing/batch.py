@@ -18,6 +18,9 @@ Requests are built and replies parsed by :class:`~fgrlhf.editing.editors.ClaudeE
 :func:`~fgrlhf.editing.editors.classify_status`; the batch API's own calls (create, retrieve, results) go
 through the streaming mode's retry policy, and a call that still fails stops the run with the open batches
 kept for the next one.
+
+The machinery is not edit-specific: :func:`run_batches` sends any cache misses as a :class:`BatchJob` (the
+Claude judge, :mod:`fgrlhf.evaluation.judges`, uses it too), inside :func:`batch_lock`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -36,7 +40,7 @@ from tqdm import tqdm
 from fgrlhf.config import ConfigError
 from fgrlhf.data.schemas import instruction_text
 from fgrlhf.editing.cache import CachedEdit, CacheKey, EditCache, content_hash
-from fgrlhf.editing.config import EditConfig
+from fgrlhf.editing.config import BatchConfig, EditConfig, RetryConfig
 from fgrlhf.editing.editors import ClaudeEditor, Editor, EditReply, call_api, classify_status, message_reply
 from fgrlhf.editing.pipeline import EditSummary
 from fgrlhf.editing.prompts import PROMPT_VERSION
@@ -48,6 +52,7 @@ from fgrlhf.editing.retry import (
     PermanentError,
     RetryPolicy,
     TransientError,
+    Usage,
     call_with_retries,
 )
 
@@ -72,6 +77,16 @@ _BODY_OVERHEAD = len('{"requests": []}')
 BATCH_LOCK_POLL_S = 1.0
 
 
+@dataclass(frozen=True)
+class BatchJob:
+    """What a batch run sends and how it reads the replies: the edit's, or the Claude judge's."""
+
+    client: Any  # anthropic.AsyncAnthropic
+    scope: CacheKey  # editor, model and prompt version of every request: its cache rows and recorded batches
+    params: Callable[[int], dict]  # record index -> Messages API parameters
+    parse: Callable[[str, Usage], EditReply]  # reply text -> what the cache stores; MalformedReply if unusable
+
+
 @dataclass
 class _Item:
     """One distinct request; records with the same cache key share it."""
@@ -81,10 +96,10 @@ class _Item:
     malformed: int = 0
 
 
-def result_reply(result) -> EditReply:
-    """The edit in one batch result, or the exception its streamed equivalent would have raised."""
+def result_reply(result, parse: Callable[[str, Usage], EditReply] = ClaudeEditor.reply) -> EditReply:
+    """The reply in one batch result, or the exception its streamed equivalent would have raised."""
     if result.type == "succeeded":
-        return ClaudeEditor.reply(*message_reply(result.message))
+        return parse(*message_reply(result.message))
     if result.type == "errored":
         kind = result.error.error.type
         raise classify_status(_ERROR_STATUS.get(kind, 500), kind, {})
@@ -93,24 +108,22 @@ def result_reply(result) -> EditReply:
 
 @dataclass
 class _BatchRun:
-    editor: ClaudeEditor
+    job: BatchJob
     cache: EditCache
-    cfg: EditConfig
+    batch: BatchConfig
+    retry: RetryConfig
     counters: CallCounters
     items: dict[str, _Item]
-    params: Callable[[int], dict]  # record index -> request parameters
     edited: list[str | None]
     failures: list[str | None]
     bar: tqdm
     policy: RetryPolicy = field(init=False)
-    scope: CacheKey = field(init=False)  # editor, model and prompt version of every request here
     api_counters: CallCounters = field(default_factory=CallCounters)
     open: dict[str, list[str]] = field(default_factory=dict)  # batch id -> custom_ids
     owner: dict[str, str] = field(default_factory=dict)  # unresolved custom_id -> the batch it awaits
 
     def __post_init__(self) -> None:
-        self.policy = RetryPolicy(self.cfg.retry)
-        self.scope = CacheKey(self.editor.name, self.editor.model, PROMPT_VERSION, "")
+        self.policy = RetryPolicy(self.retry)
 
     async def api(self, what: str, call: Callable[[], Awaitable]):
         """One call of the batch API with the streaming mode's retries; when they run out the run stops
@@ -131,12 +144,10 @@ class _BatchRun:
         chunk: list[dict[str, Any]] = []
         size = _BODY_OVERHEAD
         for custom_id in custom_ids:
-            request = {"custom_id": custom_id, "params": self.params(self.items[custom_id].indices[0])}
+            request = {"custom_id": custom_id, "params": self.job.params(self.items[custom_id].indices[0])}
             # ASCII-escaped JSON: an upper bound on the size of however the client encodes it.
             request_size = len(json.dumps(request)) + 2  # ", "
-            if chunk and (
-                len(chunk) == self.cfg.batch.chunk_size or size + request_size > self.cfg.batch.max_batch_bytes
-            ):
+            if chunk and (len(chunk) == self.batch.chunk_size or size + request_size > self.batch.max_batch_bytes):
                 yield chunk
                 chunk, size = [], _BODY_OVERHEAD
             chunk.append(request)
@@ -146,10 +157,10 @@ class _BatchRun:
 
     async def submit(self, custom_ids: list[str]) -> None:
         for requests in self.chunks(custom_ids):
-            batch = await self.api("create", partial(self.editor.client.messages.batches.create, requests=requests))
+            batch = await self.api("create", partial(self.job.client.messages.batches.create, requests=requests))
             ids = [request["custom_id"] for request in requests]
             # Recorded before anything else happens: from here on an interrupted run re-attaches to it.
-            self.cache.add_batch(batch.id, self.scope, ids)
+            self.cache.add_batch(batch.id, self.job.scope, ids)
             self.counters.requests += len(ids)
             self.attach(batch.id, ids)
             log.info("created message batch %s with %d requests", batch.id, len(ids))
@@ -158,12 +169,12 @@ class _BatchRun:
         import anthropic as sdk
 
         try:
-            return await self.editor.client.messages.batches.retrieve(batch_id)
+            return await self.job.client.messages.batches.retrieve(batch_id)
         except sdk.NotFoundError:
             return None
 
     async def _results(self, batch_id: str) -> list:
-        return [line async for line in await self.editor.client.messages.batches.results(batch_id)]
+        return [line async for line in await self.job.client.messages.batches.results(batch_id)]
 
     def resolve(self, custom_id: str, edited: str | None = None, failure: str | None = None) -> None:
         for index in self.items[custom_id].indices:
@@ -176,13 +187,13 @@ class _BatchRun:
         item = self.items[custom_id]
         if isinstance(exc, MalformedReply):
             item.malformed += 1
-            if item.malformed < self.cfg.retry.malformed_attempts:
+            if item.malformed < self.retry.malformed_attempts:
                 self.counters.retries["malformed"] += 1
                 return True
             self.resolve(custom_id, failure="malformed reply")
         elif isinstance(exc, TransientError):
             item.transient += 1
-            if item.transient < self.cfg.retry.max_attempts:
+            if item.transient < self.retry.max_attempts:
                 self.counters.retries[exc.cause] += 1
                 return True
             self.resolve(custom_id, failure=f"{exc} ({item.transient} attempts)")
@@ -198,7 +209,7 @@ class _BatchRun:
             custom_id = line.custom_id
             seen.add(custom_id)
             try:
-                reply = result_reply(line.result)
+                reply = result_reply(line.result, self.job.parse)
             except (MalformedReply, TransientError, PermanentError) as exc:
                 if isinstance(exc, MalformedReply):
                     self.counters.add_usage(exc.usage)
@@ -207,7 +218,7 @@ class _BatchRun:
                 continue
             self.counters.add_usage(reply.usage)
             # Every success is kept, also those of items this run does not need: they were paid for.
-            stored.append((replace(self.scope, content_hash=custom_id), CachedEdit(reply.edited, reply.usage)))
+            stored.append((replace(self.job.scope, content_hash=custom_id), CachedEdit(reply.edited, reply.usage)))
             if self.owner.get(custom_id) == batch_id:
                 self.resolve(custom_id, edited=reply.edited)
         self.cache.close_batch(batch_id, stored)
@@ -224,7 +235,7 @@ class _BatchRun:
 
     async def poll(self) -> None:
         """Poll the open batches until none is left, collecting each as it ends and resubmitting its failures."""
-        interval = self.cfg.batch.poll_interval_s
+        interval = self.batch.poll_interval_s
         while self.open:
             for batch_id in list(self.open):
                 batch = await self.api(f"retrieve {batch_id}", partial(self._retrieve, batch_id))
@@ -245,6 +256,78 @@ class _BatchRun:
                 await asyncio.sleep(interval)
 
 
+@asynccontextmanager
+async def batch_lock(cache: EditCache) -> AsyncIterator[None]:
+    """One batch run per cache at a time: a second one would create batches for the same items before the
+    first has recorded its own. It waits, then (looking the cache up inside the lock) takes what the first
+    stored."""
+    lock = FileLock(f"{cache.path}.batch.lock", thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another batch run is using the cache %s; waiting for it to end", cache.path)
+        while True:
+            await asyncio.sleep(BATCH_LOCK_POLL_S)
+            try:
+                lock.acquire(timeout=0)
+                break
+            except Timeout:
+                continue
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def pending_items(keys: list[CacheKey], cache: EditCache, results: list[str | None]) -> dict[str, list[int]]:
+    """Fill ``results`` from the cache; the rest: content hash (the custom_id) -> the record indices sharing it."""
+    pending: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        if key.content_hash in pending:
+            pending[key.content_hash].append(index)
+        elif (hit := cache.get(key)) is not None:
+            results[index] = hit.edited
+        else:
+            pending[key.content_hash] = [index]
+    return pending
+
+
+async def run_batches(
+    job: BatchJob,
+    cache: EditCache,
+    batch: BatchConfig,
+    retry: RetryConfig,
+    counters: CallCounters,
+    pending: dict[str, list[int]],
+    results: list[str | None],
+    failures: list[str | None],
+    desc: str,
+    progress: bool = True,
+) -> None:
+    """Fill ``results`` (or ``failures``) of the ``pending`` records through Message Batches: re-attach to the
+    open batches an interrupted run recorded, submit the rest, poll until every item is resolved. Run it inside
+    :func:`batch_lock`, with ``pending`` from :func:`pending_items` taken inside it too.
+
+    ``counters.requests`` counts the requests submitted in batches by this run.
+    """
+    items = {custom_id: _Item(indices) for custom_id, indices in pending.items()}
+    cached = len(results) - sum(len(indices) for indices in pending.values())
+    bar = tqdm(total=len(results), initial=cached, desc=desc, unit="item", disable=not progress)
+    run = _BatchRun(job, cache, batch, retry, counters, items, results, failures, bar)
+    try:
+        for batch_id, custom_ids in cache.open_batches(job.scope).items():
+            if any(custom_id in items for custom_id in custom_ids):
+                run.attach(batch_id, custom_ids)
+                log.info("re-attached to message batch %s (%d requests)", batch_id, len(custom_ids))
+        await run.submit([custom_id for custom_id in items if custom_id not in run.owner])
+        await run.poll()
+    finally:
+        bar.close()
+        if run.api_counters.requests:
+            retries = dict(run.api_counters.retries) or "none"
+            log.info("batch API: %d calls, retries %s", run.api_counters.requests, retries)
+
+
 async def collect_edits_batch(
     records: list[dict],
     source_field: str,
@@ -261,72 +344,37 @@ async def collect_edits_batch(
     """
     if not isinstance(editor, ClaudeEditor):
         raise ConfigError(f"--batch needs the anthropic editor, not {editor.name}")
-    # One --batch run per cache at a time: a second one would create batches for the same items before the
-    # first has recorded its own. It waits, then takes what the first stored from the cache.
-    lock = FileLock(f"{cache.path}.batch.lock", thread_local=False)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("another --batch run is using the cache %s; waiting for it to end", cache.path)
-        while True:
-            await asyncio.sleep(BATCH_LOCK_POLL_S)
-            try:
-                lock.acquire(timeout=0)
-                break
-            except Timeout:
-                continue
-    try:
-        return await _collect(records, source_field, editor, cache, cfg, summary, progress)
-    finally:
-        lock.release()
-
-
-async def _collect(
-    records: list[dict],
-    source_field: str,
-    editor: ClaudeEditor,
-    cache: EditCache,
-    cfg: EditConfig,
-    summary: EditSummary,
-    progress: bool,
-) -> tuple[list[str | None], list[str | None]]:
     n = len(records)
     edited: list[str | None] = [None] * n
     failures: list[str | None] = [None] * n
-    items: dict[str, _Item] = {}
-    for index, record in enumerate(records):
-        digest = content_hash(instruction_text(record), record[source_field], editor.fingerprint())
-        key = CacheKey(editor.name, editor.model, PROMPT_VERSION, digest)
-        if digest in items:
-            items[digest].indices.append(index)
-        elif (hit := cache.get(key)) is not None:
-            edited[index] = hit.edited
-        else:
-            items[digest] = _Item([index])
-    summary.from_cache = n - sum(len(item.indices) for item in items.values())
-
-    bar = tqdm(total=n, initial=summary.from_cache, desc="edit (anthropic, batch)", unit="item", disable=not progress)
-    run = _BatchRun(
-        editor,
-        cache,
-        cfg,
-        summary.counters,
-        items,
+    keys = [
+        CacheKey(
+            editor.name,
+            editor.model,
+            PROMPT_VERSION,
+            content_hash(instruction_text(record), record[source_field], editor.fingerprint()),
+        )
+        for record in records
+    ]
+    job = BatchJob(
+        editor.client,
+        CacheKey(editor.name, editor.model, PROMPT_VERSION, ""),
         lambda index: editor.request(instruction_text(records[index]), records[index][source_field]),
-        edited,
-        failures,
-        bar,
+        ClaudeEditor.reply,
     )
-    try:
-        for batch_id, custom_ids in cache.open_batches(run.scope).items():
-            if any(custom_id in items for custom_id in custom_ids):
-                run.attach(batch_id, custom_ids)
-                log.info("re-attached to message batch %s (%d requests)", batch_id, len(custom_ids))
-        await run.submit([custom_id for custom_id in items if custom_id not in run.owner])
-        await run.poll()
-    finally:
-        bar.close()
-        if run.api_counters.requests:
-            retries = dict(run.api_counters.retries) or "none"
-            log.info("batch API: %d calls, retries %s", run.api_counters.requests, retries)
+    async with batch_lock(cache):
+        pending = pending_items(keys, cache, edited)
+        summary.from_cache = n - sum(len(indices) for indices in pending.values())
+        await run_batches(
+            job,
+            cache,
+            cfg.batch,
+            cfg.retry,
+            summary.counters,
+            pending,
+            edited,
+            failures,
+            "edit (anthropic, batch)",
+            progress,
+        )
     return edited, failures

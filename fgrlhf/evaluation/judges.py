@@ -5,11 +5,16 @@ code passes the reference as a and the model's output as b, so pref 2 = the mode
 
 - ``gold``: the simulated environment's programmatic gold reward on both outputs; scores within
   ``epsilon`` are a draw. Offline and deterministic.
-- ``claude``: Claude through the official ``anthropic`` SDK with an AlpacaEval-style pairwise prompt. Each
-  pair is judged in both orders to cancel position bias; orders that disagree make a draw. Calls share the
-  edit pipeline's retry policy (backoff, retry-after, one pause gate) and SQLite cache (every completed
-  call is stored at once, so a re-run re-sends nothing that completed). The SDK reads ANTHROPIC_API_KEY
-  and ANTHROPIC_BASE_URL itself: the key never passes through this module or into any file.
+- ``claude``: Claude through the official ``anthropic`` SDK with an AlpacaEval-style pairwise prompt. Position
+  bias: ``positions="random"`` (AlpacaEval's way) judges each pair once, with output_b shown first or second
+  by a coin drawn from a hash of the comparison (so a re-run, and the cache, see the same order), and maps
+  the verdict back; ``"both"`` judges both orders, and orders that disagree make a draw. Requests go one by
+  one with the edit pipeline's retry policy (backoff, retry-after, one pause gate), or with ``batch`` as
+  Message Batches at half price through the edit pipeline's batch machinery (:mod:`fgrlhf.editing.batch`:
+  chunks, polling, resubmission of failed items, re-attachment to the batches of an interrupted run). Both
+  share its SQLite cache, keyed by (prompt, ordered pair): every completed call is stored, so a re-run
+  re-sends nothing that completed. The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself: the key
+  never passes through this module or into any file.
 - ``rm:PATH``: a reward model scores both outputs (the offline choice on a cluster): an fgrlhf RM directory
   (its sequence score) or any HF sequence-classification RM (logit 0), in a Ray task with the GPUs asked for
   when Ray runs; scores within ``epsilon`` are a draw.
@@ -18,17 +23,23 @@ code passes the reference as a and the model's output as b, so pref 2 = the mode
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from fgrlhf.algorithms.winrate import DRAW, preference_from_scores
 from fgrlhf.config import StrictModel
-from fgrlhf.editing.config import AnthropicEditorConfig, RetryConfig
+from fgrlhf.editing.config import AnthropicEditorConfig, BatchConfig, RetryConfig
 from fgrlhf.editing.retry import CallCounters, MalformedReply, RetryPolicy, Usage
+
+if TYPE_CHECKING:
+    from fgrlhf.editing.editors import EditReply
 
 PROMPT_VERSION = "pairwise-judge-v1"
 
@@ -68,6 +79,42 @@ def parse_verdict(reply: str) -> str | None:
     """``"a"`` or ``"b"`` from the reply's last ``Output (x)`` (a reasoning preamble may name both), else None."""
     found = _VERDICT.findall(reply)
     return found[-1] if found else None
+
+
+def verdict_reply(reply: str, usage: Usage) -> EditReply:
+    """The verdict of a reply as the cache stores it (an :class:`EditReply`); MalformedReply without one."""
+    from fgrlhf.editing.editors import EditReply
+
+    verdict = parse_verdict(reply)
+    if verdict is None:
+        raise MalformedReply(usage)
+    return EditReply(verdict, usage)
+
+
+def judge_request(model: str, max_tokens: int, instruction: str, first: str, second: str) -> dict:
+    """Messages API parameters of one judgement of (first, second): sent at once, or in a Message Batch."""
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "system": SYSTEM_PROMPT,
+        "messages": [{"role": "user", "content": judge_message(instruction, first, second)}],
+    }
+
+
+def model_first(instruction: str, output_a: str, output_b: str) -> bool:
+    """Whether output_b (the model's answer in a win rate) is shown first: a fair coin seeded by the comparison.
+
+    AlpacaEval switches the two outputs by a coin seeded from the example (``is_switched_outputs``), so that
+    the position bias of a judge averages out over a set without paying for both orders; seeding it from a
+    hash of the whole comparison makes a re-run draw the same order and so hit the cache.
+    """
+    digest = hashlib.sha256(json.dumps(["is_switched_outputs", instruction, output_a, output_b]).encode("utf-8"))
+    return digest.digest()[0] & 1 == 1
+
+
+def unswitch(verdict: str, switched: bool) -> float:
+    """Preference of output_a over output_b from the verdict on the pair as shown (switched: (b, a))."""
+    return 1.0 if (verdict == "a") != switched else 2.0
 
 
 def combine_orders(first: str, second: str) -> float:
@@ -122,12 +169,29 @@ class ClaudeJudgeConfig(StrictModel):
     model: str = AnthropicEditorConfig.model_fields["model"].default
     # Room for adaptive thinking before the one-line verdict.
     max_tokens: int = Field(4096, ge=1)
+    positions: Literal["random", "both"] = Field(
+        "random",
+        description="random: one request per comparison, the model's output first or second by a seeded coin "
+        "(AlpacaEval); both: both orders, a disagreement is a draw (twice the requests)",
+    )
+    batch: bool = Field(False, description="send the uncached comparisons as Message Batches (half price, <= 24 h)")
+    poll_interval_s: float = Field(60.0, gt=0.0, description="batch: seconds between status checks of open batches")
+    batch_price_factor: float = Field(
+        BatchConfig.model_fields["price_factor"].default, ge=0.0, description="batch: batch price / list price"
+    )
     timeout_s: float = Field(300.0, gt=0.0, description="per request")
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    concurrency: int = Field(8, ge=1, description="requests in flight at once (without batch)")
     cache: str = Field(str(Path.home() / ".cache" / "fgrlhf" / "judge.sqlite"), description="SQLite cache")
     retry: RetryConfig = Field(default_factory=RetryConfig)
     input_usd_per_mtok: float = Field(AnthropicEditorConfig.model_fields["input_usd_per_mtok"].default, ge=0.0)
     output_usd_per_mtok: float = Field(AnthropicEditorConfig.model_fields["output_usd_per_mtok"].default, ge=0.0)
+
+    def price_factor(self) -> float:
+        """What a request costs relative to list price."""
+        return self.batch_price_factor if self.batch else 1.0
+
+    def requests_per_comparison(self) -> int:
+        return 2 if self.positions == "both" else 1
 
 
 class ClaudeJudge(Judge):
@@ -138,16 +202,24 @@ class ClaudeJudge(Judge):
         self.counters = CallCounters()
         self.from_cache = 0
 
-    def _key(self, instruction: str, first: str, second: str):
-        import json
+    def _scope(self):
+        """The cache rows (and recorded batches) of this judge's model and prompt."""
+        from fgrlhf.editing.cache import CacheKey
 
-        from fgrlhf.editing.cache import CacheKey, content_hash
+        return CacheKey("claude-judge", self.cfg.model, PROMPT_VERSION, "")
+
+    def _key(self, instruction: str, first: str, second: str):
+        from fgrlhf.editing.cache import content_hash
 
         pair = json.dumps([first, second], ensure_ascii=False)
         digest = content_hash(instruction, pair, f"{PROMPT_VERSION}|max_tokens={self.cfg.max_tokens}")
-        return CacheKey("claude-judge", self.cfg.model, PROMPT_VERSION, digest)
+        return replace(self._scope(), content_hash=digest)
 
-    async def _judge_all(self, calls: list[tuple[str, str, str]]) -> list[str | None]:
+    def _request(self, instruction: str, first: str, second: str) -> dict:
+        return judge_request(self.cfg.model, self.cfg.max_tokens, instruction, first, second)
+
+    async def _judge_all(self, calls: list[tuple[str, str, str]]) -> tuple[list[str | None], list[str | None]]:
+        """Verdict (or None) and failure reason (or None) per call, one request at a time per slot."""
         import anthropic
 
         from fgrlhf.editing.cache import CachedEdit, EditCache
@@ -156,6 +228,7 @@ class ClaudeJudge(Judge):
 
         cache = EditCache(self.cfg.cache)
         verdicts: list[str | None] = [None] * len(calls)
+        failures: list[str | None] = [None] * len(calls)
         keys = [self._key(*call) for call in calls]
         pending = []
         for index, key in enumerate(keys):
@@ -169,28 +242,19 @@ class ClaudeJudge(Judge):
         client = anthropic.AsyncAnthropic(max_retries=0, timeout=self.cfg.timeout_s)
         policy, slots = RetryPolicy(self.cfg.retry), asyncio.Semaphore(self.cfg.concurrency)
 
-        async def attempt(instruction: str, first: str, second: str) -> tuple[str, Usage]:
-            reply, usage = await create_message(
-                client,
-                model=self.cfg.model,
-                max_tokens=self.cfg.max_tokens,
-                system=SYSTEM_PROMPT,
-                messages=[{"role": "user", "content": judge_message(instruction, first, second)}],
-            )
-            verdict = parse_verdict(reply)
-            if verdict is None:
-                raise MalformedReply(usage)
-            return verdict, usage
+        async def attempt(instruction: str, first: str, second: str) -> EditReply:
+            return verdict_reply(*await create_message(client, **self._request(instruction, first, second)))
 
         async def one(index: int) -> None:
             async with slots:
                 try:
-                    verdict, usage = await call_with_retries(lambda: attempt(*calls[index]), policy, self.counters)
-                except ItemFailed:
-                    return  # stays None: reported below, retried by the next run
-            self.counters.add_usage(usage)
-            cache.put(keys[index], CachedEdit(verdict, usage))
-            verdicts[index] = verdict
+                    reply = await call_with_retries(lambda: attempt(*calls[index]), policy, self.counters)
+                except ItemFailed as exc:
+                    failures[index] = str(exc)  # reported by compare, retried by the next run
+                    return
+            self.counters.add_usage(reply.usage)
+            cache.put(keys[index], CachedEdit(reply.edited, reply.usage))
+            verdicts[index] = reply.edited
 
         tasks = [asyncio.ensure_future(one(index)) for index in pending]
         try:
@@ -201,35 +265,78 @@ class ClaudeJudge(Judge):
             await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
             cache.close()
-        return verdicts
+        return verdicts, failures
+
+    async def _judge_batch(self, calls: list[tuple[str, str, str]]) -> tuple[list[str | None], list[str | None]]:
+        """:meth:`_judge_all`'s result through Message Batches (:mod:`fgrlhf.editing.batch`): their ids are
+        recorded in the cache as they are created, so the next run after an interruption re-attaches to them
+        instead of paying again."""
+        import anthropic
+
+        from fgrlhf.editing.batch import BatchJob, batch_lock, pending_items, run_batches
+        from fgrlhf.editing.cache import EditCache
+
+        cache = EditCache(self.cfg.cache)
+        verdicts: list[str | None] = [None] * len(calls)
+        failures: list[str | None] = [None] * len(calls)
+        keys = [self._key(*call) for call in calls]
+        client = anthropic.AsyncAnthropic(max_retries=0, timeout=self.cfg.timeout_s)
+        job = BatchJob(client, self._scope(), lambda index: self._request(*calls[index]), verdict_reply)
+        batching = BatchConfig(enabled=True, poll_interval_s=self.cfg.poll_interval_s)
+        try:
+            async with batch_lock(cache):
+                pending = pending_items(keys, cache, verdicts)
+                self.from_cache += len(calls) - sum(len(indices) for indices in pending.values())
+                await run_batches(
+                    job, cache, batching, self.cfg.retry, self.counters, pending, verdicts, failures, "judge", False
+                )
+        finally:
+            await client.close()
+            cache.close()
+        return verdicts, failures
 
     def compare(self, instructions: list[str], outputs_a: list[str], outputs_b: list[str]) -> list[Verdict]:
-        calls = [(i, a, b) for i, a, b in zip(instructions, outputs_a, outputs_b)]
-        calls += [(i, b, a) for i, a, b in zip(instructions, outputs_a, outputs_b)]
-        results = asyncio.run(self._judge_all(calls))
+        comparisons = list(zip(instructions, outputs_a, outputs_b))
+        if self.cfg.positions == "both":
+            switched = [False] * len(comparisons) + [True] * len(comparisons)
+            comparisons += comparisons
+        else:
+            switched = [model_first(*comparison) for comparison in comparisons]
+        calls = [(i, b, a) if s else (i, a, b) for (i, a, b), s in zip(comparisons, switched)]
+        judge = self._judge_batch if self.cfg.batch else self._judge_all
+        results, failures = asyncio.run(judge(calls))
         verdicts = [v for v in results if v is not None]
         if failed := len(results) - len(verdicts):
+            reason = next(f for f in failures if f is not None)
             raise JudgeError(
-                f"{failed} of {len(calls)} judge calls failed after retries; completed calls are "
-                f"cached in {self.cfg.cache}, re-run to retry only the rest"
+                f"{failed} of {len(calls)} judge calls failed after retries (first: {reason}); completed calls "
+                f"are cached in {self.cfg.cache}, re-run to retry only the rest"
             )
         n = len(instructions)
+        if self.cfg.positions == "both":
+            return [
+                Verdict(combine_orders(first, second), {"order_ab": first, "order_ba": second})
+                for first, second in zip(verdicts[:n], verdicts[n:])
+            ]
         return [
-            Verdict(combine_orders(first, second), {"order_ab": first, "order_ba": second})
-            for first, second in zip(verdicts[:n], verdicts[n:])
+            Verdict(unswitch(verdict, switch), {"model_first": switch, "verdict": verdict})
+            for verdict, switch in zip(verdicts, switched)
         ]
 
     def summary(self) -> dict:
-        c = self.counters
-        cost = (c.input_tokens * self.cfg.input_usd_per_mtok + c.output_tokens * self.cfg.output_usd_per_mtok) / 1e6
+        c, cfg = self.counters, self.cfg
+        list_price = c.input_tokens * cfg.input_usd_per_mtok + c.output_tokens * cfg.output_usd_per_mtok
         return {
-            "model": self.cfg.model,
+            "model": cfg.model,
             "requests": c.requests,
             "from_cache": self.from_cache,
             "retries": dict(c.retries),
             "input_tokens": c.input_tokens,
             "output_tokens": c.output_tokens,
-            "cost_usd": round(cost, 6),
+            # Only what this judge sent is counted (cache hits are free), all of it at this mode's price.
+            "cost_usd": round(list_price * cfg.price_factor() / 1e6, 6),
+            "batch": cfg.batch,
+            "positions": cfg.positions,
         }
 
 

@@ -10,7 +10,8 @@ wins) or 1.5 (draw). Win rate = 100 · mean(pref − 1) ± standard error (fgrlh
 Judges (fgrlhf.evaluation.judges): ``gold``, the environment's programmatic gold reward on both outputs (scores within
 ``--epsilon`` are a draw; offline and deterministic, not a human or LLM judge, docs/environments.md);
 ``claude``, Claude through the anthropic SDK (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) with an AlpacaEval
-pairwise prompt judged in both orders (disagreement = draw), retried and cached (``--judge-cache``).
+pairwise prompt, each pair once in an order drawn from a hash of it (AlpacaEval's position randomisation),
+retried and cached (``--judge-cache``).
 Gold scores are reported whatever the judge.
 
 The eval set defaults to the environment's held-out eval split (alpaca-sim: the hash-split part of the 805

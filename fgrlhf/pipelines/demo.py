@@ -1,5 +1,10 @@
 """The main job's pipeline (``fgrlhf demo``, :mod:`fgrlhf.pipelines.demo_cli`): its config, the stages it chains on one
-Ray instance, and the report with its plots."""
+Ray instance, and the report with its plots.
+
+The stages run on a :class:`~fgrlhf.pipelines.stages.Pipeline` in ``--out``: each keyed by the slice of the config it
+depends on and the bytes of its input files (config files included), so a re-run into the same ``--out`` whose
+settings or inputs changed under a finished stage is refused rather than given that stage's stale output; one
+log line per stage with its ETA and the Ray gauge ``fgrlhf_demo_stage``."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from pydantic import Field
 
 from fgrlhf.config import StrictModel
 from fgrlhf.data.loading import read_jsonl
-from fgrlhf.pipelines.stages import CommandFailed, Stages, run_command
+from fgrlhf.pipelines.stages import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("pairs", "edits", "rm", "rm-eval", "ppo", "winrate-before", "winrate-after")
@@ -157,20 +162,19 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
     editor = cfg.editor
     if editor == "auto":
         editor = "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "rule"
-    stages = Stages(out / "stage_seconds.json", until, say=lambda text: console.print(f"[dim]{text}[/dim]"))
-
-    def command(name: str, done: Path, argv: list[str]) -> None:
-        def step() -> None:
-            console.rule(f"stage {name}")
-            try:
-                run_command(*argv)
-            except CommandFailed as exc:
-                raise SystemExit(f"stage {name} failed (exit {exc.code}); fix the cause and re-run to resume") from None
-
-        stages.run(done, step, name)
+    pipeline = Pipeline(
+        out,
+        "fgrlhf_demo_stage",
+        len(STAGES),
+        say=lambda text: console.print(f"[dim]{text}[/dim]"),
+        until=until,
+        resume="re-run to resume",
+        stdout_to_stderr=False,
+        on_start=lambda name: console.rule(f"stage {name}"),
+    )
 
     data_dir = out / "pairs"
-    command(
+    pipeline.command(
         "pairs",
         data_dir / "pairs.jsonl",
         [
@@ -184,12 +188,17 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
             f"generation.model={cfg.model}",
             *cfg.env_data_overrides,
         ],
+        cfg.model_dump(include={"model", "pair_prompts", "env_data_overrides"}),
     )
     train_pairs, heldout_pairs = split_pairs(data_dir / "pairs.jsonl", cfg.heldout_fraction)
 
     edits = out / "edits.jsonl"
     edit_argv = ["edit", "--input", str(train_pairs), "--output", str(edits), "--editor", editor, "--no-progress"]
-    command("edits", edits, edit_argv + (["--rules", repo_file(cfg.edit_rules)] if editor == "rule" else []))
+    rules = Path(repo_file(cfg.edit_rules))
+    if editor == "rule":
+        pipeline.command("edits", edits, [*edit_argv, "--rules", str(rules)], {"editor": editor}, (train_pairs, rules))
+    else:
+        pipeline.command("edits", edits, edit_argv, {"editor": editor}, (train_pairs,))
     edited = count_edited(edits)
     if edited < cfg.min_edits:
         raise ConfigError(
@@ -198,7 +207,7 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
         )
 
     rm_dir = out / "rm"
-    command(
+    pipeline.command(
         "rm",
         rm_dir / "final" / "config.json",
         [
@@ -217,9 +226,11 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
             "eval_fraction=0",
             *cfg.rm_overrides,
         ],
+        cfg.model_dump(include={"model", "rm_overrides"}),
+        (edits, Path(repo_file(cfg.rm_config))),
     )
     rm_report, heatmap = out / "rm_eval.json", out / "rm_heatmap.html"
-    command(
+    pipeline.command(
         "rm-eval",
         rm_report,
         [
@@ -235,10 +246,11 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
             "--heatmap-k",
             "10",
         ],
+        inputs=(heldout_pairs, rm_dir / "final" / "config.json"),
     )
 
     ppo_dir = out / "ppo"
-    command(
+    pipeline.command(
         "ppo",
         ppo_dir / "final" / "config.json",
         [
@@ -255,12 +267,14 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
             "gold_reward=fgrlhf.envs.alpaca_sim:gold_reward",
             *cfg.ppo_overrides,
         ],
+        cfg.model_dump(include={"model", "ppo_overrides"}),
+        (Path(repo_file(cfg.ppo_config)), rm_dir / "final" / "config.json", data_dir / "prompts_train.jsonl"),
     )
 
     winrate = {}
     for label, model in (("before", cfg.model), ("after", str(ppo_dir / "final"))):
         target = out / f"winrate_{label}"
-        command(
+        pipeline.command(
             f"winrate-{label}",
             target / "winrate.json",
             [
@@ -278,6 +292,8 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
                 "--out",
                 str(target),
             ],
+            cfg.model_dump(include={"model", "eval_prompts", "eval_max_new_tokens"}),
+            (ppo_dir / "final" / "config.json",) if label == "after" else (),
         )
         winrate[label] = json.loads((target / "winrate.json").read_text())
 
@@ -293,10 +309,11 @@ def run(cfg: DemoConfig, out: Path, console, until: str | None = None) -> dict:
         "ppo_phase_seconds": mean_phase_seconds(ppo_dir / "metrics.jsonl"),
         "winrate_before": winrate["before"],
         "winrate_after": winrate["after"],
-        "stage_seconds": stages.seconds,
+        "stage_seconds": pipeline.seconds,
         "heatmap": str(heatmap),
         "plots": [str(p) for p in plots],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_report(report), encoding="utf-8")
+    pipeline.finish()
     return report

@@ -13,8 +13,9 @@ printed at the start), so the demo exercises exactly what users run by hand:
   5. ppo       a few token-level PPO steps, the token RM's [R1..Rn] as rewards
   6. winrate   gold reward and win rate vs text-davinci-003 (offline gold judge) before and after PPO
 
-A stage whose output exists is skipped, and an interrupted training stage resumes from its checkpoint,
-so re-running the same command continues where it stopped. ``--until STAGE`` stops after that stage (to
+A finished stage is skipped, and an interrupted training stage resumes from its checkpoint, so re-running
+the same command continues where it stopped; each stage is keyed by its settings and input files
+(DIR/stage_keys.json), so one made under other settings is refused, not reused. ``--until STAGE`` stops after that stage (to
 inspect its output first; the same command without it continues). Writes DIR/report.md, DIR/report.json
 and plots under DIR/plots/.
 """

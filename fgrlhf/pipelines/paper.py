@@ -3,11 +3,13 @@
 data (splits by prompt) → edits → sequence and token RMs (timed) → Table 2 (eval-rm with length baselines) →
 the SFT policy's validation win rate, which fixes the time-to-target before any arm runs → PPO arms × seeds,
 trained in segments of ``eval_every`` steps (``fgrlhf ppo --resume steps=N``: each segment ends with an HF
-export that is evaluated, then the next resumes from the checkpoint) → Table 1 on the best validation
-checkpoint of each run → report (:mod:`fgrlhf.pipelines.paper_report`).
+export whose answers to the validation and eval prompts are generated, then the next resumes from the
+checkpoint) → once every run has trained, each checkpoint's validation answers are judged (a batched Claude
+judge sends them as one Message Batches submission, so no GPU waits on a batch) → Table 1 on the best
+validation checkpoint of each run → report (:mod:`fgrlhf.pipelines.paper_report`).
 
-Every stage is a :class:`~fgrlhf.pipelines.stages.Stages` step keyed by a hash of its config slice and input
-files, so a resubmitted job skips what is done and refuses to reuse a stage made from other inputs.
+Every stage is a step of a :class:`~fgrlhf.pipelines.stages.Pipeline` keyed by a hash of its config slice and
+input files, so a resubmitted job skips what is done and refuses to reuse a stage made from other inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from fgrlhf.data.loading import read_jsonl, write_jsonl
 from fgrlhf.pipelines.paper_config import ARM_RM, PaperConfig
-from fgrlhf.pipelines.stages import CommandFailed, StageProgress, Stages, content_key, run_command
+from fgrlhf.pipelines.stages import Pipeline
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -174,7 +176,8 @@ def build_judge(cfg: PaperConfig, out: Path):
 
 def judge_settings(cfg: PaperConfig) -> list:
     """What a judgement depends on besides the answers (its stage key)."""
-    return [cfg.eval.judge, cfg.eval.epsilon, cfg.eval.claude.model, cfg.eval.claude.max_tokens]
+    claude = cfg.eval.claude
+    return [cfg.eval.judge, cfg.eval.epsilon, claude.model, claude.max_tokens, claude.positions]
 
 
 def judge_file(judge, outputs: Path, target: Path) -> None:
@@ -217,29 +220,19 @@ class PaperJob:
 
     def __init__(self, cfg: PaperConfig, out: Path, say=log.info, wandb=None):
         self.cfg, self.out, self.say, self.wandb = cfg, out, say, wandb
-        self.stages = Stages(out / "stage_seconds.json", keys=out / "stage_keys.json", say=say)
         self.data = out / "data"
-        on_done = wandb.stage if wandb is not None else None
-        self.progress = StageProgress("fgrlhf_paper_stage", self.planned_stages(), say, on_done)
+        self.pipeline = Pipeline(
+            out,
+            "fgrlhf_paper_stage",
+            self.planned_stages(),
+            say=say,
+            resume="resubmit with the same --out",
+            on_done=wandb.stage if wandb is not None else None,
+        )
 
     def planned_stages(self) -> int:
         runs = len(self.cfg.ppo.arms) * len(self.cfg.ppo.seeds)
         return 13 + runs * (3 * len(segment_ends(self.cfg)) + 1)
-
-    def stage(self, output: Path, step, name: str, key: object, inputs: tuple[Path, ...] = ()) -> Path:
-        with self.progress.stage(name):
-            return self.stages.run(output, step, name, key=content_key(key, inputs))
-
-    def command(self, name: str, output: Path, argv: list[object], key: object, inputs: tuple[Path, ...] = ()):
-        def step() -> None:
-            try:
-                run_command(*argv, stdout_to_stderr=True)
-            except CommandFailed as exc:
-                raise SystemExit(
-                    f"stage {name} failed (exit {exc.code}); fix the cause and resubmit with the same --out"
-                ) from None
-
-        return self.stage(output, step, name, key, inputs)
 
     def run(self) -> dict:
         from fgrlhf.pipelines.paper_report import write_report
@@ -255,7 +248,7 @@ class PaperJob:
         judge = build_judge(cfg, self.out)
         initial = self.stage_evaluate("sft", cfg.policy, splits, judge, self.out / "evals" / "sft")
         target = self.out / "target.json"
-        self.stage(
+        self.pipeline.stage(
             target,
             lambda: _write_json(
                 target,
@@ -271,17 +264,27 @@ class PaperJob:
         )
         sft_eval = self.out / "evals" / "sft" / "eval.json"
         sft_outputs = self.out / "evals" / "sft" / "outputs.jsonl"
-        self.stage(
+        self.pipeline.stage(
             sft_eval,
             lambda: judge_split(judge, sft_outputs, "eval", sft_eval),
             "table1-sft",
             judge_settings(cfg),
             (sft_outputs,),
         )
-        runs = {}
+        trained = {}
         for seed in cfg.ppo.seeds:  # seed-major: load on the machine hits the arms alike
             for arm in cfg.ppo.arms:
-                runs[f"{arm}-s{seed}"] = self.stage_arm(arm, seed, rms[ARM_RM[arm]], splits, judge)
+                trained[f"{arm}-s{seed}"] = self.train_arm(arm, seed, rms[ARM_RM[arm]], splits)
+        # Judged after every arm trained, so a batched judge sends each split's comparisons as one batch rather
+        # than holding the GPUs idle while a batch per checkpoint completes.
+        prejudge(
+            judge,
+            [where / "outputs.jsonl" for run in trained.values() for where in run["evals"].values()],
+            "validation",
+        )
+        best = {name: self.best_checkpoint(name, run, judge) for name, run in trained.items()}
+        prejudge(judge, [trained[name]["evals"][step] / "outputs.jsonl" for name, step in best.items()], "eval")
+        runs = {name: self.table1_entry(name, run, best[name], judge) for name, run in trained.items()}
         ppo_gpus = gpus_of_ppo(
             ppo_config(cfg, cfg.ppo.arms[0], rms[ARM_RM[cfg.ppo.arms[0]]]["final"], str(splits["ppo_prompts"]))
         )
@@ -295,7 +298,7 @@ class PaperJob:
             runs=runs,
             ppo_gpus=ppo_gpus,
         )
-        self.progress.finish()
+        self.pipeline.finish()
         if self.wandb is not None:
             self.wandb.report(report, self.out)
         return report
@@ -314,7 +317,7 @@ class PaperJob:
             Path(repo_data(p)) for p in (self.cfg.preference_data, self.cfg.eval_set, self.cfg.ppo_prompts) if p
         )
         key = [self.cfg.splits.model_dump(), self.cfg.preference_data, self.cfg.eval_set, self.cfg.ppo_prompts]
-        self.stage(summary, step, "data", key, inputs)
+        self.pipeline.stage(summary, step, "data", key, inputs)
         return files
 
     def stage_edits(self, splits: dict[str, Path]) -> dict[str, Path]:
@@ -333,7 +336,7 @@ class PaperJob:
                     )
                     write_jsonl(target, [r for r in records if r["prompt"] in prompts])
 
-                self.stage(out[which], step, f"edits-{which}", ed.model_dump(), (source, Path(edits_file)))
+                self.pipeline.stage(out[which], step, f"edits-{which}", ed.model_dump(), (source, Path(edits_file)))
                 continue
             argv: list[object] = [
                 "edit",
@@ -350,7 +353,9 @@ class PaperJob:
             argv += ["--model", ed.model] if ed.model else []
             argv += ["--rules", repo_file(ed.rules)] if ed.rules else []
             rules = (Path(repo_file(ed.rules)),) if ed.rules else ()
-            self.command(f"edits-{which}", out[which], [*argv, *ed.overrides], ed.model_dump(), (source, *rules))
+            self.pipeline.command(
+                f"edits-{which}", out[which], [*argv, *ed.overrides], ed.model_dump(), (source, *rules)
+            )
         return out
 
     def stage_rm(self, kind: str, data: Path) -> dict:
@@ -363,9 +368,9 @@ class PaperJob:
 
         def step() -> None:
             began = time.perf_counter()
-            run_command(
+            self.pipeline.run_command(
                 "train-rm", "--config", config, "--data", data, "--kind", kind, "--model", cfg.policy,
-                "--out", run_dir, "--resume", *rm_overrides(cfg, kind), stdout_to_stderr=True,
+                "--out", run_dir, "--resume", *rm_overrides(cfg, kind),
             )  # fmt: skip
             hours = (time.perf_counter() - began) / 3600
             gpus, batch = gpus_of_rm(typed), typed.deepspeed.global_batch_size
@@ -384,7 +389,7 @@ class PaperJob:
                 },
             )
 
-        self.stage(
+        self.pipeline.stage(
             timing, step, f"rm-{kind}", [kind, cfg.policy, Path(config).read_text(), rm_overrides(cfg, kind)], (data,)
         )
         return {**json.loads(timing.read_text()), "final": str(run_dir / "final")}
@@ -399,7 +404,7 @@ class PaperJob:
             for name, data in sets.items():
                 report = self.out / "table2" / f"{kind}-{name}.json"
                 argv = ["eval-rm", "--rm", rm["final"], "--data", data, "--report", report]
-                self.command(
+                self.pipeline.command(
                     f"table2-{kind}-{name}", report, argv, [kind, name], (data, Path(rm["final"]) / "config.json")
                 )
                 results.setdefault(kind, {})[name] = json.loads(report.read_text())
@@ -407,6 +412,10 @@ class PaperJob:
 
     def stage_evaluate(self, name: str, policy: str, splits: dict[str, Path], judge, where: Path) -> Path:
         """A policy's answers on the validation and eval prompts, and its validation win rate."""
+        self.stage_answers(name, policy, splits, where)
+        return self.stage_judge(name, judge, where)
+
+    def stage_answers(self, name: str, policy: str, splits: dict[str, Path], where: Path) -> Path:
         outputs = where / "outputs.jsonl"
 
         def answer() -> None:
@@ -415,61 +424,86 @@ class PaperJob:
             write_jsonl(outputs, [{**r, "output": t} for r, t in zip(records, texts)])
 
         key = [policy, self.cfg.eval.model_dump(exclude={"judge", "claude", "epsilon"}), self.cfg.prompt_format]
-        self.stage(outputs, answer, f"answers-{name}", key, (splits["validation"], splits["eval"]))
-        validation = where / "validation.json"
-        self.stage(
+        return self.pipeline.stage(outputs, answer, f"answers-{name}", key, (splits["validation"], splits["eval"]))
+
+    def stage_judge(self, name: str, judge, where: Path) -> Path:
+        """The validation win rate of the answers in ``where``."""
+        outputs, validation = where / "outputs.jsonl", where / "validation.json"
+        return self.pipeline.stage(
             validation,
             lambda: judge_split(judge, outputs, "validation", validation),
             f"judge-{name}",
             judge_settings(self.cfg),
             (outputs,),
         )
-        return validation
 
-    def stage_arm(self, arm: str, seed: int, rm: dict, splits: dict[str, Path], judge) -> dict:
-        """One PPO run in segments; returns the per-checkpoint validation results and Table 1's entry."""
+    def train_arm(self, arm: str, seed: int, rm: dict, splits: dict[str, Path]) -> dict:
+        """One PPO run in segments of ``eval_every`` steps, each ending with the policy's answers."""
         cfg = self.cfg
         name = f"{arm}-s{seed}"
         run_dir = self.out / "ppo" / name
         config = repo_file(cfg.ppo.config)
-        checkpoints = {}
+        evals = {}
         for end in segment_ends(cfg):
             where = self.out / "evals" / name / f"step_{end}"  # beside, not inside, the ppo run directory
             overrides = ppo_overrides(cfg, arm, seed, rm["final"], str(splits["ppo_prompts"]), end)
 
             def train(overrides: list[str] = overrides, done: Path = where / "trained", end: int = end) -> None:
-                run_command("ppo", "--config", config, "--out", run_dir, "--resume", *overrides, stdout_to_stderr=True)
+                self.pipeline.run_command("ppo", "--config", config, "--out", run_dir, "--resume", *overrides)
                 done.parent.mkdir(parents=True, exist_ok=True)
                 done.write_text(f"{end}\n", encoding="utf-8")
 
             key = [Path(config).read_text(), overrides]
-            self.stage(
+            self.pipeline.stage(
                 where / "trained",
                 train,
                 f"ppo-{name}-step{end}",
                 key,
                 (splits["ppo_prompts"], Path(rm["final"]) / "config.json"),
             )
-            validation = self.stage_evaluate(f"{name}-step{end}", str(run_dir / "final"), splits, judge, where)
-            checkpoints[end] = json.loads(validation.read_text())
-        best = max(checkpoints, key=lambda step: (checkpoints[step]["win_rate"], -step))  # ties: the earlier one
+            self.stage_answers(f"{name}-step{end}", str(run_dir / "final"), splits, where)
+            evals[end] = where
+        return {"arm": arm, "seed": seed, "metrics": str(run_dir / "metrics.jsonl"), "evals": evals}
+
+    def best_checkpoint(self, name: str, run: dict, judge) -> int:
+        """Judges each checkpoint's validation answers; the step with the best win rate (ties: the earlier)."""
+        run["checkpoints"] = {
+            end: json.loads(self.stage_judge(f"{name}-step{end}", judge, where).read_text())
+            for end, where in run["evals"].items()
+        }
+        return max(run["checkpoints"], key=lambda step: (run["checkpoints"][step]["win_rate"], -step))
+
+    def table1_entry(self, name: str, run: dict, best: int, judge) -> dict:
+        """Table 1: the best validation checkpoint's win rate on the eval split (never selected on)."""
         table1 = self.out / "evals" / name / f"table1-step{best}.json"  # a longer run may pick another best
-        outputs = self.out / "evals" / name / f"step_{best}" / "outputs.jsonl"
-        self.stage(
+        outputs = run["evals"][best] / "outputs.jsonl"
+        self.pipeline.stage(
             table1,
             lambda: judge_split(judge, outputs, "eval", table1, extra={"best_step": best}),
             f"table1-{name}-step{best}",
-            [*judge_settings(cfg), best],
+            [*judge_settings(self.cfg), best],
             (outputs,),
         )
         return {
-            "arm": arm,
-            "seed": seed,
-            "metrics": str(run_dir / "metrics.jsonl"),
-            "checkpoints": checkpoints,
+            "arm": run["arm"],
+            "seed": run["seed"],
+            "metrics": run["metrics"],
+            "checkpoints": run["checkpoints"],
             "best_step": best,
             "table1": json.loads(table1.read_text()),
         }
+
+
+def prejudge(judge, outputs: list[Path], split: str) -> None:
+    """Fill a batched Claude judge's cache with every comparison of ``split`` in ``outputs`` in one Message
+    Batches submission; the per-checkpoint judge stages then read the cache. Other judges judge per stage."""
+    from fgrlhf.evaluation.judges import ClaudeJudge
+
+    if not (isinstance(judge, ClaudeJudge) and judge.cfg.batch):
+        return
+    rows = [r for path in outputs if path.exists() for r in read_jsonl(path) if r["split"] == split]
+    if rows:
+        judge.compare([r["prompt"] for r in rows], [r["reference"] for r in rows], [r["output"] for r in rows])
 
 
 def judge_split(judge, outputs: Path, split: str, target: Path, extra: dict | None = None) -> None:

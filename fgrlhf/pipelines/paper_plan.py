@@ -59,7 +59,8 @@ def data_sizes(cfg: PaperConfig) -> Sizes:
 
 
 def claude_cost(cfg: PaperConfig, sizes: Sizes) -> dict:
-    """Requests, tokens and USD of the editor and the judge (both orders of every comparison)."""
+    """Requests, tokens and USD of the editor and the judge (one request per comparison with
+    ``eval.claude.positions`` random, two with both; batch prices where they use Message Batches)."""
     from fgrlhf.config import load_config
     from fgrlhf.editing.config import EditConfig
     from fgrlhf.editing.prompts import SYSTEM_PROMPT as EDIT_SYSTEM
@@ -92,14 +93,14 @@ def claude_cost(cfg: PaperConfig, sizes: Sizes) -> dict:
         text = JUDGE_SYSTEM + judge_message(
             "x" * int(sizes.prompt_chars), "x" * int(sizes.reference_chars), "x" * int(answer)
         )
-        n = 2 * comparisons
-        inp, outp = n * tokens(len(text)), n * e.judge_output_tokens
         j = cfg.eval.claude
+        n = j.requests_per_comparison() * comparisons
+        inp, outp = n * tokens(len(text)), n * e.judge_output_tokens
         out["judge"] = {
             "requests": n,
             "input_tokens": inp,
             "output_tokens": outp,
-            "usd": (inp * j.input_usd_per_mtok + outp * j.output_usd_per_mtok) / 1e6,
+            "usd": (inp * j.input_usd_per_mtok + outp * j.output_usd_per_mtok) / 1e6 * j.price_factor(),
         }
     return out
 

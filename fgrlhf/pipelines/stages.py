@@ -1,7 +1,12 @@
 """Resumable stages: ``fgrlhf`` commands (or any step that writes one output) run in sequence in-process, each
-skipped when its output exists, so an interrupted run re-run continues at the first stage not done. The
-demo (``fgrlhf demo``), the paper job (``fgrlhf paper``) and the paper-table benchmarks (``benchmarks/common.py``)
-chain their stages here.
+skipped when it is done, so an interrupted run re-run continues at the first stage not done.
+
+:class:`Pipeline` is the one staged-job runner: the demo (``fgrlhf demo``), the paper job (``fgrlhf paper``)
+and the paper-table benchmarks' data preparation (``benchmarks/common.py``) chain their stages on it. It keeps
+each finished stage's seconds (``stage_seconds.json``) and :func:`content_key` of its settings and input files
+(``stage_keys.json``) in the run's directory, so a re-run into that directory with other settings or inputs
+is refused (:class:`StageChanged`) instead of reusing stale outputs; it logs one line per stage with an ETA and
+sets a Ray dashboard gauge per stage (:class:`StageProgress`). :class:`Stages` is the skip-if-done core.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fgrlhf.config import ConfigError
@@ -67,9 +72,12 @@ class Stages:
     step writes it last, atomically). With ``timings`` (a JSON file of the seconds each finished stage took,
     kept so a resumed run still reports the earlier ones), done also means finished: a stage that wrote its
     output and then failed, e.g. ``fgrlhf edit`` with some items failed (exit 3), runs again and retries
-    only what failed. ``until`` names the last stage to run (:class:`StoppedAfter` after it). With ``keys`` (a
-    JSON file of each finished stage's :func:`content_key`), a stage given a ``key`` is done only under the
-    same key: a finished stage with another key raises :class:`StageChanged` rather than reuse stale output."""
+    only what failed; ``trust_outputs`` keeps "done when the output exists" while still recording the seconds,
+    for steps that write their output only on success and stores that predate the timings file (the
+    benchmarks' work dirs). ``until`` names the last stage to run (:class:`StoppedAfter` after it). With ``keys``
+    (a JSON file of each finished stage's :func:`content_key`), a stage given a ``key`` is done only under the
+    same key: a finished stage with another key raises :class:`StageChanged` rather than reuse stale output; one
+    with no recorded key (made before keys were kept) is taken as made under this key."""
 
     def __init__(
         self,
@@ -77,8 +85,10 @@ class Stages:
         until: str | None = None,
         say: Callable[[str], None] = log.info,
         keys: Path | None = None,
+        trust_outputs: bool = False,
     ):
         self.timings = timings
+        self.trust_outputs = trust_outputs
         self.until = until
         self.say = say
         self.seconds: dict[str, float] = _read(timings)
@@ -88,7 +98,7 @@ class Stages:
     def run(self, output: Path, step: Callable[[], None], name: str | None = None, key: str | None = None) -> Path:
         """Run ``step`` (named ``name``, default the output's file name) unless done; ``output``."""
         name = name or output.name
-        done = output.exists() and (self.timings is None or name in self.seconds)
+        done = output.exists() and (self.timings is None or self.trust_outputs or name in self.seconds)
         if done and key is not None and self.keys.get(name, key) != key:
             raise StageChanged(
                 f"stage {name}: {output} was made from other inputs or settings; use the run's settings, "
@@ -113,13 +123,14 @@ class Stages:
 
 
 class StageProgress:
-    """One log line per stage with its ETA (mean seconds of the stages run so far × those left), and a Ray
-    dashboard gauge per stage (1 running, 2 done)."""
+    """One log line per stage with its ETA (mean seconds of the stages run so far × those left, when the
+    ``total`` planned is known; a job may set ``total`` as it learns it), and a Ray dashboard gauge per stage
+    (1 running, 2 done)."""
 
     def __init__(
         self,
         gauge: str,
-        total: int,
+        total: int | None,
         say: Callable[[str], None] = log.info,
         on_done: Callable[[str, float], None] | None = None,
     ):
@@ -142,21 +153,100 @@ class StageProgress:
         def running():
             began = time.perf_counter()
             self._set(name, 1)
-            yield
-            seconds = time.perf_counter() - began
-            self._set(name, 2)
-            self.done += 1
-            self.spent += seconds
-            left = max(self.total - self.done, 0)
-            eta = self.spent / self.done * left
-            self.say(f"stage {self.done}/{self.total} {name}: {seconds:.0f} s; ETA {eta / 60:.0f} min for {left} more")
-            if self.on_done is not None:
-                self.on_done(name, seconds)
+            try:
+                yield
+            except StoppedAfter:  # the stage finished; the job stops after it (``until``)
+                self._finished(name, time.perf_counter() - began)
+                raise
+            self._finished(name, time.perf_counter() - began)
 
         return running()
 
+    def _finished(self, name: str, seconds: float) -> None:
+        self._set(name, 2)
+        self.done += 1
+        self.spent += seconds
+        if self.total is None:
+            self.say(f"stage {self.done} {name}: {seconds:.0f} s")
+        else:
+            left = max(self.total - self.done, 0)
+            eta = self.spent / self.done * left
+            self.say(f"stage {self.done}/{self.total} {name}: {seconds:.0f} s; ETA {eta / 60:.0f} min for {left} more")
+        if self.on_done is not None:
+            self.on_done(name, seconds)
+
     def finish(self) -> None:
         self.say(f"all {self.done} stages done in {self.spent / 60:.1f} min")
+
+
+class Pipeline:
+    """The stages of one job in the directory ``root``: a :class:`Stages` with its timings
+    (``root/stage_seconds.json``) and keys (``root/stage_keys.json``), and a :class:`StageProgress` whose Ray
+    gauge is ``gauge`` (``total``: stages planned, None when unknown). Every stage is keyed by
+    :func:`content_key` of its settings and input files. A failed ``fgrlhf`` command ends the job with one line
+    naming its stage and ``resume`` (how to go on); ``stdout_to_stderr``: the commands' JSON lines go to stderr.
+    ``on_start(name)`` is called before a stage's step runs (not when it is skipped)."""
+
+    def __init__(
+        self,
+        root: Path,
+        gauge: str,
+        total: int | None = None,
+        *,
+        say: Callable[[str], None] = log.info,
+        until: str | None = None,
+        resume: str = "re-run the same command to resume",
+        stdout_to_stderr: bool = True,
+        on_start: Callable[[str], None] | None = None,
+        on_done: Callable[[str, float], None] | None = None,
+        trust_outputs: bool = False,
+    ):
+        self.root, self.resume, self.stdout_to_stderr, self.on_start = root, resume, stdout_to_stderr, on_start
+        self.stages = Stages(
+            root / "stage_seconds.json", until, say, keys=root / "stage_keys.json", trust_outputs=trust_outputs
+        )
+        self.progress = StageProgress(gauge, total, say, on_done)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds of each finished stage, this run's and the earlier runs' (as in ``stage_seconds.json``)."""
+        return self.stages.seconds
+
+    def stage(
+        self,
+        output: Path,
+        step: Callable[[], None],
+        name: str | None = None,
+        key: object = None,
+        inputs: tuple[Path, ...] = (),
+    ) -> Path:
+        """Run ``step`` unless done; ``key``: the settings (JSON-able) ``output`` depends on besides the bytes of
+        the files ``inputs``. ``name`` defaults to the output's path under the root."""
+        name = name or (str(output.relative_to(self.root)) if output.is_relative_to(self.root) else str(output))
+
+        def run() -> None:
+            if self.on_start is not None:
+                self.on_start(name)
+            try:
+                step()
+            except CommandFailed as exc:
+                raise SystemExit(f"stage {name} failed (exit {exc.code}); fix the cause and {self.resume}") from None
+
+        with self.progress.stage(name):
+            return self.stages.run(output, run, name, key=content_key(key, inputs))
+
+    def command(
+        self, name: str | None, output: Path, argv: Sequence[object], key: object = None, inputs: tuple[Path, ...] = ()
+    ) -> Path:
+        """A stage that runs ``fgrlhf ARGV`` (:meth:`run_command`), done when it has written ``output``."""
+        return self.stage(output, lambda: self.run_command(*argv), name, key, inputs)
+
+    def run_command(self, *argv: object) -> None:
+        """``fgrlhf ARGV`` in-process, for a step: its failure ends the job naming the stage it ran in."""
+        run_command(*argv, stdout_to_stderr=self.stdout_to_stderr)
+
+    def finish(self) -> None:
+        self.progress.finish()
 
 
 def _read(path: Path | None) -> dict:

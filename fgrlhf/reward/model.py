@@ -58,9 +58,18 @@ class RewardModel(nn.Module):
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.backbone.gradient_checkpointing_enable(**kwargs)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Head output at every position, ``[B, L]`` (meaningless on padding: callers mask)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Head output at every position, ``[B, L]`` (meaningless on padding: callers mask). Packed rows
+        (:func:`fgrlhf.workers.packing.pack_row`) give ``position_ids`` and no ``attention_mask``; no KV cache, so
+        transformers builds their block-diagonal mask."""
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         return self.head(hidden).squeeze(-1)
 
     # --- reading scores ---------------------------------------------------------------------------------
@@ -163,8 +172,11 @@ def read_reward_info(directory: str | Path) -> dict[str, Any]:
     return section
 
 
-def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -> RewardModel:
-    """Load a saved RM of either kind, in its saved dtype unless ``dtype`` is given.
+def load_reward_model(
+    directory: str | Path, dtype: torch.dtype | None = None, attn_implementation: str | None = None
+) -> RewardModel:
+    """Load a saved RM of either kind, in its saved dtype unless ``dtype`` is given, with transformers' default
+    attention unless ``attn_implementation`` (``ModelConfig.attn_implementation``) names one.
 
     Also PPO's critic initialisation: the returned module's :func:`per_position_scores` are the values,
     so the critic starts as the RM (AlpacaFarm). Inside :func:`fgrlhf.runtime.distributed.zero3_init` at ZeRO-3
@@ -186,7 +198,7 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -
     zero3 = zero3_loading()
     # Either way no throw-away random init: every weight comes from the file.
     with partitioned_construction(zero3) if zero3 is not None else no_init_weights():
-        backbone = AutoModel.from_config(config, dtype=dtype)
+        backbone = AutoModel.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
         model = KINDS[info["kind"]](backbone, {k: v for k, v in info.items() if k != "kind"})
     if zero3 is not None:
         load_partitioned(model, [directory / WEIGHTS])
@@ -195,6 +207,11 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -
     return model
 
 
-def per_position_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def per_position_scores(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Head output at every position ``[B, L]`` of an RM module or its DeepSpeed engine (a critic's values)."""
-    return model(input_ids=input_ids, attention_mask=attention_mask)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)

@@ -249,8 +249,14 @@ def leave_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_model: bool = False) -> dict[str, Any]:
+def deepspeed_config(
+    cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_model: bool = False, autocast: str = "none"
+) -> dict[str, Any]:
     """The ``config`` dict for ``deepspeed.initialize``; the optimizer is passed in as a torch object.
+
+    ``autocast="bf16"`` (``ModelConfig.autocast``): DeepSpeed's ``torch_autocast`` section, so the engine runs
+    each forward under ``torch.autocast(bfloat16)`` over the float32 weights and optimizer state (the backward
+    follows the forward's casts).
 
     ``tiny_model``: the random-init test model, whose parameters are all below DeepSpeed's ZeRO-3
     persistence threshold; it gets threshold 0 so that tests partition and gather every parameter as a
@@ -269,6 +275,8 @@ def deepspeed_config(cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_
     }
     if cfg.zero_stage == 3 and tiny_model:
         config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    if autocast == "bf16":
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     if cfg.grad_accum_dtype is not None:
         config["data_types"] = {"grad_accum_dtype": cfg.grad_accum_dtype}
     if cfg.warmup_steps:
@@ -433,9 +441,14 @@ def writable(params):
 
 
 def build_engine(
-    model: torch.nn.Module, cfg: DeepSpeedConfig, total_steps: int | None = None, tiny_model: bool = False
+    model: torch.nn.Module,
+    cfg: DeepSpeedConfig,
+    total_steps: int | None = None,
+    tiny_model: bool = False,
+    autocast: str = "none",
 ):
-    """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW (no fused-op compilation on CPU)."""
+    """Wrap ``model`` in a DeepSpeed engine with a plain torch AdamW (no fused-op compilation on CPU);
+    ``autocast``: see :func:`deepspeed_config`."""
     import deepspeed
 
     enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)  # transformers models have it
@@ -444,7 +457,7 @@ def build_engine(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg, total_steps, tiny_model)
+        model=model, optimizer=optimizer, config=deepspeed_config(cfg, total_steps, tiny_model, autocast)
     )
     return engine, optimizer, scheduler
 

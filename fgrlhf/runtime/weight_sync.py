@@ -67,12 +67,16 @@ def choose_backend(configured: str, members_have_cuda: list[bool]) -> str:
 
 
 def checksums(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
-    """float64 sum of |x| + x·position-weight per tensor: cheap, order-sensitive fingerprints."""
+    """float64 sum of |x| + x·position-weight per tensor: cheap, order-sensitive fingerprints. Summed by numpy,
+    whose single-threaded pairwise sum gives the same bits in every process; torch's parallel sum depends on
+    the process's thread count, which differs between actors and drivers."""
+    import numpy as np
+
     out = {}
     for name, tensor in named_tensors:
-        flat = tensor.detach().reshape(-1).to(torch.float64).cpu()
-        weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64)
-        out[name] = float((flat * weights).sum() + flat.abs().sum())
+        flat = tensor.detach().reshape(-1).to(torch.float64).cpu().numpy()
+        weights = np.linspace(1.0, 2.0, flat.size, dtype=np.float64)
+        out[name] = float(np.sum(flat * weights) + np.sum(np.abs(flat)))
     return out
 
 

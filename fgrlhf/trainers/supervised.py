@@ -29,10 +29,11 @@ over equal-sized micro-batches, the averaged gradient is the global batch's mean
 is dropped for the same reason.
 
 Outputs in the run directory (:mod:`fgrlhf.runtime.run_dir`, which also decides whether ``--out`` may be used):
-``metrics.jsonl`` (one JSON object per step: step, epoch, loss, lr, examples_per_s, the task's metrics, and
-``eval_*`` on eval steps), ``tb/`` (TensorBoard), ``checkpoints/step_N/`` (DeepSpeed engine states of all
-ranks under tag ``ds``, with each rank's torch RNG, plus ``trainer_state.json`` written last: a checkpoint
-without it is incomplete and ignored on resume) and ``final/`` (``task.save_pretrained``). A resumed run
+``metrics.jsonl`` (one JSON object per step: step, epoch, loss, lr, examples_per_s, the task's metrics,
+``eval_*`` on eval steps and, on GPU ranks, ``gpu/learnerR/*``: :mod:`fgrlhf.runtime.device_stats`), ``tb/``
+(TensorBoard), ``checkpoints/step_N/`` (DeepSpeed engine states of all ranks under tag ``ds``, with each
+rank's torch RNG, plus ``trainer_state.json`` written last: a checkpoint without it is incomplete and ignored
+on resume) and ``final/`` (``task.save_pretrained``). A resumed run
 restarts from the newest complete checkpoint at the same step and data order; the metric lines after it are
 dropped and redone. DeepSpeed writes each rank's shards itself, so a multi-node run needs the run directory
 on a shared file system.
@@ -146,13 +147,15 @@ def weighted_mean(parts: list[tuple[dict[str, float], float]]) -> dict[str, floa
     return {key: sum(m.get(key, 0.0) * c for m, c in parts) / total for key in sorted(keys)} if total else {}
 
 
+def _tag(key: str) -> str:
+    if key.startswith("gpu/"):
+        return key
+    return f"{'eval' if key.startswith('eval_') else 'train'}/{key.removeprefix('eval_')}"
+
+
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
-    """TensorBoard tags: ``train/KEY`` and ``eval/KEY`` (for ``eval_KEY``)."""
-    return {
-        f"{'eval' if k.startswith('eval_') else 'train'}/{k.removeprefix('eval_')}": v
-        for k, v in record.items()
-        if k != "step" and isinstance(v, (int, float))
-    }
+    """TensorBoard tags: ``train/KEY``, ``eval/KEY`` (for ``eval_KEY``) and the ``gpu/`` keys unchanged."""
+    return {_tag(k): v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -200,6 +203,8 @@ def run_supervised_training(
     returns the last step's metrics + ``final_dir``. The caller marks the run finished."""
     from tqdm import tqdm
 
+    from fgrlhf.runtime.device_stats import step_gpu_metrics
+
     ds = cfg.deepspeed
     train = task.prepare(train_records)
     evals = task.prepare(eval_records) if eval_records else []
@@ -245,6 +250,8 @@ def run_supervised_training(
         )
 
     with _ranks(task, ds, cfg.seed, total) as ranks:
+        # ranks with a GPU report its memory and utilisation each step (role "learner", as `fgrlhf plan` names them)
+        gpu_ranks = {("learner", rank): actor for rank, actor in enumerate(ranks)} if ds.num_gpus_per_rank > 0 else {}
         metrics_log = run.metrics(start)
         record: dict[str, Any] = {}
         try:
@@ -266,6 +273,7 @@ def run_supervised_training(
                 }
                 if evals and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
                     record.update(_evaluate(ranks, evals, ds))
+                record.update(step_gpu_metrics(gpu_ranks))  # {} and no Ray call on CPU ranks
                 metrics_log.write(record, _scalars(record))
                 bar.update(1)
                 bar.set_postfix(

@@ -23,16 +23,22 @@ import torch
 
 from fgrlhf.algorithms import ppo_core
 from fgrlhf.config import DeepSpeedConfig, ModelConfig
-from fgrlhf.workers.packing import Packed, at_response, pack, split
+from fgrlhf.workers.packing import (
+    Batch,
+    at_response,
+    build,
+    lengths_of,
+    micro_batches,
+    plan_micro_batches,
+    resolve_layout,
+    split,
+    split_to_count,
+)
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
     from fgrlhf.runtime.weight_sync import WeightSyncGroup
-
-
-def _micro_batches(size: int, micro: int) -> list[slice]:
-    return [slice(i, min(i + micro, size)) for i in range(0, size, micro)]
 
 
 @dataclass(frozen=True)
@@ -80,20 +86,23 @@ class DeepSpeedLearner(ABC):
         self.tokenizer = load_tokenizer(self.policy_cfg.name)
         self.pad_id = self.tokenizer.pad_token_id
         tiny = self.policy_cfg.name == "tiny"
-        self.engine, self.optimizer, self.scheduler = build_engine(self._build_model(), self.ds_cfg, tiny_model=tiny)
+        self.engine, self.optimizer, self.scheduler = build_engine(
+            self._build_model(), self.ds_cfg, tiny_model=tiny, autocast=self.policy_cfg.autocast
+        )
         self.device = self.engine.device
+        self.layout = resolve_layout(self.ds_cfg.packing, self.engine.module, self.device)
 
     @abstractmethod
     def _build_model(self) -> torch.nn.Module:
         """The role's model, built after the process group exists (ZeRO-3 may partition it while loading)."""
 
     @abstractmethod
-    def _evaluate_batch(self, batch: Packed) -> torch.Tensor:
+    def _evaluate_batch(self, batch: Batch) -> torch.Tensor:
         """``[b, t]`` old log-probs of the response tokens (policy) or values V(s_t) (critic)."""
 
     @abstractmethod
     def _loss(
-        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
+        self, batch: Batch, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The role's PPO loss of one micro-batch and its stats; ``target``: advantages or returns."""
 
@@ -116,13 +125,32 @@ class DeepSpeedLearner(ABC):
             self.old = old[self.rank * size : (self.rank + 1) * size, :width].clone()
             return self.old
         self.engine.eval()
-        outs = []
-        for part in _micro_batches(len(self.prompt_ids), self.ds_cfg.micro_batch_size):
-            batch = pack(self.prompt_ids[part], self.response_ids[part], self.pad_id).to(self.device)
-            outs.append(self._evaluate_batch(batch).cpu())
-        width = max(o.size(1) for o in outs)
-        self.old = torch.cat([torch.nn.functional.pad(o, (0, width - o.size(1))) for o in outs])
+        (plan,) = self._plans([list(range(len(self.prompt_ids)))])
+        self.old = torch.zeros(len(self.prompt_ids), max(len(r) for r in self.response_ids))
+        for rows, batch in micro_batches(self.prompt_ids, self.response_ids, self.pad_id, self.layout, plan):
+            batch = batch.to(self.device)
+            out = (self._evaluate_batch(batch) * batch.response_mask).cpu()  # 0 on padding, in every layout
+            self.old[rows, : out.size(1)] = out
         return self.old
+
+    def _plans(self, minibatches: list[list[int]]) -> list[list[list[int]]]:
+        """Each minibatch's micro-batches (rows of the shard), :func:`plan_micro_batches`. Under a token budget
+        the ranks agree on the most micro-batches any of them needs for each minibatch and cut theirs to as
+        many: ZeRO-2/3 reduce or gather collectively at every forward/backward."""
+        lengths = lengths_of(self.prompt_ids, self.response_ids)
+        budget, size = self.ds_cfg.max_tokens_per_micro_batch, self.ds_cfg.micro_batch_size
+        plans = [
+            [
+                [rows[k] for k in group]
+                for group in plan_micro_batches([lengths[i] for i in rows], self.layout, size, budget)
+            ]
+            for rows in minibatches
+        ]
+        if budget is None or self.world_size == 1:
+            return plans  # equal shards and a fixed row count: every rank has as many already
+        counts = torch.tensor([len(plan) for plan in plans], device=self.device)
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
+        return [split_to_count(plan, lengths, int(n), self.layout) for plan, n in zip(plans, counts.tolist())]
 
     # --- PPO update -------------------------------------------------------------------------------------
     def train(self, targets: torch.Tensor, update: PPOUpdate) -> dict[str, float]:
@@ -138,32 +166,39 @@ class DeepSpeedLearner(ABC):
         self.engine.train()
         order = list(range(size))
         rng = random.Random(update.seed * 1009 + self.rank)
-        sums: dict[str, float] = {}
-        count = 0
+        minibatches = []
         for _ in range(update.epochs):
             rng.shuffle(order)
-            for start in range(0, size, update.minibatch_size):
-                minibatch = order[start : start + update.minibatch_size]
-                for part in _micro_batches(len(minibatch), self.ds_cfg.micro_batch_size):
-                    rows = minibatch[part]
-                    batch = pack(
-                        [self.prompt_ids[i] for i in rows], [self.response_ids[i] for i in rows], self.pad_id
-                    ).to(self.device)
-                    width = batch.response_ids.size(1)
-                    old, target = (t[rows, :width].to(self.device) for t in (self.old, targets))
-                    stats = self._loss_and_backward(batch, old, target, update)
-                    for key, value in stats.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    count += 1
-        return {key: value / count for key, value in sums.items()}
+            minibatches += [
+                order[start : start + update.minibatch_size] for start in range(0, size, update.minibatch_size)
+            ]
+        sums: dict[str, float] = {}
+        for plan in self._plans(minibatches):
+            tokens = sum(len(self.response_ids[i]) for rows in plan for i in rows)
+            for k, rows in enumerate(plan):
+                batch = build(
+                    [self.prompt_ids[i] for i in rows], [self.response_ids[i] for i in rows], self.pad_id, self.layout
+                ).to(self.device)
+                width = batch.response_ids.size(1)
+                old, target = (t[rows, :width].to(self.device) for t in (self.old, targets))
+                # The losses are token means: weighted by its share of the minibatch's response tokens, the
+                # micro-batches' losses sum to the whole minibatch's, however it was cut.
+                share = sum(len(self.response_ids[i]) for i in rows) / tokens
+                stats = self._loss_and_backward(batch, old, target, update, share, boundary=k == len(plan) - 1)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value * share
+        return {key: value / len(minibatches) for key, value in sums.items()}
 
     def _loss_and_backward(
-        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, update: PPOUpdate
+        self, batch: Batch, old: torch.Tensor, target: torch.Tensor, update: PPOUpdate, share: float, boundary: bool
     ) -> dict[str, float]:
+        """One micro-batch: backward of ``share`` x its loss; the optimizer steps at the minibatch's last
+        (``boundary``), however many micro-batches the minibatch has (not DeepSpeed's fixed count)."""
+        self.engine.set_gradient_accumulation_boundary(boundary)
         loss, stats = self._loss(batch, old, target, batch.response_mask, update)
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"{self.role} rank {self.rank}: non-finite loss {float(loss)}")
-        self.engine.backward(loss)
+        self.engine.backward(loss * share, scale_wrt_gas=False)
         self.engine.step()
         stats["lr"] = float(self.optimizer.param_groups[0]["lr"])
         return stats
@@ -173,6 +208,12 @@ class DeepSpeedLearner(ABC):
         from fgrlhf.runtime.distributed import leave_group
 
         leave_group()
+
+    def device_stats(self) -> dict[str, float]:
+        """This actor's GPU memory and utilisation (:func:`fgrlhf.runtime.device_stats.device_stats`)."""
+        from fgrlhf.runtime.device_stats import device_stats
+
+        return device_stats()
 
     # --- checkpoints and weights ------------------------------------------------------------------------
     def save_checkpoint(self, directory: str, tag: str) -> None:
@@ -222,15 +263,15 @@ class PolicyLearner(DeepSpeedLearner):
         with zero3_init(self.ds_cfg, tiny_model=self.policy_cfg.name == "tiny"):
             return load_causal_lm(self.policy_cfg, self.tokenizer)
 
-    def _response_logits(self, batch: Packed) -> torch.Tensor:
-        logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    def _response_logits(self, batch: Batch) -> torch.Tensor:
+        logits = self.engine(**batch.inputs(), use_cache=False).logits
         return at_response(logits, batch.response_index, shift=-1).float()
 
-    def _evaluate_batch(self, batch: Packed) -> torch.Tensor:
+    def _evaluate_batch(self, batch: Batch) -> torch.Tensor:
         return ppo_core.logprobs_from_logits(self._response_logits(batch), batch.response_ids)
 
     def _loss(
-        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
+        self, batch: Batch, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
     ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self._response_logits(batch)
         logprobs = ppo_core.logprobs_from_logits(logits, batch.response_ids)
@@ -313,23 +354,23 @@ class CriticLearner(DeepSpeedLearner):
 
         # ZeRO-3: each rank allocates only its partition while loading.
         with zero3_init(self.ds_cfg, tiny_model=self.policy_cfg.name == "tiny"):
-            return load_critic(self.critic_init, self.head_init)
+            return load_critic(self.critic_init, self.head_init, self.policy_cfg.attn_implementation)
 
-    def _evaluate_batch(self, batch: Packed) -> torch.Tensor:
+    def _evaluate_batch(self, batch: Batch) -> torch.Tensor:
         from fgrlhf.reward.model import per_position_scores
 
-        scores = per_position_scores(self.engine, batch.input_ids, batch.attention_mask)
+        scores = per_position_scores(self.engine, **batch.inputs())
         return at_response(scores, batch.response_index, shift=-1).float()
 
     def _loss(
-        self, batch: Packed, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
+        self, batch: Batch, old: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, update: PPOUpdate
     ) -> tuple[torch.Tensor, dict[str, float]]:
         loss, stats = ppo_core.value_loss(self._evaluate_batch(batch), old, target, mask, update.clip_eps)
         loss = update.coef * loss
         return loss, {**_floats(stats), "value_loss": float(loss.detach()) / update.coef if update.coef else 0.0}
 
 
-def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"]):
+def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"], attn_implementation: str | None = None):
     """The critic: a reward model's module read as V(s_t) at every position.
 
     ``zero`` (AlpacaFarm) keeps the RM's backbone and starts the value head at 0, so V starts at 0 and
@@ -342,7 +383,7 @@ def load_critic(rm_dir: str | Path, head_init: Literal["zero", "reward_head"]):
 
     if head_init not in ("zero", "reward_head"):
         raise ValueError(f"critic head init {head_init!r}: expected 'zero' or 'reward_head'")
-    model = load_reward_model(rm_dir)
+    model = load_reward_model(rm_dir, attn_implementation=attn_implementation)
     if head_init == "zero":
         with writable(model.head.parameters()):
             torch.nn.init.zeros_(model.head.weight)

@@ -56,6 +56,28 @@ def strip_after_eos(ids: list[int], eos_id: int | set[int]) -> list[int]:
     return ids
 
 
+class _SampledLogprobs:
+    """Forward hook on the model inside ``generate``: log p(a_t | s_t) of each sampled token under the raw
+    logits (no temperature or top-p: the learners' definition, whatever the sampling settings). Each decoding
+    forward takes the token sampled from the previous forward's distribution as its input, so a step's
+    distribution is kept only until the next forward names its token: one ``[B]`` vector per step stays, never
+    ``[B, V]`` per step (what ``output_logits`` would hold)."""
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None  # [B, V] log-probs of the step not yet sampled from
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, module, args, kwargs, output) -> None:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(1, kwargs["input_ids"][:, -1:]).squeeze(1))
+        self.pending = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
+
+    def result(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` over the ``n`` generated tokens; ``last_tokens``: the final sampled column."""
+        assert self.pending is not None  # generate ran at least one forward
+        return torch.stack([*self.steps, self.pending.gather(1, last_tokens[:, None]).squeeze(1)], dim=1)
+
+
 class HFEngine:
     """transformers ``generate`` on a left-padded batch; the default engine, and the CPU one."""
 
@@ -64,6 +86,8 @@ class HFEngine:
         from fgrlhf.runtime.distributed import choose_device
 
         self.logprobs_micro_batch_size = logprobs_micro_batch_size  # rows per teacher-forced forward
+        self.model_cfg = model_cfg
+        self.last_logprobs: torch.Tensor | None = None  # [B, T] of the last generate's sampled tokens
         self.tokenizer = load_tokenizer(model_cfg.name)
         self.device = torch.device(device) if device else choose_device()
         # transformers types .to as an unbound Module.to
@@ -82,24 +106,47 @@ class HFEngine:
         for row, ids in enumerate(prompt_ids):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention_mask[row, width - len(ids) :] = 1
+        from fgrlhf.models import autocast
+
         torch.manual_seed(seed)
         sampling = temperature > 0
-        output = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            top_k=0 if sampling else None,  # pure nucleus sampling, no hidden top-k=50 default
-            pad_token_id=self.pad_id,
-        )
-        return [strip_after_eos(row[width:].tolist(), self.eos_ids) for row in output.cpu()]
+        hook = _SampledLogprobs()
+        handle = self.model.register_forward_hook(hook, with_kwargs=True)
+        try:
+            with autocast(self.model_cfg, self.device):
+                output = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=sampling,
+                    temperature=temperature if sampling else None,
+                    top_p=top_p if sampling else None,
+                    top_k=0 if sampling else None,  # pure nucleus sampling, no hidden top-k=50 default
+                    pad_token_id=self.pad_id,
+                )
+        finally:
+            handle.remove()
+        output = output.cpu()
+        responses = [strip_after_eos(row[width:].tolist(), self.eos_ids) for row in output]
+        sampled = hook.result(output[:, -1]).cpu()
+        self.last_logprobs = torch.zeros(len(responses), max(len(r) for r in responses))
+        for row, response in enumerate(responses):
+            self.last_logprobs[row, : len(response)] = sampled[row, : len(response)]
+        return responses
+
+    def sampled_logprobs(self) -> torch.Tensor:
+        """``[B, T]`` log p(a_t | s_t) of the last ``generate``'s tokens under the weights that sampled them, as
+        :meth:`logprobs` defines them (raw logits), taken during generation: no forward of their own."""
+        if self.last_logprobs is None:
+            raise RuntimeError("sampled_logprobs before generate")
+        return self.last_logprobs
 
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
+        from fgrlhf.models import autocast
         from fgrlhf.workers.packing import response_logprobs
 
-        return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.logprobs_micro_batch_size)
+        with autocast(self.model_cfg, self.device):
+            return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.logprobs_micro_batch_size)
 
     def weights_checksum(self) -> dict[str, float]:
         from fgrlhf.runtime.weight_sync import checksums
@@ -142,6 +189,15 @@ class RolloutWorker:
     def ready(self) -> bool:
         return True
 
+    def device_stats(self) -> dict[str, float]:
+        """This actor's GPU memory and utilisation (:func:`fgrlhf.runtime.device_stats.device_stats`). A vLLM
+        engine computes in vLLM's worker process, a separate one: this process does not use CUDA, so it reports
+        only the device-wide utilisation, which covers that worker; the memory is vLLM's to manage
+        (``gpu_memory_utilization``) and is not read from vLLM's internals."""
+        from fgrlhf.runtime.device_stats import device_stats
+
+        return device_stats()
+
     def generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float, seed: int
     ) -> list[list[int]]:
@@ -160,6 +216,13 @@ class RolloutWorker:
     def behaviour_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
         """The behaviour log-probs ``[B, T]`` of responses this actor sampled (call before the next push)."""
         return self.engine.logprobs(prompt_ids, response_ids)
+
+    def sampled_logprobs(self) -> torch.Tensor:
+        """The last ``generate``'s log-probs ``[B, T]``, recorded while sampling (HF engine only: call right
+        after ``generate``, as ``generation_info``)."""
+        if not isinstance(self.engine, HFEngine):
+            raise TypeError(f"{type(self.engine).__name__} does not record its sampled tokens' log-probs")
+        return self.engine.sampled_logprobs()
 
     def sees_cuda(self) -> bool:
         """Whether this actor (and so its engine's worker, which inherits its GPU) computes on a GPU."""

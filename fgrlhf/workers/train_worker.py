@@ -49,6 +49,12 @@ class SupervisedTrainWorker:
 
         leave_group()
 
+    def device_stats(self) -> dict[str, float]:
+        """This actor's GPU memory and utilisation (:func:`fgrlhf.runtime.device_stats.device_stats`)."""
+        from fgrlhf.runtime.device_stats import device_stats
+
+        return device_stats()
+
     def _batch(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device) for key, value in self.task.collate(examples).items()}
 

@@ -70,7 +70,10 @@ class Cluster:
                 RolloutWorker, "rollout", lambda s: (cfg.rollout.engine, cfg.policy, cfg.rollout.engine_kwargs), True
             )
             (self.reward,) = create(
-                RewardWorker, "reward", lambda s: (cfg.reward.model, pad_id, cfg.reward.micro_batch_size), True
+                RewardWorker,
+                "reward",
+                lambda s: (cfg.reward.model, pad_id, cfg.reward.micro_batch_size, cfg.policy),
+                True,
             )
             (self.reference,) = create(
                 ReferenceWorker, "reference", lambda s: (cfg.policy, cfg.reference.micro_batch_size), True

@@ -128,6 +128,14 @@ class PPOAlgoConfig(StrictModel):
         description="generate batch k+1 while the learners train on batch k (one step off-policy: the PPO "
         "ratio uses the sampling policy's log-probs; metrics.jsonl reports rollout_staleness)",
     )
+    reuse_rollout_logprobs: bool = Field(
+        True,
+        description="the HF rollout engine records the sampled tokens' log-probs (raw logits, as the learners "
+        "define them) while generating, and the policy learners take them as the old log-probs instead of a "
+        "forward of their own (async_rollout: instead of the rollout actor's teacher-forced forward). Used only "
+        "where they equal the learners' to float tolerance: rollout.engine hf and float32 arithmetic on both "
+        "sides (policy.dtype float32, policy.autocast none, policy_learner.bf16 false); elsewhere recomputed",
+    )
 
     @model_validator(mode="after")
     def _check_adaptive_kl(self) -> PPOAlgoConfig:
@@ -208,6 +216,15 @@ class PPOTrainConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _check_autocast(self) -> PPOTrainConfig:
+        for name in ("policy_learner", "critic_learner"):
+            if self.policy.autocast == "bf16" and getattr(self, name).bf16:
+                raise ValueError(
+                    f"policy.autocast=bf16 keeps float32 weights, {name}.bf16=true casts them to bf16: choose one"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _check_weight_sync(self) -> PPOTrainConfig:
         """NCCL (weight_sync.backend nccl, or auto where every member has a GPU) refuses two ranks of the push
         group on one GPU. Ray packs fractional-GPU actors onto shared GPUs (colocated placement does so by
@@ -233,6 +250,20 @@ class PPOTrainConfig(StrictModel):
                 "num_gpus), or set weight_sync.backend=gloo"
             )
         return self
+
+    @property
+    def reuses_rollout_logprobs(self) -> bool:
+        """Whether the rollout's recorded log-probs stand in for the policy learners' old log-probs: asked for
+        (``ppo.reuse_rollout_logprobs``) and exact. Generation and the teacher-forced forward differ in shape
+        and padding (left-padded with a KV cache vs one right-padded pass), which float32 absorbs (tested
+        below 1e-4) but bf16 does not; vLLM computes its own log-probs in its own kernels."""
+        return (
+            self.ppo.reuse_rollout_logprobs
+            and self.rollout.engine == "hf"
+            and self.policy.dtype == "float32"
+            and self.policy.autocast == "none"
+            and not self.policy_learner.bf16
+        )
 
     def learner_ds(self, name: str) -> DeepSpeedConfig:
         """The learner's DeepSpeed config with gradient accumulation set so one optimizer step = one minibatch."""

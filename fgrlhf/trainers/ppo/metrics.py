@@ -12,6 +12,10 @@ from fgrlhf.trainers.ppo.batch import RolloutBatch
 if TYPE_CHECKING:
     from ray.util.metrics import Histogram
 
+    from fgrlhf.trainers.ppo.cluster import Cluster
+
+GPU_PREFIX = "gpu/"  # per-actor device stats (fgrlhf.runtime.device_stats): their own tagged gauges
+
 
 def _mean_of(stats: list[dict], key: str) -> float:
     values = [s[key] for s in stats if key in s]
@@ -79,6 +83,19 @@ def step_metrics(
     return record
 
 
+def gpu_actors(cluster: Cluster) -> dict[tuple[str, int], Any]:
+    """The actors that the placement plan gives a GPU share, by (role, rank): the ones asked for device stats
+    each step. Empty on a CPU-only run, which then makes no Ray call for them."""
+    groups: dict[str, list] = {
+        "policy": list(cluster.policy),
+        "critic": list(cluster.critic),
+        "rollout": list(cluster.rollout),
+        "reward": [cluster.reward],
+        "reference": [cluster.reference],
+    }
+    return {(slot.role, slot.index): groups[slot.role][slot.index] for slot in cluster.placement.slots if slot.gpus > 0}
+
+
 class MetricsSink(MetricsLog):
     """metrics.jsonl + TensorBoard (:class:`fgrlhf.runtime.run_dir.MetricsLog`) + Ray dashboard gauges."""
 
@@ -98,7 +115,7 @@ class MetricsSink(MetricsLog):
                 tag_keys=("phase",),
             )
         for key, value in record.items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not key.startswith(GPU_PREFIX):
                 if key not in self.gauges:
                     self.gauges[key] = metrics.Gauge(f"fgrlhf_ppo_{key}", description=f"PPO {key}")
                 self.gauges[key].set(float(value))
@@ -106,8 +123,13 @@ class MetricsSink(MetricsLog):
             self.phase_hist.observe(seconds, tags={"phase": phase})
 
     def write_step(self, record: dict[str, Any]) -> None:
-        """Write one step's record to every sink (its scalars: the record's numbers and phase seconds)."""
-        scalars = {f"ppo/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        """Write one step's record to every sink (its scalars: the record's numbers, phase seconds and the
+        ``gpu/`` keys under their own name)."""
+        scalars = {
+            k if k.startswith(GPU_PREFIX) else f"ppo/{k}": v
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and k != "step"
+        }
         scalars.update({f"phase_seconds/{phase}": v for phase, v in record["phase_seconds"].items()})
         super().write(record, scalars)
         self._ray_metrics(record)

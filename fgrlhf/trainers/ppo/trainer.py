@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fgrlhf.runtime.device_stats import step_gpu_metrics
 from fgrlhf.runtime.run_dir import RunDir, open_run
 from fgrlhf.trainers.ppo.batch import RolloutBatch
 from fgrlhf.trainers.ppo.cluster import Cluster
 from fgrlhf.trainers.ppo.config import PPO_RUN, TINY_RMS, PPOTrainConfig, StopAtGold
 from fgrlhf.trainers.ppo.guards import DriftMonitor, ShapingState
 from fgrlhf.trainers.ppo.inputs import batch_indices, load_prompt_ids, prefix_gold_scores, save_tiny_reward_model
-from fgrlhf.trainers.ppo.metrics import MetricsSink, step_metrics
+from fgrlhf.trainers.ppo.metrics import MetricsSink, gpu_actors, step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ class PPOTrainer:
             reward_scale=self.shaping.reward_scale,
             repetition_ngram=self.cfg.ppo.drift.ngram,
         )
+        # each GPU actor's memory (peak: this step's) and utilisation, after every phase; no call without GPUs
+        record.update(step_gpu_metrics(gpu_actors(self.cluster)))
         self.shaping.update_kl_coef(self.cfg.ppo, record["kl_seq_mean"], len(batch.indices))
         return record
 
@@ -267,13 +270,15 @@ class PPOTrainer:
             ],
         )
         flight = InFlight(batch, responses, rollout.submit("generation_info"))
-        if cfg.ppo.async_rollout:
+        if cfg.reuses_rollout_logprobs:  # recorded while sampling: no forward for them (see its description)
+            flight.logprobs = rollout.submit("sampled_logprobs")
+        elif cfg.ppo.async_rollout:
             flight.logprobs = rollout.submit_each("behaviour_logprobs", list(zip(shards, responses, strict=True)))
         return flight
 
     def _collect(self, flight: InFlight) -> None:
         """Wait for ``flight`` and fill its batch: responses, the sampling policy's version and generation
-        seconds, and (async) its log-probs as the batch's old log-probs."""
+        seconds, and (async, or ``reuses_rollout_logprobs``) its log-probs as the batch's old log-probs."""
         import ray
         import torch
 
@@ -319,18 +324,30 @@ class PPOTrainer:
         import ray
         import torch
 
+        from fgrlhf.workers.packing import inverse_order
+
         cluster, refs = self.cluster, batch.refs
-        assert refs is not None  # put by _rollout
+        assert refs is not None and batch.response_ids is not None  # put by _rollout
         reference, reward = cluster.reference, cluster.reward
         assert reference is not None and reward is not None  # set once Cluster() returned
         oracle = self.cfg.ppo.reward_mode.startswith("oracle_")
-        sampled = () if batch.old_logprobs is None else (ray.put(batch.old_logprobs),)
+        order = {role: self._rank_order(batch, role) for role in ("policy", "critic")}
+        prompts, responses = batch.prompt_ids, batch.response_ids
+        puts = {tuple(range(len(prompts))): refs}  # one object-store copy per row order
+
+        def rows(role: str) -> tuple:
+            key = tuple(order[role])
+            if key not in puts:
+                puts[key] = ray.put([prompts[i] for i in key]), ray.put([responses[i] for i in key])
+            return puts[key]
+
+        sampled = () if batch.old_logprobs is None else (ray.put(batch.old_logprobs[order["policy"]]),)
 
         def score() -> list:
             futures = [
                 reference.logprobs.remote(*refs),
-                cluster.policy.submit("evaluate", *refs, *sampled),
-                cluster.critic.submit("evaluate", *refs),
+                cluster.policy.submit("evaluate", *rows("policy"), *sampled),
+                cluster.critic.submit("evaluate", *rows("critic")),
             ]
             if not oracle:  # the oracle modes' reward is the gold: the RM is not asked
                 futures.append(reward.score.remote(*refs))
@@ -339,9 +356,9 @@ class PPOTrainer:
         ref_logprobs, old_logprobs, old_values, *rm = cluster.recovering(score)
         width = ref_logprobs.size(1)
         batch.ref_logprobs = ref_logprobs
-        if not sampled:
-            batch.old_logprobs = torch.cat([_pad_to(t, width) for t in old_logprobs])
-        batch.old_values = torch.cat([_pad_to(t, width) for t in old_values])
+        if not sampled:  # back to batch order
+            batch.old_logprobs = torch.cat([_pad_to(t, width) for t in old_logprobs])[inverse_order(order["policy"])]
+        batch.old_values = torch.cat([_pad_to(t, width) for t in old_values])[inverse_order(order["critic"])]
         if rm:
             batch.rm_sequence, batch.rm_token = rm[0]["sequence"], rm[0].get("token")
 
@@ -395,9 +412,20 @@ class PPOTrainer:
             **task_inputs,
         )
 
+    def _rank_order(self, batch: RolloutBatch, role: str) -> list[int]:
+        """The order in which ``role``'s learner group takes the batch's rows, rank r the r-th contiguous equal
+        shard: shards of near-equal token totals (``balance_ranks``, :func:`~fgrlhf.workers.packing.rank_order`)
+        so no rank waits for another, else batch order. Per-row results come back through its inverse."""
+        from fgrlhf.workers.packing import rank_order
+
+        assert batch.response_ids is not None  # filled in by _rollout
+        if not getattr(self.cfg, f"{role}_learner").balance_ranks:
+            return list(range(len(batch.prompt_ids)))
+        return rank_order(batch.prompt_ids, batch.response_ids, len(getattr(self.cluster, role)))
+
     def _train(self, batch: RolloutBatch) -> tuple[list[dict], list[dict]]:
-        """Policy and critic updates at once; rank r gets rows r·B/W .. (r+1)·B/W of its targets, the shard it
-        kept in :meth:`_score`."""
+        """Policy and critic updates at once; rank r gets rows r·B/W .. (r+1)·B/W of its targets in the group's
+        :meth:`_rank_order`, the shard it kept in :meth:`_score`."""
         import ray
 
         from fgrlhf.workers.learner_worker import PPOUpdate
@@ -411,7 +439,7 @@ class PPOTrainer:
 
         policy = submit(
             cluster.policy,
-            batch.result.advantages,
+            batch.result.advantages[self._rank_order(batch, "policy")],
             PPOUpdate(
                 epochs=ppo.epochs,
                 minibatch_size=ppo.step_batch_size // len(cluster.policy),
@@ -423,7 +451,7 @@ class PPOTrainer:
         )
         critic = submit(
             cluster.critic,
-            batch.result.returns,
+            batch.result.returns[self._rank_order(batch, "critic")],
             PPOUpdate(
                 epochs=ppo.epochs,
                 minibatch_size=ppo.step_batch_size // len(cluster.critic),
