@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import statistics
 import sys
 import tempfile
@@ -143,25 +142,29 @@ def in_order(rows: list[int], size: int) -> list[list[int]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
+def group_order(learner, lengths: list[int]) -> list[int]:
+    """The order in which a learner group takes the batch's rows, rank r the r-th contiguous equal shard: token-
+    balanced shards under ``balance_ranks``, as the trainer's ``_rank_order``, else batch order."""
+    from fgrlhf.workers.packing import balanced_order
+
+    return balanced_order(lengths, learner.world_size) if learner.balance_ranks else list(range(len(lengths)))
+
+
 def learner_minibatches(
-    batch_size: int, world_size: int, step_batch_size: int, epochs: int, seed: int
+    order: list[int], world_size: int, step_batch_size: int, epochs: int, seed: int
 ) -> list[list[list[int]]]:
-    """The rows of every optimizer step of an fgrlhf learner (``DeepSpeedLearner.train``), per rank: rank r
-    holds the r-th contiguous shard of the batch, shuffles it in place each epoch with
-    ``random.Random(seed * 1009 + r)`` and takes minibatches of ``step_batch_size / world_size`` rows; the
-    k-th optimizer step joins every rank's k-th minibatch. ``seed``: ``cfg.seed + step``, as the trainer's."""
-    size, per_rank = batch_size // world_size, step_batch_size // world_size
-    orders = [list(range(size)) for _ in range(world_size)]
-    rngs = [random.Random(seed * 1009 + rank) for rank in range(world_size)]
-    steps = []
-    for _ in range(epochs):
-        for order, rng in zip(orders, rngs, strict=True):
-            rng.shuffle(order)
-        for start in range(0, size, per_rank):
-            steps.append(
-                [[rank * size + i for i in order[start : start + per_rank]] for rank, order in enumerate(orders)]
-            )
-    return steps
+    """The batch rows of every optimizer step of an fgrlhf learner group, per rank: rank r holds the r-th
+    contiguous shard of ``order`` (:func:`group_order`) and steps through it as ``DeepSpeedLearner.train`` does
+    (:func:`fgrlhf.workers.packing.minibatch_schedule`); the k-th optimizer step joins every rank's k-th
+    minibatch. ``seed``: ``cfg.seed + step``, as the trainer's."""
+    from fgrlhf.workers.packing import minibatch_schedule, split
+
+    shards = split(order, world_size)
+    size, per_rank = len(shards[0]), step_batch_size // world_size
+    schedules = [minibatch_schedule(size, per_rank, epochs, seed, rank) for rank in range(world_size)]
+    return [
+        [[shards[rank][i] for i in part] for rank, part in enumerate(parts)] for parts in zip(*schedules, strict=True)
+    ]
 
 
 def empty_counts() -> dict:
@@ -199,11 +202,11 @@ def fgrlhf_counts(cfg, responses: list[list[int]], lengths: list[int], step: int
         ("policy", "logprobs", cfg.policy_learner),
         ("critic", "value", cfg.critic_learner),
     ):
-        micro = learner.micro_batch_size
-        for shard in split(rows, learner.world_size):
+        micro, order = learner.micro_batch_size, group_order(learner, lengths)
+        for shard in split(order, learner.world_size):
             count_forward(counts, phase, in_order(shard, micro), lengths)
         minibatches = learner_minibatches(
-            len(rows), learner.world_size, cfg.ppo.step_batch_size, cfg.ppo.epochs, cfg.seed + step
+            order, learner.world_size, cfg.ppo.step_batch_size, cfg.ppo.epochs, cfg.seed + step
         )
         for per_rank in minibatches:
             for part in per_rank:
@@ -396,7 +399,7 @@ class Floor:
         ):
             phase = f"train_{role}"
             minibatches = learner_minibatches(
-                len(prompts), learner.world_size, ppo.step_batch_size, ppo.epochs, cfg.seed + step
+                group_order(learner, lengths), learner.world_size, ppo.step_batch_size, ppo.epochs, cfg.seed + step
             )
             for per_rank in minibatches:
                 groups = by_length([i for part in per_rank for i in part], lengths, sizes[phase])

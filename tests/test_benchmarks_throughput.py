@@ -93,14 +93,18 @@ def test_throughput_quick(tmp_path, capsys):
 def test_learner_minibatches_follow_the_ranks_shards_and_shuffles():
     # 8 rows, 2 ranks, minibatch 4, 2 epochs: 4 optimizer steps, each 2 rows of rank 0's shard (0-3) and 2 of
     # rank 1's (4-7); every epoch trains on every row once.
-    steps = floor.learner_minibatches(8, 2, 4, 2, seed=3)
+    steps = floor.learner_minibatches(list(range(8)), 2, 4, 2, seed=3)
     assert len(steps) == 4
     for per_rank in steps:
         assert [len(part) for part in per_rank] == [2, 2]
         assert set(per_rank[0]) <= {0, 1, 2, 3} and set(per_rank[1]) <= {4, 5, 6, 7}
     for epoch in (steps[:2], steps[2:]):
         assert sorted(i for per_rank in epoch for part in per_rank for i in part) == list(range(8))
-    assert floor.learner_minibatches(8, 2, 4, 2, seed=3) == steps  # seeded like the learners
+    assert floor.learner_minibatches(list(range(8)), 2, 4, 2, seed=3) == steps  # seeded like the learners
+    # A balanced group order gives each rank its shard of that order, stepped through by the same schedule.
+    order = [7, 0, 6, 1, 5, 2, 4, 3]
+    balanced = floor.learner_minibatches(order, 2, 4, 2, seed=3)
+    assert [[[order[i] for i in part] for part in per_rank] for per_rank in steps] == balanced
 
 
 def test_by_length_groups_rows_of_similar_length():

@@ -12,7 +12,6 @@ actors (:mod:`fgrlhf.runtime.weight_sync`); every policy rank takes part because
 from __future__ import annotations
 
 import math
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from fgrlhf.workers.packing import (
     build,
     lengths_of,
     micro_batches,
+    minibatch_schedule,
     plan_micro_batches,
     resolve_layout,
     split,
@@ -164,14 +164,7 @@ class DeepSpeedLearner(ABC):
         if size % update.minibatch_size:
             raise ValueError(f"shard of {size} is not a multiple of the per-rank minibatch {update.minibatch_size}")
         self.engine.train()
-        order = list(range(size))
-        rng = random.Random(update.seed * 1009 + self.rank)
-        minibatches = []
-        for _ in range(update.epochs):
-            rng.shuffle(order)
-            minibatches += [
-                order[start : start + update.minibatch_size] for start in range(0, size, update.minibatch_size)
-            ]
+        minibatches = minibatch_schedule(size, update.minibatch_size, update.epochs, update.seed, self.rank)
         sums: dict[str, float] = {}
         for plan in self._plans(minibatches):
             tokens = sum(len(self.response_ids[i]) for rows in plan for i in rows)

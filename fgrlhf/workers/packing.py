@@ -18,6 +18,7 @@ batch's tokens evenly over data-parallel ranks that each take a contiguous equal
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -210,6 +211,18 @@ def micro_batches(
     """Each planned micro-batch's rows and its batch (on CPU)."""
     for rows in plan:
         yield rows, build([prompt_ids[i] for i in rows], [response_ids[i] for i in rows], pad_id, layout)
+
+
+def minibatch_schedule(size: int, minibatch_size: int, epochs: int, seed: int, rank: int) -> list[list[int]]:
+    """The rows of a learner rank's shard (``0..size-1``) in each of its optimizer steps: the shard reshuffled
+    every epoch by a generator seeded from ``seed`` and ``rank``, cut into minibatches of ``minibatch_size``."""
+    order = list(range(size))
+    rng = random.Random(seed * 1009 + rank)
+    steps = []
+    for _ in range(epochs):
+        rng.shuffle(order)
+        steps += [order[start : start + minibatch_size] for start in range(0, size, minibatch_size)]
+    return steps
 
 
 def lengths_of(prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[int]:
