@@ -277,18 +277,14 @@ class Floor:
         """HF ``generate`` on left-padded groups of ``sizes["generate"]`` prompts, as fgrlhf's HF engine."""
         import torch
 
-        from fgrlhf.workers.rollout_worker import strip_after_eos
+        from fgrlhf.workers.rollout_worker import left_pad, strip_after_eos
 
         rollout, sampling = self.cfg.rollout, self.cfg.rollout.temperature > 0
         torch.manual_seed(seed)
         responses = []
         for group in in_order(prompts, self.sizes["generate"]):
-            width = max(len(ids) for ids in group)
-            input_ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
-            attention_mask = torch.zeros_like(input_ids)
-            for row, ids in enumerate(group):
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
+            input_ids, attention_mask = left_pad(group, self.pad_id)
+            width = input_ids.size(1)
             with self.precision():
                 output = self.policy.generate(
                     input_ids=input_ids,

@@ -47,6 +47,18 @@ class GenerationEngine(Protocol):
         """``weight_sync.checksums`` of the served weights under the HF checkpoint's names."""
 
 
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` ``[B, L]`` of prompts left-padded to the longest, as ``generate``
+    needs them: every row's last prompt token sits in the last column."""
+    width = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
 def strip_after_eos(ids: list[int], eos_id: int | set[int]) -> list[int]:
     """Cut a generated row just after its first EOS (padding and anything sampled later go)."""
     eos = {eos_id} if isinstance(eos_id, int) else eos_id
@@ -100,12 +112,8 @@ class HFEngine:
     def generate(
         self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float, seed: int
     ) -> list[list[int]]:
-        width = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompt_ids):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = left_pad(prompt_ids, self.pad_id)
+        width = input_ids.size(1)
         from fgrlhf.models import autocast
 
         torch.manual_seed(seed)
