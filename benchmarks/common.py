@@ -183,15 +183,15 @@ def default_workdir(env: str, quick: bool, edit_rules: Path | None = None) -> Pa
 
 
 @contextlib.contextmanager
-def ray_session(num_cpus: float) -> Iterator[None]:
+def ray_session(num_cpus: float, **ray_init_kwargs) -> Iterator[None]:
     """One local Ray instance for every stage of a benchmark (the commands reuse an initialised Ray). Actor
     output stays in Ray's session logs (/tmp/ray/session_latest/logs) so stdout holds only the table; actor
-    errors still raise here with their traceback."""
+    errors still raise here with their traceback. ``ray_init_kwargs`` go to ``ray.init``."""
     import ray
 
     from fgrlhf.runtime.distributed import exit_on_termination, init_local_ray
 
-    init_local_ray(num_cpus, log_to_driver=False)  # bound to 127.0.0.1
+    init_local_ray(num_cpus, log_to_driver=False, **ray_init_kwargs)  # bound to 127.0.0.1
     try:
         with exit_on_termination():  # SIGTERM/SIGHUP also shut Ray down
             yield

@@ -267,7 +267,10 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
     run_dir = workdir / ("fgrlhf-async" if cfg.ppo.async_rollout else "fgrlhf")
     shutil.rmtree(run_dir, ignore_errors=True)  # every measurement is a fresh run
     push_bytes = policy_push_bytes(cfg)
-    with ray_session(cpus):
+    # An actor flushes its task events every second by default, and the trainer's shutdown kills the actors
+    # (ray.kill drops what is still buffered), so with sub-second steps a timed step's events could be lost;
+    # a 0.1 s flush keeps everything older than the trailing step.
+    with ray_session(cpus, _system_config={"task_events_report_interval_ms": 100}):
         # The sampler marks each step's end by the trainer's metrics.jsonl gaining its line.
         with cpu_breakdown.TreeSampler(run_dir / "metrics.jsonl") as sampler:
             train(cfg, run_dir)
