@@ -4,8 +4,8 @@
                             [--micro-batch 4] [--threads 2] [--repeats 2] [--ppo-steps 3] [--json OUT]
 
 PPO-like shapes: ``--rows`` sequences of about ``--prompt-tokens`` prompt tokens (±20, so rows pad as in a
-rollout) and up to ``--response-tokens`` response tokens, cut from the project's README (natural text, so the
-log-probs are those of likely tokens, not of random ids). The batch runs in micro-batches of
+rollout) and up to ``--response-tokens`` response tokens, cut from the packaged AlpacaEval reference answers (natural text,
+so the log-probs are those of likely tokens, not of random ids, and fixed by the package, not by docs). The batch runs in micro-batches of
 ``--micro-batch`` rows through the project's own layout (``workers/packing.pack``), as the workers do.
 
 Measured, float32 then ``torch.autocast(cpu, bfloat16)`` over the same float32 weights (``model.autocast``):
@@ -41,8 +41,6 @@ if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: o
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 # The change bf16 may make and still be the default (docs/precision.md):
 TOLERANCE = {
     # mean |Δ log π| well under the PPO clip (log 1.2 ≈ 0.18): the ratio's noise is a tenth of its clip range
@@ -55,8 +53,10 @@ TOLERANCE = {
 
 
 def _batch(tokenizer, rows: int, prompt_tokens: int, response_tokens: int, seed: int):
+    from fgrlhf.data.loading import ALPACA_EVAL_SET, load_records
+
     rng = random.Random(seed)
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = "\n\n".join(record["reference"] for record in load_records(ALPACA_EVAL_SET, ("reference",)))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     prompts, responses = [], []
     for _ in range(rows):

@@ -15,7 +15,10 @@ reference, reward, value): ``tiny`` (default) the config's random tiny Llama, wh
 ``smollm2`` SmolLM2-135M-Instruct (fgrlhf's embedded default) for all four, where compute dominates: the
 reward and value models are its backbone with a seeded random scalar head (fgrlhf: a token RM written to
 WORKDIR/rm-smollm2, the critic initialised from it as ``fgrlhf ppo`` does; TRL: a sequence classifier). The
-config's batch, prompts and lengths stay as they are, so the two modes differ only in the models.
+config's batch, prompts and lengths stay as they are, so the two modes differ only in the models and in
+fgrlhf's learner layout: ``smollm2`` runs one ZeRO-0 rank per learner, the layout the SmolLM2 CPU profile
+(configs/ppo-smollm2-cpu.yaml) ships, since on 2 cores a second rank only duplicates the optimizer step and
+adds a gloo all-reduce (``--learner-ranks 1 2`` measures both in one run).
 
 fgrlhf runs as ``fgrlhf ppo`` does (its ``train`` entry point; Ray actors: DeepSpeed policy/critic learners,
 rollout, reward, reference) in a local Ray instance of ``--cpus`` CPUs; TRL (``trl.experimental.ppo``,
@@ -25,8 +28,8 @@ that remain: TRL trains policy and value in one backward pass and steps its opti
 ``gradient_accumulation_steps`` micro-batches; it cannot whiten rewards below a minibatch of 8.
 
 A step is timed from the end of the one before (both frameworks: the loop's own bookkeeping included), so
-``--warmup`` is at least 1; fgrlhf runs one more step last, not timed (Ray flushes task events about once a
-second: those of the very last step can die with the actors). Reported (medians over ``--steps`` steps):
+``--warmup`` is at least 1; fgrlhf runs one more step last, not timed (its actors flush their Ray task events
+every 0.1 s here, 1 s by default: those of the very last step can die with the actors). Reported (medians over ``--steps`` steps):
 - seconds per PPO step of each framework and ``ratio_step_time_fgrlhf_vs_trl`` (> 1: fgrlhf is slower);
 - ``ray_overhead_fraction``: the part of fgrlhf's step wall time (driver) during which no actor method was
   executing and the driver was not computing (advantages, gold, its metrics log between steps) —
@@ -179,7 +182,13 @@ def load_cfg(
         ["rollout.max_new_tokens=8", "policy_learner.world_size=1", "critic_learner.world_size=1"] if args.quick else []
     )
     if args.model == "smollm2":  # before the user's overrides, which may still change them
-        extra = [f"policy.name={args.model}", f"reward.model={workdir / SMOLLM2_RM}", *extra]
+        extra = [
+            f"policy.name={args.model}",
+            f"reward.model={workdir / SMOLLM2_RM}",
+            "policy_learner.world_size=1",
+            "critic_learner.world_size=1",
+            *extra,
+        ]
     if learner_ranks is not None:
         extra += [f"policy_learner.world_size={learner_ranks}", f"critic_learner.world_size={learner_ranks}"]
     point = [f"rollout.max_new_tokens={sweep[0]}", f"ppo.rollout_batch_size={sweep[1]}"] if sweep else []

@@ -1,5 +1,6 @@
 """benchmarks/throughput.py --quick: fgrlhf and TRL PPO steps timed side by side on tiny models."""
 
+import argparse
 import json
 import math
 
@@ -23,6 +24,20 @@ def test_warmup_below_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         throughput.main(["--warmup", "0"])
     assert "--warmup must be at least 1" in capsys.readouterr().err
+
+
+def test_smollm2_measures_the_shipped_one_rank_learners_unless_told(tmp_path):
+    def ranks(*argv: str) -> list[tuple[int, int]]:
+        parser = argparse.ArgumentParser()
+        throughput.add_arguments(parser)
+        args = parser.parse_args(list(argv))
+        cfgs = [throughput.load_cfg(args, tmp_path, r) for r in args.learner_ranks or [None]]
+        return [(c.policy_learner.world_size, c.critic_learner.world_size) for c in cfgs]
+
+    assert ranks() == [(2, 2)]  # tiny: the config's two ranks, the distributed plumbing under test
+    assert ranks("--model", "smollm2") == [(1, 1)]  # configs/ppo-smollm2-cpu.yaml's layout
+    assert ranks("--model", "smollm2", "--learner-ranks", "1", "2") == [(1, 1), (2, 2)]
+    assert ranks("--model", "smollm2", "critic_learner.world_size=2") == [(1, 2)]
 
 
 @pytest.mark.slow

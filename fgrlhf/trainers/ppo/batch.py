@@ -22,6 +22,8 @@ class RolloutBatch:
     prompt_ids: list[list[int]]  # [B][prompt_len]
     response_ids: list[list[int]] | None = None  # [B][resp_len], EOS included when sampled (rollout)
     refs: tuple[Any, Any] | None = None  # ray.put(prompt_ids), ray.put(response_ids): shared by every scorer
+    # role -> the row order its learner group takes (rank r: the r-th equal shard), fixed by _score for _train
+    rank_orders: dict[str, list[int]] | None = None
     policy_version: int | None = None  # PPO updates of the weights that sampled it (the stalest rollout actor)
     generation_seconds: float | None = None  # the rollout actors' own generation time (the slowest actor)
     mask: torch.Tensor | None = None  # [B, T] float, 1 on real response tokens

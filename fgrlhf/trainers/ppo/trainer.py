@@ -331,7 +331,7 @@ class PPOTrainer:
         reference, reward = cluster.reference, cluster.reward
         assert reference is not None and reward is not None  # set once Cluster() returned
         oracle = self.cfg.ppo.reward_mode.startswith("oracle_")
-        order = {role: self._rank_order(batch, role) for role in ("policy", "critic")}
+        order = batch.rank_orders = {role: self._rank_order(batch, role) for role in ("policy", "critic")}
         prompts, responses = batch.prompt_ids, batch.response_ids
         puts = {tuple(range(len(prompts))): refs}  # one object-store copy per row order
 
@@ -425,13 +425,13 @@ class PPOTrainer:
 
     def _train(self, batch: RolloutBatch) -> tuple[list[dict], list[dict]]:
         """Policy and critic updates at once; rank r gets rows r·B/W .. (r+1)·B/W of its targets in the group's
-        :meth:`_rank_order`, the shard it kept in :meth:`_score`."""
+        :meth:`_rank_order` as :meth:`_score` fixed it, the shard each rank kept there."""
         import ray
 
         from fgrlhf.workers.learner_worker import PPOUpdate
 
         ppo, cluster, seed = self.cfg.ppo, self.cluster, self.cfg.seed + batch.step
-        assert batch.result is not None  # filled in by _advantages
+        assert batch.result is not None and batch.rank_orders is not None  # filled in by _advantages and _score
 
         def submit(group, targets, update: PPOUpdate) -> list:
             # cloned: a view would ship its whole base tensor to every rank
@@ -439,7 +439,7 @@ class PPOTrainer:
 
         policy = submit(
             cluster.policy,
-            batch.result.advantages[self._rank_order(batch, "policy")],
+            batch.result.advantages[batch.rank_orders["policy"]],
             PPOUpdate(
                 epochs=ppo.epochs,
                 minibatch_size=ppo.step_batch_size // len(cluster.policy),
@@ -451,7 +451,7 @@ class PPOTrainer:
         )
         critic = submit(
             cluster.critic,
-            batch.result.returns[self._rank_order(batch, "critic")],
+            batch.result.returns[batch.rank_orders["critic"]],
             PPOUpdate(
                 epochs=ppo.epochs,
                 minibatch_size=ppo.step_batch_size // len(cluster.critic),
