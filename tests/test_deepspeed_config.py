@@ -102,3 +102,22 @@ def test_unsupported_grad_accum_dtype_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DeepSpeedConfig, overrides=overrides)
     load_config(DeepSpeedConfig, overrides=["bf16=true", "zero_stage=1", "grad_accum_dtype=fp32"])
+
+
+class _Engine:
+    """What :func:`skip_lone_rank_allreduce` reads of a DeepSpeed engine."""
+
+    def __init__(self, stage: int, dp_world_size: int):
+        self.stage, self.dp_world_size, self.enable_backward_allreduce = stage, dp_world_size, True
+
+    def zero_optimization_stage(self) -> int:
+        return self.stage
+
+
+@pytest.mark.parametrize(("stage", "ranks", "skipped"), [(0, 1, True), (0, 2, False), (1, 1, False), (3, 1, False)])
+def test_only_a_lone_zero0_rank_skips_the_gradient_allreduce(stage, ranks, skipped):
+    from fgrlhf.runtime.distributed import skip_lone_rank_allreduce
+
+    engine = _Engine(stage, ranks)
+    assert skip_lone_rank_allreduce(engine) is skipped
+    assert engine.enable_backward_allreduce is not skipped

@@ -7,9 +7,11 @@ import random
 import pytest
 import torch
 
+from fgrlhf.algorithms import ppo_core
 from fgrlhf.workers.packing import (
     at_response,
     balanced_order,
+    build,
     inverse_order,
     micro_batch_tokens,
     pack_row,
@@ -178,7 +180,8 @@ def _trained_weights(ray, ds, prompts, responses, targets, out_dir):
 @pytest.mark.slow
 def test_token_budget_micro_batches_take_the_same_step_as_one_micro_batch(ray_session, tmp_path, tokenizer):
     """DeepSpeed ZeRO-0 on CPU, one rank: one minibatch as one padded micro-batch, then cut by a token budget
-    into packed or length-grouped micro-batches; the parameters after the optimizer step agree."""
+    into packed or length-grouped micro-batches; the parameters after the optimizer step agree with each
+    other and with plain torch's clipped AdamW step on the same PPO loss."""
     from fgrlhf.config import DeepSpeedConfig, ModelConfig
     from fgrlhf.models import load_causal_lm
 
@@ -195,10 +198,23 @@ def test_token_budget_micro_batches_take_the_same_step_as_one_micro_batch(ray_se
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     assert len(plan_micro_batches(lengths, "packed", 8, 40)) > 2  # really cut
     assert len(plan_micro_batches(lengths, "grouped", 8, 60)) > 2
-    initial = dict(load_causal_lm(ModelConfig(), tokenizer).named_parameters())
+    model = load_causal_lm(ModelConfig(), tokenizer)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     old, stats, weights = runs["one"]
-    moved = max(float((weights[n] - p.detach()).abs().max()) for n, p in initial.items())
+    moved = max(float((weights[n] - p).abs().max()) for n, p in initial.items())
     assert moved > 1e-4  # the step changed the weights
+    # Oracle: the lone rank's step (DeepSpeed's all-reduce skipped) is plain torch's on the same loss.
+    batch = build(prompts, responses, tokenizer.pad_token_id, "padded")
+    logits = at_response(model(**batch.inputs(), use_cache=False).logits, batch.response_index, -1).float()
+    mask, width = batch.response_mask, batch.response_ids.size(1)
+    loss, _ = ppo_core.policy_loss(
+        ppo_core.logprobs_from_logits(logits, batch.response_ids), old, targets[:, :width], mask, 0.2
+    )
+    (loss - 0.01 * ppo_core.masked_mean(ppo_core.entropy_from_logits(logits), mask)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), base.grad_clip)
+    torch.optim.AdamW(model.parameters(), lr=base.lr, weight_decay=base.weight_decay).step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(weights[n], p.detach(), atol=1e-5, rtol=1e-4, msg=f"torch oracle: {n}")
     for name in ("packed", "grouped"):
         other_old, other_stats, other_weights = runs[name]
         torch.testing.assert_close(other_old, old, atol=1e-5, rtol=1e-5)

@@ -459,7 +459,19 @@ def build_engine(
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(cfg, total_steps, tiny_model, autocast)
     )
+    skip_lone_rank_allreduce(engine)
     return engine, optimizer, scheduler
+
+
+def skip_lone_rank_allreduce(engine) -> bool:
+    """Turn off ZeRO-0's gradient all-reduce when the engine is its only data-parallel rank, and say whether
+    it did. With nothing to reduce DeepSpeed still flattens every gradient into one buffer, scales it by
+    1 / 1, "all-reduces" it and copies it back at each optimizer step: three passes over the gradients (the
+    model's size) that change nothing. ZeRO-1/2/3 reduce inside their optimizers and are left alone."""
+    if engine.zero_optimization_stage() != 0 or engine.dp_world_size != 1:
+        return False
+    engine.enable_backward_allreduce = False
+    return True
 
 
 def gathered(params, zero_stage: int, modifier_rank: int | None = None):
