@@ -159,22 +159,31 @@ def test_balanced_order_is_an_equal_cardinality_permutation_with_close_totals(pa
 
 
 # --- token-budget micro-batches in the learner ------------------------------------------------------------------
-def _trained_weights(ray, ds, prompts, responses, targets, out_dir):
+def _trained_weights(ray, ds, prompts, responses, targets, out_dir, ranks: int = 1):
+    """One PPO minibatch step of ``ranks`` policy learner ranks, rank r on the r-th equal shard of the rows:
+    rank 0's old log-probs and stats, and the weights after the step."""
     from fgrlhf.config import ModelConfig
     from fgrlhf.workers.learner_worker import PolicyLearner, PPOUpdate
 
-    learner = ray.remote(PolicyLearner).options(num_cpus=0.5).remote(0, 1, ds, ModelConfig())
+    learners = [
+        ray.remote(PolicyLearner).options(num_cpus=0.5 / ranks).remote(r, ranks, ds, ModelConfig())
+        for r in range(ranks)
+    ]
+    shard = len(prompts) // ranks
+    rows = [slice(r * shard, (r + 1) * shard) for r in range(ranks)]
     try:
-        ray.get(learner.setup.remote(*ray.get(learner.rendezvous_address.remote())))
-        old = ray.get(learner.evaluate.remote(prompts, responses))
-        update = PPOUpdate(epochs=1, minibatch_size=len(prompts), clip_eps=0.2, coef=1.0, entropy_coef=0.01)
-        stats = ray.get(learner.train.remote(targets, update))
-        ray.get(learner.save_hf.remote(str(out_dir)))
+        address = ray.get(learners[0].rendezvous_address.remote())
+        ray.get([learner.setup.remote(*address) for learner in learners])
+        old = ray.get([learner.evaluate.remote(prompts, responses) for learner in learners])  # each keeps its shard
+        update = PPOUpdate(epochs=1, minibatch_size=shard, clip_eps=0.2, coef=1.0, entropy_coef=0.01)
+        stats = ray.get([learner.train.remote(targets[s], update) for learner, s in zip(learners, rows)])
+        ray.get([learner.save_hf.remote(str(out_dir)) for learner in learners])
     finally:
-        ray.kill(learner)
+        for learner in learners:
+            ray.kill(learner)
     from safetensors.torch import load_file
 
-    return old, stats, load_file(str(out_dir / "model.safetensors"))
+    return old[0], stats[0], load_file(str(out_dir / "model.safetensors"))
 
 
 @pytest.mark.slow
@@ -222,6 +231,34 @@ def test_token_budget_micro_batches_take_the_same_step_as_one_micro_batch(ray_se
             assert other_stats[key] == pytest.approx(stats[key], abs=1e-5), key
         for n, tensor in weights.items():
             torch.testing.assert_close(other_weights[n], tensor, atol=1e-5, rtol=1e-4, msg=f"{name}: {n}")
+
+
+@pytest.mark.slow
+def test_zero2_ranks_with_different_token_budget_plans_take_the_same_step(ray_session, tmp_path):
+    """Two ZeRO-2 ranks (gloo) whose shards need different numbers of micro-batches under a token budget: they
+    agree on one count (ZeRO-2 reduces at every backward, so unequal counts would hang) and the step equals
+    the one without a budget (one micro-batch per rank)."""
+    from fgrlhf.config import DeepSpeedConfig
+
+    prompts, responses = _sequences(8, seed=3)
+    by_length = sorted(range(8), key=lambda i: len(prompts[i]) + len(responses[i]))  # rank 0 short, rank 1 long
+    prompts, responses = [prompts[i] for i in by_length], [responses[i] for i in by_length]
+    targets = torch.randn(8, max(len(r) for r in responses), generator=torch.Generator().manual_seed(1))
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    budget = 30
+    counts = [len(plan_micro_batches(lengths[s], "grouped", 4, budget)) for s in (slice(0, 4), slice(4, 8))]
+    assert counts[0] < counts[1]  # the ranks' own plans differ
+    base = DeepSpeedConfig(
+        zero_stage=2, world_size=2, micro_batch_size=4, lr=1e-3, num_cpus_per_rank=0.25, packing="grouped"
+    )
+    whole = _trained_weights(ray_session, base, prompts, responses, targets, tmp_path / "whole", ranks=2)
+    cut_cfg = base.model_copy(update={"max_tokens_per_micro_batch": budget})
+    cut = _trained_weights(ray_session, cut_cfg, prompts, responses, targets, tmp_path / "cut", ranks=2)
+    torch.testing.assert_close(cut[0], whole[0], atol=1e-5, rtol=1e-5)
+    for key in ("policy_loss", "entropy"):
+        assert cut[1][key] == pytest.approx(whole[1][key], abs=1e-5), key
+    for n, tensor in whole[2].items():
+        torch.testing.assert_close(cut[2][n], tensor, atol=1e-5, rtol=1e-4, msg=n)
 
 
 # --- rank balancing in the PPO step -----------------------------------------------------------------------------
