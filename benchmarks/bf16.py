@@ -4,9 +4,10 @@
                             [--micro-batch 4] [--threads 2] [--repeats 2] [--ppo-steps 3] [--json OUT]
 
 PPO-like shapes: ``--rows`` sequences of about ``--prompt-tokens`` prompt tokens (±20, so rows pad as in a
-rollout) and up to ``--response-tokens`` response tokens, cut from the packaged AlpacaEval reference answers (natural text,
-so the log-probs are those of likely tokens, not of random ids, and fixed by the package, not by docs). The batch runs in micro-batches of
-``--micro-batch`` rows through the project's own layout (``workers/packing.pack``), as the workers do.
+rollout) and up to ``--response-tokens`` response tokens, cut from the packaged AlpacaEval reference answers
+(natural text, so the log-probs are those of likely tokens, not of random ids; fixed by the package, so the
+inputs do not change with the docs). The batch runs in micro-batches of ``--micro-batch`` rows through the
+project's own layout (``workers/packing.pack``), as the workers do.
 
 Measured, float32 then ``torch.autocast(cpu, bfloat16)`` over the same float32 weights (``model.autocast``):
 

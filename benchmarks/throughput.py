@@ -29,7 +29,8 @@ that remain: TRL trains policy and value in one backward pass and steps its opti
 
 A step is timed from the end of the one before (both frameworks: the loop's own bookkeeping included), so
 ``--warmup`` is at least 1; fgrlhf runs one more step last, not timed (its actors flush their Ray task events
-every 0.1 s here, 1 s by default: those of the very last step can die with the actors). Reported (medians over ``--steps`` steps):
+every 0.1 s here, 1 s by default: those of the very last step can die with the actors). Reported (medians
+over ``--steps`` steps):
 - seconds per PPO step of each framework and ``ratio_step_time_fgrlhf_vs_trl`` (> 1: fgrlhf is slower);
 - ``ray_overhead_fraction``: the part of fgrlhf's step wall time (driver) during which no actor method was
   executing and the driver was not computing (advantages, gold, its metrics log between steps) —
