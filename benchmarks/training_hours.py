@@ -35,6 +35,8 @@ Rule, fixed before the comparison runs:
    ``--calibration-steps`` steps; plateau = mean gold of its last ``--plateau-steps`` steps;
 3. target = initial + ``--target-fraction`` × (plateau − initial) (``--target`` / ``--target-delta`` replace
    steps 2-3).
+The window: ``--window``, or by default the smallest from 5 (``--quick``: 2) up to a third of ``--max-steps``
+whose predicted noise meets the rule below, fixed from the noise and margin alone before any comparison run.
 Determinability, enforced: the run stops, with the failing figure, before any comparison arm unless the
 smoothed gold's noise is under a third of the margin (target − initial) and every ``oracle_sequence`` seed
 (run first) reaches the target (``--quick`` reports both without stopping). The other runs go seed-major
@@ -155,6 +157,9 @@ DEFAULT_VARIANTS = (
     "oracle_token_lam095",
 )
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+# The default window grows from the preset's until the smoothed gold meets the noise rule, at most to a third
+# of the step budget (a wider one would blur where in the run the best comes).
+AUTO_WINDOW_MAX_FRACTION = 3
 PRIOR_SECONDS_PER_STEP = 8.0  # the ETA's guess until the calibration measures it (batch 32, idle 2 cores)
 # Settings every arm shares, on top of the config, planned by arithmetic for 2 idle CPU cores:
 # - noise: the initial policy's gold has a per-response sd of 0.12-0.19 (SFT policy rollouts; 0.23 for the
@@ -293,6 +298,16 @@ def run_ratio(numerator: dict, denominator: dict, key: str) -> tuple[float, floa
 def smoothed_noise(sd_response: float, batch: int, window: int) -> float:
     """sd of a ``window``-step mean of batch-mean golds of a fixed policy: sd / √(batch · window)."""
     return sd_response / math.sqrt(batch * window)
+
+
+def auto_window(sd_response: float, batch: int, margin: float, start: int, limit: int) -> int:
+    """The smallest window from ``start`` up to ``limit`` whose smoothed gold is quiet enough for the margin
+    (:func:`noise_rule`); ``limit`` when none is, where the rule then stops the run with its figures."""
+    limit = max(start, limit)
+    for window in range(start, limit + 1):
+        if noise_rule(smoothed_noise(sd_response, batch, window), margin) is None:
+            return window
+    return limit
 
 
 def noise_rule(noise: float, margin: float) -> str | None:
@@ -517,6 +532,12 @@ def run(args: argparse.Namespace) -> dict:
                 "step_seconds_median": statistics.median(r["step_seconds"] for r in cal),
             }
         margin = target - initial["mean"]
+        window_rule = "--window" if args.window is not None else "auto"
+        if args.window is None:  # before any comparison arm, from the noise alone
+            args.window = auto_window(
+                initial["sd"], batch, margin, preset["window"], args.max_steps // AUTO_WINDOW_MAX_FRACTION
+            )
+            log.info("window %d: the smallest from %d that meets the noise rule", args.window, preset["window"])
         noise = smoothed_noise(initial["sd"], batch, args.window)
         plan = {
             "runs": len(args.seeds) * len(args.variants),
@@ -641,6 +662,7 @@ def run(args: argparse.Namespace) -> dict:
         "seeds": args.seeds,
         "max_steps": args.max_steps,
         "window": args.window,
+        "window_rule": window_rule,
         "rollout_batch_size": batch,
         "initial_gold": initial["mean"],
         "initial_gold_sd": initial["sd"],
@@ -879,7 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--window",
         type=int,
-        help=f"moving-average window in steps (default {FULL['window']}; --quick: {QUICK['window']})",
+        help=f"moving-average window in steps (default: the smallest from {FULL['window']} (--quick: "
+        f"{QUICK['window']}) up to --max-steps / {AUTO_WINDOW_MAX_FRACTION} that meets the noise rule, chosen "
+        "before any comparison arm runs)",
     )
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target", type=float, help="absolute gold target (skips the calibration)")
@@ -928,12 +952,11 @@ def main(argv: list[str] | None = None) -> int:
     preset = QUICK if args.quick else FULL
     args.seeds = args.seeds or ([0] if args.quick else list(DEFAULT_SEEDS))
     args.max_steps = args.max_steps or preset["max_steps"]
-    args.window = args.window or preset["window"]
     args.calibration_steps = args.calibration_steps or args.max_steps
     args.plateau_steps = args.plateau_steps or preset["plateau_steps"]
     args.initial_samples = args.initial_samples or preset["initial_samples"]
-    if args.window > args.max_steps:
-        parser.error(f"--window {args.window} exceeds --max-steps {args.max_steps}")
+    if (args.window or preset["window"]) > args.max_steps:
+        parser.error(f"--window {args.window or preset['window']} exceeds --max-steps {args.max_steps}")
     if args.plateau_steps > args.calibration_steps:
         parser.error(f"--plateau-steps {args.plateau_steps} exceeds --calibration-steps {args.calibration_steps}")
     if args.calibration_seed in args.seeds:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.training_hours import (
+    auto_window,
     calibrated_target,
     eta_minutes,
     noise_rule,
@@ -103,6 +104,17 @@ def test_determinability_rule_names_the_failing_figure():
     assert oracle_rule({0: True, 1: False, 2: False}, 0.4, 24) == (
         "oracle_sequence seeds [1, 2] never reached the target 0.4000 in 24 steps"
     )
+
+
+def test_the_default_window_is_the_smallest_that_meets_the_noise_rule():
+    # The balanced env's first five-seed attempt: sd 0.234, batch 32, margin 0.0533 (margin / 3 = 0.0178).
+    # Window 5: 0.234 / √160 = 0.0185, too noisy; 6: 0.234 / √192 = 0.0169, quiet enough.
+    assert auto_window(0.234, batch=32, margin=0.0533, start=5, limit=8) == 6
+    assert auto_window(0.10, batch=32, margin=0.0533, start=5, limit=8) == 5  # the start already meets it
+    # none up to the limit does: the limit, and the rule then stops the run with its figures
+    assert auto_window(0.50, batch=32, margin=0.0533, start=5, limit=8) == 8
+    assert noise_rule(smoothed_noise(0.50, 32, 8), 0.0533) is not None
+    assert auto_window(0.50, batch=8, margin=0.05, start=2, limit=1) == 2  # a limit below the start: the start
 
 
 def test_eta_adds_steps_start_up_and_rms():
