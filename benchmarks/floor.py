@@ -142,21 +142,13 @@ def in_order(rows: list[int], size: int) -> list[list[int]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def group_order(learner, lengths: list[int]) -> list[int]:
-    """The order in which a learner group takes the batch's rows, rank r the r-th contiguous equal shard: token-
-    balanced shards under ``balance_ranks``, as the trainer's ``_rank_order``, else batch order."""
-    from fgrlhf.workers.packing import balanced_order
-
-    return balanced_order(lengths, learner.world_size) if learner.balance_ranks else list(range(len(lengths)))
-
-
 def learner_minibatches(
     order: list[int], world_size: int, step_batch_size: int, epochs: int, seed: int
 ) -> list[list[list[int]]]:
     """The batch rows of every optimizer step of an fgrlhf learner group, per rank: rank r holds the r-th
-    contiguous shard of ``order`` (:func:`group_order`) and steps through it as ``DeepSpeedLearner.train`` does
-    (:func:`fgrlhf.workers.packing.minibatch_schedule`); the k-th optimizer step joins every rank's k-th
-    minibatch. ``seed``: ``cfg.seed + step``, as the trainer's."""
+    contiguous shard of ``order`` (:func:`fgrlhf.workers.packing.rank_order`) and steps through it as
+    ``DeepSpeedLearner.train`` does (:func:`fgrlhf.workers.packing.minibatch_schedule`); the k-th optimizer step
+    joins every rank's k-th minibatch. ``seed``: ``cfg.seed + step``, as the trainer's."""
     from fgrlhf.workers.packing import minibatch_schedule, split
 
     shards = split(order, world_size)
@@ -190,7 +182,7 @@ def fgrlhf_counts(cfg, responses: list[list[int]], lengths: list[int], step: int
     reference and reward workers score the batch in order in micro-batches of their size; each learner rank
     evaluates its shard in micro-batches and trains on its minibatches' micro-batches (in shuffled order, as
     :func:`learner_minibatches`)."""
-    from fgrlhf.workers.packing import split
+    from fgrlhf.workers.packing import rank_order, split
 
     rows = list(range(len(responses)))
     counts = empty_counts()
@@ -202,7 +194,7 @@ def fgrlhf_counts(cfg, responses: list[list[int]], lengths: list[int], step: int
         ("policy", "logprobs", cfg.policy_learner),
         ("critic", "value", cfg.critic_learner),
     ):
-        micro, order = learner.micro_batch_size, group_order(learner, lengths)
+        micro, order = learner.micro_batch_size, rank_order(lengths, learner.world_size, learner.balance_ranks)
         for shard in split(order, learner.world_size):
             count_forward(counts, phase, in_order(shard, micro), lengths)
         minibatches = learner_minibatches(
@@ -322,7 +314,7 @@ class Floor:
 
         from fgrlhf.algorithms import ppo_core
         from fgrlhf.trainers.ppo.inputs import batch_indices
-        from fgrlhf.workers.packing import pack
+        from fgrlhf.workers.packing import lengths_of, pack, rank_order
 
         cfg, ppo, sizes = self.cfg, self.cfg.ppo, self.sizes
         counts = empty_counts()
@@ -336,7 +328,7 @@ class Floor:
         counts["generated_tokens"] = sum(len(r) for r in responses)
         counts["generate_calls"] = len(in_order(prompts, sizes["generate"]))
         clock.mark("generate")
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        lengths = lengths_of(prompts, responses)
         width = max(len(r) for r in responses)
         mask = torch.zeros(len(responses), width)
         for i, r in enumerate(responses):
@@ -395,7 +387,11 @@ class Floor:
         ):
             phase = f"train_{role}"
             minibatches = learner_minibatches(
-                group_order(learner, lengths), learner.world_size, ppo.step_batch_size, ppo.epochs, cfg.seed + step
+                rank_order(lengths, learner.world_size, learner.balance_ranks),
+                learner.world_size,
+                ppo.step_batch_size,
+                ppo.epochs,
+                cfg.seed + step,
             )
             for per_rank in minibatches:
                 groups = by_length([i for part in per_rank for i in part], lengths, sizes[phase])

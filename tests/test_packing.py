@@ -16,6 +16,7 @@ from fgrlhf.workers.packing import (
     micro_batch_tokens,
     pack_row,
     plan_micro_batches,
+    rank_order,
     response_logprobs,
     split,
     split_to_count,
@@ -137,6 +138,12 @@ def test_balanced_order_hand_example():
     assert balanced_order([3, 1, 2], 1) == [0, 1, 2]  # one rank: batch order
     with pytest.raises(ValueError, match="equal shards"):
         balanced_order([1, 2, 3], 2)
+
+
+def test_rank_order_balances_only_when_asked():
+    # the one choice the trainer and the compute floor share: balance_ranks on -> balanced shards, off -> batch order
+    assert rank_order([10, 9, 2, 1], 2, balance=True) == [0, 3, 1, 2]
+    assert rank_order([10, 9, 2, 1], 2, balance=False) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("parts", [2, 3, 4])
@@ -271,7 +278,7 @@ def test_balancing_the_ranks_changes_no_per_row_result(ray_session, tmp_path, mo
     from fgrlhf.config import load_config
     from fgrlhf.trainers.ppo.config import PPOTrainConfig
     from fgrlhf.trainers.ppo.trainer import PPOTrainer, train
-    from fgrlhf.workers.packing import rank_order
+    from fgrlhf.workers.packing import lengths_of
 
     captured: dict[bool, dict] = {}
     original = PPOTrainer._train
@@ -279,7 +286,7 @@ def test_balancing_the_ranks_changes_no_per_row_result(ray_session, tmp_path, mo
     def recording(self, batch):
         result = batch.result
         captured[self.cfg.policy_learner.balance_ranks] = {
-            "order": rank_order(batch.prompt_ids, batch.response_ids, 2),
+            "order": rank_order(lengths_of(batch.prompt_ids, batch.response_ids), 2, balance=True),
             "old_logprobs": batch.old_logprobs.clone(),
             "old_values": batch.old_values.clone(),
             "advantages": result.advantages.clone(),

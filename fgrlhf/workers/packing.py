@@ -291,6 +291,8 @@ def inverse_order(order: list[int]) -> list[int]:
     return inverse
 
 
-def rank_order(prompt_ids: list[list[int]], response_ids: list[list[int]], parts: int) -> list[int]:
-    """:func:`balanced_order` of a batch by each sequence's prompt + response tokens."""
-    return balanced_order(lengths_of(prompt_ids, response_ids), parts)
+def rank_order(lengths: list[int], parts: int, balance: bool) -> list[int]:
+    """The order in which a group of ``parts`` data-parallel ranks takes a batch's rows (of ``lengths`` tokens),
+    rank r the r-th contiguous equal shard: :func:`balanced_order` under ``balance`` (a learner's
+    ``balance_ranks``), so no rank waits for another, else batch order."""
+    return balanced_order(lengths, parts) if balance else list(range(len(lengths)))

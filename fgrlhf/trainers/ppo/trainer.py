@@ -414,14 +414,12 @@ class PPOTrainer:
 
     def _rank_order(self, batch: RolloutBatch, role: str) -> list[int]:
         """The order in which ``role``'s learner group takes the batch's rows, rank r the r-th contiguous equal
-        shard: shards of near-equal token totals (``balance_ranks``, :func:`~fgrlhf.workers.packing.rank_order`)
-        so no rank waits for another, else batch order. Per-row results come back through its inverse."""
-        from fgrlhf.workers.packing import rank_order
+        shard (:func:`~fgrlhf.workers.packing.rank_order`). Per-row results come back through its inverse."""
+        from fgrlhf.workers.packing import lengths_of, rank_order
 
         assert batch.response_ids is not None  # filled in by _rollout
-        if not getattr(self.cfg, f"{role}_learner").balance_ranks:
-            return list(range(len(batch.prompt_ids)))
-        return rank_order(batch.prompt_ids, batch.response_ids, len(getattr(self.cluster, role)))
+        lengths = lengths_of(batch.prompt_ids, batch.response_ids)
+        return rank_order(lengths, len(getattr(self.cluster, role)), getattr(self.cfg, f"{role}_learner").balance_ranks)
 
     def _train(self, batch: RolloutBatch) -> tuple[list[dict], list[dict]]:
         """Policy and critic updates at once; rank r gets rows r·B/W .. (r+1)·B/W of its targets in the group's
