@@ -75,13 +75,12 @@ def _precision(bf16: bool):
 
 def _logprobs(model, batches, bf16: bool, grad: bool = False) -> list:
     from fgrlhf.algorithms import ppo_core
-    from fgrlhf.workers.packing import at_response
+    from fgrlhf.workers.packing import lm_response_logits
 
     out = []
     with torch.set_grad_enabled(grad), _precision(bf16):
         for batch in batches:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            logits = at_response(logits, batch.response_index, shift=-1).float()
+            logits = lm_response_logits(model, batch.response_index, **batch.inputs()).float()
             out.append(ppo_core.logprobs_from_logits(logits, batch.response_ids) * batch.response_mask)
     return out
 

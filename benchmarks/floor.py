@@ -292,11 +292,11 @@ class Floor:
         return responses
 
     def response_logits(self, model, batch: Packed) -> torch.Tensor:
-        from fgrlhf.workers.packing import at_response
+        from fgrlhf.workers.packing import lm_response_logits
 
         with self.precision():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return at_response(logits, batch.response_index, shift=-1).float()
+            logits = lm_response_logits(model, batch.response_index, **batch.inputs())
+        return logits.float()
 
     def head(self, model, batch: Packed, shift: int) -> torch.Tensor:
         """An RM's head at the response tokens (``shift=0``: r_t) or before them (``-1``: the critic's V(s_t))."""

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     from fgrlhf.algorithms import ppo_core
     from fgrlhf.config import ModelConfig
     from fgrlhf.models import load_causal_lm, load_tokenizer
-    from fgrlhf.workers.packing import at_response, lengths_of, micro_batches, plan_micro_batches
+    from fgrlhf.workers.packing import lengths_of, lm_response_logits, micro_batches, plan_micro_batches
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
             batches = [b for _, b in micro_batches(prompts, responses, tokenizer.pad_token_id, layout, plan)]
 
             def logprobs(batch):
-                logits = at_response(model(**batch.inputs(), use_cache=False).logits, batch.response_index, -1)
+                logits = lm_response_logits(model, batch.response_index, **batch.inputs(), use_cache=False)
                 return ppo_core.logprobs_from_logits(logits.float(), batch.response_ids) * batch.response_mask
 
             def forward(batches=batches):

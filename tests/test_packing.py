@@ -13,6 +13,7 @@ from fgrlhf.workers.packing import (
     balanced_order,
     build,
     inverse_order,
+    lm_response_logits,
     micro_batch_tokens,
     pack_row,
     plan_micro_batches,
@@ -66,6 +67,45 @@ def test_layouts_give_the_same_logprobs(tokenizer, attention):
         budget = response_logprobs(model, prompts, responses, pad, 3, layout=layout, max_tokens=30)
         torch.testing.assert_close(budget, want, atol=1e-5, rtol=1e-5)
     assert (want != 0).sum() == sum(len(r) for r in responses)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_lm_head_runs_only_where_a_logit_predicts_a_response_token(tokenizer, layout):
+    """The full forward's logits before each response token, and the LM head fed only those positions (the union
+    over a padded batch's rows); gradients reach the same weights."""
+    from fgrlhf.config import ModelConfig
+    from fgrlhf.models import load_causal_lm
+
+    model = load_causal_lm(ModelConfig(), tokenizer)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12]]
+    responses = [[13, 14], [15, 16, 17]]
+    batch = build(prompts, responses, tokenizer.pad_token_id, layout)
+    head_rows = []
+    model.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[1]))
+
+    got = lm_response_logits(model, batch.response_index, **batch.inputs(), use_cache=False)
+    (ppo_core.logprobs_from_logits(got, batch.response_ids) * batch.response_mask).sum().backward()
+    got_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+    model.zero_grad()
+    full = model(**batch.inputs(), use_cache=False).logits
+    want = at_response(full, batch.response_index, shift=-1)
+    (ppo_core.logprobs_from_logits(want, batch.response_ids) * batch.response_mask).sum().backward()
+
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # float32 sums in another order: equal to ~1e-6 of the gradient's scale
+    torch.testing.assert_close(got_grad, model.model.layers[0].mlp.up_proj.weight.grad, atol=1e-4, rtol=1e-3)
+    # the head's inputs with and without: padded {5, 6} ∪ {1, 2, 3} of 8 positions, packed {5, 6, 9, 10, 11} of 13
+    assert head_rows == ([5, 8] if layout == "padded" else [5, 13])
+
+
+def test_lm_response_logits_refuses_a_model_that_ignores_logits_to_keep():
+    class FullLogits(torch.nn.Module):
+        def forward(self, input_ids, **_):
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 4)})()
+
+    batch = build([[1, 2, 3]], [[4]], 0, "padded")
+    with pytest.raises(TypeError, match="logits_to_keep"):
+        lm_response_logits(FullLogits(), batch.response_index, **batch.inputs())
 
 
 @pytest.mark.parametrize("kind", ["token", "sequence"])
@@ -264,8 +304,9 @@ def test_zero2_ranks_with_different_token_budget_plans_take_the_same_step(ray_se
     torch.testing.assert_close(cut[0], whole[0], atol=1e-5, rtol=1e-5)
     for key in ("policy_loss", "entropy"):
         assert cut[1][key] == pytest.approx(whole[1][key], abs=1e-5), key
+    # Adam's first step is lr · g / (|g| + eps): a gradient entry near eps turns float rounding into a few % of lr
     for n, tensor in whole[2].items():
-        torch.testing.assert_close(cut[2][n], tensor, atol=1e-5, rtol=1e-4, msg=n)
+        torch.testing.assert_close(cut[2][n], tensor, atol=0.05 * base.lr, rtol=1e-4, msg=n)
 
 
 # --- rank balancing in the PPO step -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from fgrlhf.config import ModelConfig, StrictModel
-from fgrlhf.workers.packing import at_response
+from fgrlhf.workers.packing import lm_response_logits
 
 
 class FigaLossConfig(StrictModel):
@@ -30,11 +30,13 @@ def response_ce(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tenso
     """CE_t of every response token of ``side`` (``revised``/``original``), ``[B, T]`` (padding included)."""
     from fgrlhf.algorithms.figa_loss import token_cross_entropy
 
-    logits = model(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"]).logits
-    # The logits at the position before token t predict t.
-    return token_cross_entropy(
-        at_response(logits, batch[f"{side}_response_index"], shift=-1), batch[f"{side}_response_ids"]
+    logits = lm_response_logits(
+        model,
+        batch[f"{side}_response_index"],
+        input_ids=batch[f"{side}_input_ids"],
+        attention_mask=batch[f"{side}_attention_mask"],
     )
+    return token_cross_entropy(logits, batch[f"{side}_response_ids"])
 
 
 class FigaTask:

@@ -27,6 +27,7 @@ from fgrlhf.workers.packing import (
     at_response,
     build,
     lengths_of,
+    lm_response_logits,
     micro_batches,
     minibatch_schedule,
     plan_micro_batches,
@@ -257,8 +258,7 @@ class PolicyLearner(DeepSpeedLearner):
             return load_causal_lm(self.policy_cfg, self.tokenizer)
 
     def _response_logits(self, batch: Batch) -> torch.Tensor:
-        logits = self.engine(**batch.inputs(), use_cache=False).logits
-        return at_response(logits, batch.response_index, shift=-1).float()
+        return lm_response_logits(self.engine, batch.response_index, **batch.inputs(), use_cache=False).float()
 
     def _evaluate_batch(self, batch: Batch) -> torch.Tensor:
         return ppo_core.logprobs_from_logits(self._response_logits(batch), batch.response_ids)

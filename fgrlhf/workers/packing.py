@@ -147,6 +147,23 @@ def at_response(per_position: torch.Tensor, index: torch.Tensor, shift: int = 0)
     return per_position.gather(1, idx)
 
 
+def lm_response_logits(model, response_index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+    """``[B, T, V]`` logits of a causal LM (or its DeepSpeed engine) that predict each response token (those at
+    the position before it, as ``at_response(logits, response_index, shift=-1)``), with the LM head run only at
+    those positions (HF ``logits_to_keep``; one set for all rows of a padded batch): prompt positions skip its
+    hidden × vocab matmul and their ``[tokens, vocab]`` logits, forward and backward. For SmolLM2 the head is a
+    fifth of a token's arithmetic, and most of a PPO batch's tokens are prompt."""
+    before = (response_index - 1).clamp(min=0)
+    keep = before.unique()  # sorted
+    logits = model(**inputs, logits_to_keep=keep).logits
+    if logits.size(1) != keep.numel():
+        raise TypeError(
+            f"{type(model).__name__} returned logits at {logits.size(1)} positions for "
+            f"logits_to_keep of {keep.numel()}: it must accept transformers' logits_to_keep"
+        )
+    return at_response(logits, torch.searchsorted(keep, before))
+
+
 # --- micro-batches ----------------------------------------------------------------------------------------------
 def resolve_layout(setting: LayoutSetting, model: torch.nn.Module, device: torch.device) -> Layout:
     """``auto``: packed where attention is varlen (CUDA and ``flash_attention_2``), else :data:`CPU_LAYOUT`
@@ -250,8 +267,7 @@ def response_logprobs(
     out = torch.zeros(len(prompt_ids), max(len(r) for r in response_ids))
     for rows, batch in micro_batches(prompt_ids, response_ids, pad_id, chosen, plan):
         batch = batch.to(device)
-        logits = model(**batch.inputs(), use_cache=False).logits
-        logits = at_response(logits, batch.response_index, shift=-1).float()
+        logits = lm_response_logits(model, batch.response_index, **batch.inputs(), use_cache=False).float()
         logprobs = ppo_core.logprobs_from_logits(logits, batch.response_ids) * batch.response_mask
         out[rows, : logprobs.size(1)] = logprobs.cpu()
     return out
