@@ -147,7 +147,7 @@ def at_response(per_position: torch.Tensor, index: torch.Tensor, shift: int = 0)
     return per_position.gather(1, idx)
 
 
-def lm_response_logits(model, response_index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+def lm_response_logits(model, response_index: torch.Tensor, **inputs: torch.Tensor | bool) -> torch.Tensor:
     """``[B, T, V]`` logits of a causal LM (or its DeepSpeed engine) that predict each response token (those at
     the position before it, as ``at_response(logits, response_index, shift=-1)``), with the LM head run only at
     those positions (HF ``logits_to_keep``; one set for all rows of a padded batch): prompt positions skip its
