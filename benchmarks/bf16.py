@@ -57,7 +57,9 @@ def _batch(tokenizer, rows: int, prompt_tokens: int, response_tokens: int, seed:
     from fgrlhf.data.loading import ALPACA_EVAL_SET, load_records
 
     rng = random.Random(seed)
-    text = "\n\n".join(record["reference"] for record in load_records(ALPACA_EVAL_SET, ("reference",)))
+    # AlpacaEval has a few empty references (e.g. its koala "Make a slide to introduce Cantonese")
+    records = load_records(ALPACA_EVAL_SET, ("reference",), allow_empty=("reference",))
+    text = "\n\n".join(record["reference"] for record in records if record["reference"])
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     prompts, responses = [], []
     for _ in range(rows):

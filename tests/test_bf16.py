@@ -97,3 +97,13 @@ def test_reuse_rollout_logprobs_only_where_exact():
         assert not PPOTrainConfig.model_validate({**base, **change}).reuses_rollout_logprobs, change
     with pytest.raises(ValueError, match="choose one"):
         PPOTrainConfig.model_validate({**base, "policy": {"autocast": "bf16"}, "critic_learner": {"bf16": True}})
+
+
+def test_benchmark_batch_cuts_real_text_from_the_packaged_references(tokenizer):
+    """benchmarks/bf16.py's batch: spans of the packaged AlpacaEval references (some are empty), of the asked
+    lengths, each response continuing its prompt."""
+    from benchmarks.bf16 import _batch
+
+    prompts, responses = _batch(tokenizer, rows=4, prompt_tokens=40, response_tokens=12, seed=0)
+    assert len(prompts) == len(responses) == 4
+    assert all(20 <= len(p) <= 60 and 8 <= len(r) <= 12 for p, r in zip(prompts, responses))
