@@ -537,7 +537,12 @@ def run(args: argparse.Namespace) -> dict:
             args.window = auto_window(
                 initial["sd"], batch, margin, preset["window"], args.max_steps // AUTO_WINDOW_MAX_FRACTION
             )
-            log.info("window %d: the smallest from %d that meets the noise rule", args.window, preset["window"])
+            log.info(
+                "window %d: the smallest from %d up to %d that meets the noise rule (else the largest)",
+                args.window,
+                preset["window"],
+                max(preset["window"], args.max_steps // AUTO_WINDOW_MAX_FRACTION),
+            )
         noise = smoothed_noise(initial["sd"], batch, args.window)
         plan = {
             "runs": len(args.seeds) * len(args.variants),
