@@ -96,7 +96,7 @@ from benchmarks.common import (
     train_rm,
     write_json,
 )
-from fgrlhf.algorithms.intervals import sign_test_interval
+from fgrlhf.algorithms.intervals import censored_ratio, sign_test_interval
 from fgrlhf.pipelines.stages import Pipeline
 
 log = logging.getLogger("benchmarks.training_hours")
@@ -283,16 +283,6 @@ def steps_to_best(records: list[dict], window: int) -> dict:
         "seconds_to_best": sum(r["step_seconds"] for r in records[: best + 1]),
         "best_gold_ma": smoothed[best],
     }
-
-
-def run_ratio(numerator: dict, denominator: dict, key: str) -> tuple[float, float, float]:
-    """One seed's ratio numerator/denominator of ``key`` (steps or seconds to target) with the interval it is
-    known to lie in: a censored run only gives a lower bound on its own value, so a censored numerator
-    makes the ratio a lower bound (upper end ∞), a censored denominator an upper bound (lower end 0)."""
-    value = numerator[key] / denominator[key]
-    low = 0.0 if not denominator["reached"] else value
-    high = math.inf if not numerator["reached"] else value
-    return value, low, high
 
 
 def smoothed_noise(sd_response: float, batch: int, window: int) -> float:
@@ -730,7 +720,8 @@ def run(args: argparse.Namespace) -> dict:
             value, note = ratio(variants[num], variants[den], key)
             full = f"ratio_{name}_{pair}"
             result[full], result[f"{full}_note"] = value, note
-            per_seed = [run_ratio(by_seed[num][s], by_seed[den][s], key) for s in args.seeds]
+            paired = [(by_seed[num][s], by_seed[den][s]) for s in args.seeds]
+            per_seed = [censored_ratio(a[key], a["reached"], b[key], b["reached"]) for a, b in paired]
             interval = sign_test_interval([r[1] for r in per_seed], [r[2] for r in per_seed])
             result[f"{full}_ci"] = None if value is None else _finite([interval["low"], interval["high"]])
             result[f"{full}_ci_coverage"] = interval["coverage"]

@@ -18,13 +18,12 @@ from benchmarks.training_hours import (
     noise_rule,
     oracle_rule,
     ratio,
-    run_ratio,
     smoothed_noise,
     steps_to_best,
     summarise_variant,
     time_to_target,
 )
-from fgrlhf.algorithms.intervals import sign_test_interval
+from fgrlhf.algorithms.intervals import censored_ratio, sign_test_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,11 +73,10 @@ def test_sign_test_interval_on_five_and_ten_paired_values():
 
 
 def test_censored_runs_turn_per_seed_ratios_into_bounds_that_widen_the_interval():
-    reached = {"steps": 10, "reached": True}
-    censored = {"steps": 20, "reached": False}
-    assert run_ratio(reached, reached, "steps") == (1.0, 1.0, 1.0)
-    assert run_ratio(censored, reached, "steps") == (2.0, 2.0, math.inf)  # numerator ≥ 20: ratio ≥ 2
-    assert run_ratio(reached, censored, "steps") == (0.5, 0.0, 0.5)  # denominator ≥ 20: ratio ≤ 0.5
+    assert censored_ratio(10, True, 10, True) == (1.0, 1.0, 1.0)
+    assert censored_ratio(20, False, 10, True) == (2.0, 2.0, math.inf)  # numerator ≥ 20: ratio ≥ 2
+    assert censored_ratio(10, True, 20, False) == (0.5, 0.0, 0.5)  # denominator ≥ 20: ratio ≤ 0.5
+    assert censored_ratio(20, False, 20, False) == (1.0, 0.0, math.inf)  # both censored: nothing known
     # one seed censored on the numerator: the interval's upper end opens, the lower end is the plain minimum
     lows, highs = [0.5, 0.8, 1.0, 1.2, 2.0], [0.5, 0.8, 1.0, 1.2, math.inf]
     interval = sign_test_interval(lows, highs)

@@ -174,7 +174,13 @@ def test_tiny_profile_killed_mid_ppo_resumes_to_the_report(tmp_path, monkeypatch
     assert t3["ratio_token_over_sequence"] > 0
     assert set(report["table_2"]) == {"sequence", "token"}
     assert "longer_wins" in report["table_2"]["token"]["edit_pairs"]
-    assert "Table 3" in (out / "report.md").read_text() and (out / report["plot"]).is_file()
+    assert t3["ratio_to_target_token_over_sequence"] > 0 and set(t3["ratio_to_target_censored"]) == {
+        "token",
+        "sequence",
+    }
+    markdown = (out / "report.md").read_text()
+    assert "Table 3" in markdown and "PPO hours to the target, token / sequence" in markdown
+    assert (out / report["plot"]).is_file()
 
 
 def test_splits_are_disjoint_and_keep_eval_prompts_out_of_training():
@@ -266,6 +272,47 @@ def test_table_3_hours_to_best_ratio_interval_and_target(tmp_path):
     assert t3["ratio_interval_coverage"] == pytest.approx(0.5)  # two seeds: [min, max] covers the median half the time
     assert t3["arms"]["token"]["hours_to_target"] == pytest.approx(1.5)
     assert t3["arms"]["sequence"]["target_reached"] == "2/2" and t3["arms"]["token"]["rm_wall_hours"] == 0.1
+
+
+def test_table_3_ratio_to_the_target_takes_a_run_short_of_it_as_a_bound(tmp_path):
+    from fgrlhf.config import load_config
+    from fgrlhf.pipelines.paper_config import PaperConfig
+    from fgrlhf.pipelines.paper_report import run_summary, table_3
+
+    cfg = load_config(PaperConfig, TINY, ["ppo.arms=[sequence,token]", "ppo.seeds=[0,1,2]"])
+    rms = {kind: {"wall_hours": 0.1, "gpu_hours": 0.8, "loop_hours": 0.05} for kind in ("sequence", "token")}
+    # Validation win rates at checkpoints 2 and 4 (1 h a step, target 45): the first checkpoint ≥ 45 is the
+    # hours to the target; (42, 40) never reaches it, so that run counts its 4 h as a lower bound.
+    curves = {
+        ("token", 0): (50, 40),  # 2 h
+        ("sequence", 0): (40, 50),  # 4 h: seed 0's ratio 0.5
+        ("token", 1): (50, 50),  # 2 h
+        ("sequence", 1): (42, 40),  # ≥ 4 h: seed 1's ratio ≤ 0.5, known only to lie in [0, 0.5]
+        ("token", 2): (46, 40),  # 2 h
+        ("sequence", 2): (45, 50),  # 2 h: seed 2's ratio 1.0
+    }
+    summaries = []
+    for (arm, seed), (early, late) in curves.items():
+        metrics = tmp_path / f"{arm}-{seed}.jsonl"
+        metrics.write_text("".join(json.dumps({"step": s, "step_seconds": 3600.0}) + "\n" for s in range(1, 5)))
+        run = {
+            "arm": arm,
+            "seed": seed,
+            "metrics": str(metrics),
+            "checkpoints": {2: {"win_rate": early}, 4: {"win_rate": late}},
+        }
+        run |= {"best_step": 2 if early >= late else 4, "table1": {"win_rate": 50.0, "stderr": 2.0}}
+        summaries.append(run_summary(run, target=45.0, gpus=8))
+    t3 = table_3(cfg, rms, summaries)
+    assert t3["ratio_to_target_per_seed"] == {"0": 0.5, "1": 0.5, "2": 1.0}
+    assert t3["ratio_to_target_token_over_sequence"] == 0.5
+    assert t3["ratio_to_target_censored"] == {"token": 0, "sequence": 1}
+    # three seeds: [min of the lower ends, max of the upper ends], coverage 1 − 2/8; seed 1's open end is 0
+    assert t3["ratio_to_target_interval_95"] == [None, 1.0]
+    assert t3["ratio_to_target_interval_coverage"] == pytest.approx(0.75)
+    # hours to each run's own best on the same runs: sequence seed 1 stalls at 42 % after 2 h, its "best",
+    # so its seed's ratio reads 1.0 there; sequence seed 2 improves past the target, so 0.5
+    assert t3["ratio_per_seed"] == {"0": 0.5, "1": 1.0, "2": 0.5}
 
 
 def _free_port() -> int:
@@ -411,7 +458,7 @@ def test_wandb_log_continues_one_run_per_out_and_logs_the_tables(tmp_path, monke
         "table_2": {"token": {"edit_pairs": {"accuracy": 0.85, "ci_low": 0.8, "ci_high": 0.9, "longer_wins": 0.4,
                                               "shorter_wins": 0.6, "n": 10}}},
         "table_3": {"arms": {"token": {**arm, "ppo_gpu_hours_to_best": 0.8, "hours_to_target": None}},
-                    "ratio_token_over_sequence": 0.5},
+                    "ratio_token_over_sequence": 0.5, "ratio_to_target_token_over_sequence": 0.7},
         "plot": "plots/curves.png",
     }  # fmt: skip
     log.report(report, tmp_path)
@@ -421,3 +468,4 @@ def test_wandb_log_continues_one_run_per_out_and_logs_the_tables(tmp_path, monke
     assert tables["table_2"].rows == [("token", "edit_pairs", 0.85, 0.8, 0.9, 0.4, 0.6, 10)]
     assert tables["table_3"].rows[0][0] == "token" and tables["curves"] == ("image", str(tmp_path / "plots/curves.png"))
     assert run.summary["ppo_hours_to_best_token_over_sequence"] == 0.5 and calls["finish"] == [1]
+    assert run.summary["ppo_hours_to_target_token_over_sequence"] == 0.7

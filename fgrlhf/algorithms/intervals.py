@@ -24,3 +24,14 @@ def sign_test_interval(lows: list[float], highs: list[float], level: float = 0.9
     while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
         k += 1
     return {"low": sorted(lows)[k - 1], "high": sorted(highs)[n - k], "coverage": coverage(k), "k": k, "n": n}
+
+
+def censored_ratio(
+    numerator: float, numerator_observed: bool, denominator: float, denominator_observed: bool
+) -> tuple[float, float, float]:
+    """``numerator / denominator`` of two times to an event (one seed's pair of runs), with the interval the
+    ratio is known to lie in. A time not observed (the run ended first; the time given is its whole budget)
+    is only a lower bound on its own value: a censored numerator makes the ratio a lower bound (upper end
+    ∞), a censored denominator an upper bound (lower end 0). The ends feed :func:`sign_test_interval`."""
+    value = numerator / denominator
+    return value, value if denominator_observed else 0.0, value if numerator_observed else math.inf

@@ -2,7 +2,9 @@
 
 Table 3 in the paper's form: RM hours per arm (the RM the arm trains on), PPO hours to each run's best
 validation checkpoint, their ratio token / sequence (median over seeds; with two or more seeds the sign-test
-interval of the per-seed ratios, :func:`fgrlhf.algorithms.intervals.sign_test_interval`, with its exact coverage), and hours to the target fixed before any arm ran.
+interval of the per-seed ratios, :func:`fgrlhf.algorithms.intervals.sign_test_interval`, with its exact coverage), and hours to the target fixed before any arm ran,
+per arm and as the same token / sequence ratio (:func:`target_ratio`; a run short of the target makes its seed's
+ratio a bound).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
-from fgrlhf.algorithms.intervals import sign_test_interval
+from fgrlhf.algorithms.intervals import censored_ratio, sign_test_interval
 from fgrlhf.data.loading import read_jsonl
 from fgrlhf.pipelines.paper_config import ARM_RM, PaperConfig
 
@@ -45,6 +47,7 @@ def run_summary(run: dict, target: float, gpus: float) -> dict:
         "gpu_hours_to_best": hours_at(records, best) * gpus,
         "target_step": reached[0] if reached else None,
         "hours_to_target": hours_at(records, reached[0]) if reached else None,
+        "hours_total": cumulative_hours(records)[-1],  # a run short of the target took at least this long
         "validation_win_rate": {str(step): r["win_rate"] for step, r in sorted(run["checkpoints"].items())},
         "eval_win_rate": run["table1"]["win_rate"],
         "eval_stderr": run["table1"]["stderr"],
@@ -82,6 +85,37 @@ def table_3(cfg: PaperConfig, rms: dict, summaries: list[dict]) -> dict:
             result["ratio_per_seed"] = dict(zip(map(str, cfg.ppo.seeds), per_seed))
             result["ratio_interval_95"] = [interval["low"], interval["high"]]
             result["ratio_interval_coverage"] = interval["coverage"]
+        result.update(target_ratio(cfg, summaries))
+    return result
+
+
+def target_ratio(cfg: PaperConfig, summaries: list[dict]) -> dict:
+    """PPO hours to the pre-registered target, token / sequence, per seed and their median, with the
+    sign-test interval (two or more seeds). A run that never reached the target counts its whole PPO hours, a
+    lower bound on its own: its seed's ratio is then a bound (:func:`censored_ratio`), whose open end (0 or
+    ∞, null in JSON) enters the interval. Time to one's own best rewards a run that stalls early; a common
+    target does not."""
+    runs = {(s["arm"], s["seed"]): s for s in summaries}
+
+    def hours(arm: str, seed: int) -> tuple[float, bool]:
+        run = runs[(arm, seed)]
+        reached = run["hours_to_target"] is not None
+        return (run["hours_to_target"] if reached else run["hours_total"]), reached
+
+    per_seed = [censored_ratio(*hours("token", seed), *hours("sequence", seed)) for seed in cfg.ppo.seeds]
+    result: dict = {
+        "ratio_to_target_token_over_sequence": statistics.median(value for value, _, _ in per_seed),
+        "ratio_to_target_per_seed": {str(seed): value for seed, (value, _, _) in zip(cfg.ppo.seeds, per_seed)},
+        "ratio_to_target_censored": {
+            arm: sum(runs[(arm, seed)]["hours_to_target"] is None for seed in cfg.ppo.seeds)
+            for arm in ("token", "sequence")
+        },
+    }
+    if len(per_seed) >= 2:
+        interval = sign_test_interval([low for _, low, _ in per_seed], [high for _, _, high in per_seed])
+        ends = (interval["low"], interval["high"])
+        result["ratio_to_target_interval_95"] = [end if 0 < end < math.inf else None for end in ends]
+        result["ratio_to_target_interval_coverage"] = interval["coverage"]
     return result
 
 
@@ -199,6 +233,21 @@ def render(report: dict) -> str:
                 if interval
                 else ""
             )
+        )
+        lines.append("")
+    if "ratio_to_target_token_over_sequence" in t3:
+        interval = t3.get("ratio_to_target_interval_95")
+        censored = t3["ratio_to_target_censored"]
+        lines.append(
+            f"PPO hours to the target, token / sequence: {_fmt(t3['ratio_to_target_token_over_sequence'])}"
+            + (
+                f" (sign-test interval over seeds [{_fmt(interval[0])}, {_fmt(interval[1])}], "
+                f"coverage {100 * t3['ratio_to_target_interval_coverage']:.1f}%)"
+                if interval
+                else ""
+            )
+            + f"; runs short of the target (their whole hours count, a bound): token {censored['token']}, "
+            f"sequence {censored['sequence']}"
         )
         lines.append("")
     lines += ["## Drift alarms", ""]

@@ -49,7 +49,8 @@ class WandbLog:
         self.run.log({f"stage_seconds/{name}": seconds})
 
     def report(self, report: dict, out: Path) -> None:
-        """Tables 1–3 as W&B tables, the token/sequence ratio in the summary, the curves as an image."""
+        """Tables 1–3 as W&B tables, the token/sequence ratios (to best, to the target) in the summary, the curves
+        as an image."""
         table = self.wandb.Table
         t1 = table(columns=["arm", "win_rate", "stderr"])
         for arm, row in report["table_1"].items():
@@ -64,7 +65,10 @@ class WandbLog:
         self.run.log(
             {"table_1": t1, "table_2": t2, "table_3": t3, "curves": self.wandb.Image(str(out / report["plot"]))}
         )
-        ratio = report["table_3"].get("ratio_token_over_sequence")
-        if ratio is not None:
-            self.run.summary["ppo_hours_to_best_token_over_sequence"] = ratio
+        for key, name in (
+            ("ratio_token_over_sequence", "ppo_hours_to_best_token_over_sequence"),
+            ("ratio_to_target_token_over_sequence", "ppo_hours_to_target_token_over_sequence"),
+        ):
+            if report["table_3"].get(key) is not None:
+                self.run.summary[name] = report["table_3"][key]
         self.run.finish()
