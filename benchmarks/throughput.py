@@ -72,6 +72,9 @@ reported as ``floor_single`` with ``ratio_cpu_seconds_fgrlhf_vs_floor_single`` a
 ``ppo.rollout_batch_size`` set so, fgrlhf's synchronous loop, TRL and the floor (the first of
 ``--floor-layouts``, unless ``--no-floor``) are timed as above: wall and CPU seconds per step side by side,
 as a table and a plot (CPU and wall against the length, one line per framework and batch). The batches must be multiples of ``ppo.step_batch_size``.
+Each point measured is kept in ``--workdir`` (``sweep/LENGTHxBATCH.json``, with its date), so a sweep that was
+interrupted continues at the next point when re-run with the same ``--workdir`` and settings (other settings
+there are refused); a resumed sweep's table says over which dates its points were measured.
 
 Without ``trl`` importable the script stops with an error; it never reports a TRL number it did not measure.
 """
@@ -80,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -97,7 +101,7 @@ if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: o
     run_as_module(__file__)
 
 from benchmarks import cpu_breakdown, floor
-from benchmarks.common import publish, pyplot, ray_session, save_figure
+from benchmarks.common import open_pipeline, publish, pyplot, ray_session, save_figure, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ppo-tiny-cpu.yaml"
@@ -166,7 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="DeepSpeed ranks of the policy and the critic learner (default: the config's); several values: "
         "fgrlhf's synchronous loop is measured at each, the first being the main run",
     )
-    parser.add_argument("--workdir", type=Path, help="run directories (default: a temporary directory)")
+    parser.add_argument(
+        "--workdir", type=Path, help="run directories and the sweep's measured points (default: a temporary directory)"
+    )
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.add_argument("--plot", metavar="OUT.png", type=Path, help="bar chart of the step times")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="PPOTrainConfig overrides")
@@ -637,27 +643,24 @@ SWEPT = ("fgrlhf", "trl", "floor")
 
 
 def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
-    """fgrlhf's synchronous loop, TRL and the floor at every (response length, rollout batch)."""
+    """fgrlhf's synchronous loop, TRL and the floor at every (response length, rollout batch). Each point is a
+    stage of the work dir (``sweep/LENGTHxBATCH.json``, with the date it was measured): a sweep re-run into the
+    same ``--workdir`` continues at the first point not measured, and one with other settings is refused."""
     points = sorted(itertools.product(set(args.sweep_lengths), set(args.sweep_batches)))
     cfgs = [load_cfg(args, workdir, sweep=point) for point in points]  # all checked before the first run
-    rows = []
+    pipeline = open_pipeline(workdir)
+    # What a point's figures depend on besides its length, batch and the config file's bytes.
+    settings = {
+        name: getattr(args, name)
+        for name in ("model", "overrides", "quick", "steps", "warmup", "cpus", "trl_threads", "no_floor")
+    }
+    settings["floor_layout"] = args.floor_layouts[0]
+    (workdir / "sweep").mkdir(exist_ok=True)
     for (length, batch), cfg in zip(points, cfgs, strict=True):
-        log.info("sweep point: %d new tokens, rollout batch %d", length, batch)
-        runs = {"trl": run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)}
-        if cfg.reward.model == str(workdir / SMOLLM2_RM) and not (workdir / SMOLLM2_RM).is_dir():
-            save_token_rm(cfg, workdir / SMOLLM2_RM)
-        if not args.no_floor:
-            runs["floor"] = run_floor(cfg, workdir, args.warmup, args.trl_threads, args.floor_layouts[0])
-        runs["fgrlhf"] = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
-        row: dict = {"max_new_tokens": length, "rollout_batch_size": batch}
-        for name, run in runs.items():
-            row[name] = {key: run[key] for key in ("step_seconds", "step_seconds_all", "cpu_seconds_per_step")}
-        fg, trl = row["fgrlhf"], row["trl"]
-        row["ratio_step_time_fgrlhf_vs_trl"] = fg["step_seconds"] / trl["step_seconds"]
-        row["ratio_cpu_seconds_fgrlhf_vs_trl"] = fg["cpu_seconds_per_step"] / trl["cpu_seconds_per_step"]
-        if "floor" in row:
-            row["ratio_cpu_seconds_fgrlhf_vs_floor"] = fg["cpu_seconds_per_step"] / row["floor"]["cpu_seconds_per_step"]
-        rows.append(row)
+        out = workdir / "sweep" / f"{length}x{batch}.json"
+        step = functools.partial(measure_point, args, workdir, cfg, out)
+        pipeline.stage(out, step, key=[settings, length, batch], inputs=(Path(args.config),))
+    rows = [json.loads((workdir / "sweep" / f"{length}x{batch}.json").read_text()) for length, batch in points]
     return {
         "benchmark": "throughput_sweep",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -679,6 +682,31 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
         "sweep": rows,
         "cpu_growth": cpu_growth(rows),
     }
+
+
+def measure_point(args: argparse.Namespace, workdir: Path, cfg, out: Path) -> None:
+    """One sweep point: TRL, the floor and fgrlhf's synchronous loop back to back, their ratios, into ``out``."""
+    length, batch = cfg.rollout.max_new_tokens, cfg.ppo.rollout_batch_size
+    log.info("sweep point: %d new tokens, rollout batch %d", length, batch)
+    runs = {"trl": run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)}
+    if cfg.reward.model == str(workdir / SMOLLM2_RM) and not (workdir / SMOLLM2_RM).is_dir():
+        save_token_rm(cfg, workdir / SMOLLM2_RM)
+    if not args.no_floor:
+        runs["floor"] = run_floor(cfg, workdir, args.warmup, args.trl_threads, args.floor_layouts[0])
+    runs["fgrlhf"] = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
+    row: dict = {
+        "max_new_tokens": length,
+        "rollout_batch_size": batch,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    for name, run in runs.items():
+        row[name] = {key: run[key] for key in ("step_seconds", "step_seconds_all", "cpu_seconds_per_step")}
+    fg, trl = row["fgrlhf"], row["trl"]
+    row["ratio_step_time_fgrlhf_vs_trl"] = fg["step_seconds"] / trl["step_seconds"]
+    row["ratio_cpu_seconds_fgrlhf_vs_trl"] = fg["cpu_seconds_per_step"] / trl["cpu_seconds_per_step"]
+    if "floor" in row:
+        row["ratio_cpu_seconds_fgrlhf_vs_floor"] = fg["cpu_seconds_per_step"] / row["floor"]["cpu_seconds_per_step"]
+    write_json(out, row)
 
 
 def cpu_growth(rows: list[dict]) -> dict[str, float]:
@@ -720,6 +748,9 @@ def render_sweep(result: dict) -> str:
         )
     growth = ", ".join(f"{name} {value:.2f}x" for name, value in result["cpu_growth"].items())
     lines += ["", f"CPU seconds per step, largest point over smallest: {growth}"]
+    dates = sorted({row["date"] for row in result["sweep"]})
+    if len(dates) > 1:  # a resumed sweep: each point's ratios are side by side, the growth is not
+        lines.append(f"Points measured from {dates[0]} to {dates[-1]} (a resumed sweep; see each point's date).")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ pytest.importorskip("trl", reason="TRL is not installed: pip install 'fgrlhf[ben
 pytest.importorskip("trl.experimental.ppo", reason="this TRL has no PPO trainer; the benchmark needs trl==1.12.0")
 
 from benchmarks import floor, throughput
+from fgrlhf.pipelines.stages import StageChanged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,6 +187,7 @@ def sweep_row(length: int, batch: int, cpu: dict[str, float]) -> dict:
     return {
         "max_new_tokens": length,
         "rollout_batch_size": batch,
+        "date": "2026-12-07 05:00 UTC",
         **{name: {"step_seconds": seconds / 2, "cpu_seconds_per_step": seconds} for name, seconds in cpu.items()},
         "ratio_cpu_seconds_fgrlhf_vs_trl": cpu["fgrlhf"] / cpu["trl"],
         "ratio_step_time_fgrlhf_vs_trl": cpu["fgrlhf"] / cpu["trl"],
@@ -209,6 +211,42 @@ def test_sweep_growth_table_and_plot(tmp_path):
     assert "fgrlhf 4.00x, trl 4.00x, floor 4.00x" in table
     throughput.plot_sweep(result, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch):
+    measured, killed = [], {(6, 8)}
+
+    def timed(name: str):
+        def run(cfg, *args) -> dict:
+            point = (cfg.rollout.max_new_tokens, cfg.ppo.rollout_batch_size)
+            if name == "fgrlhf" and point in killed:
+                raise KeyboardInterrupt
+            measured.append((name, point))
+            return {
+                "step_seconds": 1.0,
+                "step_seconds_all": [1.0],
+                "cpu_seconds_per_step": 3.0 if name == "fgrlhf" else 2.0,
+            }
+
+        return run
+
+    for name, function in (("trl", "run_trl_apart"), ("floor", "run_floor"), ("fgrlhf", "run_fgrlhf")):
+        monkeypatch.setattr(throughput, function, timed(name))
+    argv = ["--sweep", "--sweep-lengths", "6", "--sweep-batches", "8", "4", "--workdir", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        throughput.main(argv)
+    assert measured == [("trl", (6, 4)), ("floor", (6, 4)), ("fgrlhf", (6, 4)), ("trl", (6, 8)), ("floor", (6, 8))]
+
+    measured.clear()
+    killed.clear()
+    assert throughput.main([*argv, "--json", str(tmp_path / "sweep.json")]) == 0
+    assert measured == [("trl", (6, 8)), ("floor", (6, 8)), ("fgrlhf", (6, 8))]  # (6, 4) was kept
+    rows = json.loads((tmp_path / "sweep.json").read_text())["sweep"]
+    assert [(row["max_new_tokens"], row["rollout_batch_size"]) for row in rows] == [(6, 4), (6, 8)]
+    assert [row["ratio_cpu_seconds_fgrlhf_vs_trl"] for row in rows] == [1.5, 1.5]
+
+    with pytest.raises(StageChanged, match=r"sweep/6x4\.json"):  # other settings never reuse the points measured
+        throughput.main([*argv, "--trl-threads", "2"])
 
 
 @pytest.mark.slow
