@@ -656,11 +656,12 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
     }
     settings["floor_layout"] = args.floor_layouts[0]
     (workdir / "sweep").mkdir(exist_ok=True)
+    outputs = []
     for (length, batch), cfg in zip(points, cfgs, strict=True):
         out = workdir / "sweep" / f"{length}x{batch}.json"
         step = functools.partial(measure_point, args, workdir, cfg, out)
-        pipeline.stage(out, step, key=[settings, length, batch], inputs=(Path(args.config),))
-    rows = [json.loads((workdir / "sweep" / f"{length}x{batch}.json").read_text()) for length, batch in points]
+        outputs.append(pipeline.stage(out, step, key=[settings, length, batch], inputs=(Path(args.config),)))
+    rows = [json.loads(out.read_text()) for out in outputs]
     return {
         "benchmark": "throughput_sweep",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

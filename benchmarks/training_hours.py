@@ -96,7 +96,7 @@ from benchmarks.common import (
     train_rm,
     write_json,
 )
-from fgrlhf.algorithms.intervals import censored_ratio, sign_test_interval
+from fgrlhf.algorithms.intervals import censored_ratio, open_ends_as_null, sign_test_interval
 from fgrlhf.pipelines.stages import Pipeline
 
 log = logging.getLogger("benchmarks.training_hours")
@@ -263,11 +263,6 @@ INTERVAL_METHOD = (
     "[x_(k), x_(n+1-k)] on the per-seed ratios, coverage 1 − 2·P(Bin(n, ½) < k) (93.75 % for 5 seeds, k = 1); "
     "a censored run makes its seed's ratio a bound, whose open end (0 or ∞, null in JSON) enters the interval"
 )
-
-
-def _finite(values: list[float]) -> list[float | None]:
-    """JSON has no infinity: an unbounded end is null."""
-    return [v if math.isfinite(v) and v > 0 else None for v in values]
 
 
 def steps_to_best(records: list[dict], window: int) -> dict:
@@ -723,7 +718,7 @@ def run(args: argparse.Namespace) -> dict:
             paired = [(by_seed[num][s], by_seed[den][s]) for s in args.seeds]
             per_seed = [censored_ratio(a[key], a["reached"], b[key], b["reached"]) for a, b in paired]
             interval = sign_test_interval([r[1] for r in per_seed], [r[2] for r in per_seed])
-            result[f"{full}_ci"] = None if value is None else _finite([interval["low"], interval["high"]])
+            result[f"{full}_ci"] = None if value is None else open_ends_as_null([interval["low"], interval["high"]])
             result[f"{full}_ci_coverage"] = interval["coverage"]
             result[f"{full}_per_seed"] = [r[0] for r in per_seed]
             result[f"{full}_censored"] = {num: variants[num]["censored"], den: variants[den]["censored"]}

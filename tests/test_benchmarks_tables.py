@@ -23,7 +23,7 @@ from benchmarks.training_hours import (
     summarise_variant,
     time_to_target,
 )
-from fgrlhf.algorithms.intervals import censored_ratio, sign_test_interval
+from fgrlhf.algorithms.intervals import censored_ratio, open_ends_as_null, sign_test_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,8 @@ def test_censored_runs_turn_per_seed_ratios_into_bounds_that_widen_the_interval(
     lows, highs = [0.5, 0.8, 1.0, 1.2, 2.0], [0.5, 0.8, 1.0, 1.2, math.inf]
     interval = sign_test_interval(lows, highs)
     assert (interval["low"], interval["high"]) == (0.5, math.inf)
+    assert open_ends_as_null([interval["low"], interval["high"]]) == [0.5, None]  # JSON has no infinity
+    assert open_ends_as_null([0.0, 2.0]) == [None, 2.0]
 
 
 def test_steps_to_best_is_the_first_step_at_the_runs_own_best_moving_average():

@@ -4,6 +4,7 @@ bootstrap would sit on its own estimate."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 
 def sign_test_interval(lows: list[float], highs: list[float], level: float = 0.95) -> dict[str, float]:
@@ -35,3 +36,9 @@ def censored_ratio(
     ∞), a censored denominator an upper bound (lower end 0). The ends feed :func:`sign_test_interval`."""
     value = numerator / denominator
     return value, value if denominator_observed else 0.0, value if numerator_observed else math.inf
+
+
+def open_ends_as_null(ends: Iterable[float]) -> list[float | None]:
+    """An interval's ends for JSON, which has no infinity: an open end (0 or ∞, from a censored ratio) is
+    null."""
+    return [end if math.isfinite(end) and end > 0 else None for end in ends]

@@ -14,7 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
-from fgrlhf.algorithms.intervals import censored_ratio, sign_test_interval
+from fgrlhf.algorithms.intervals import censored_ratio, open_ends_as_null, sign_test_interval
 from fgrlhf.data.loading import read_jsonl
 from fgrlhf.pipelines.paper_config import ARM_RM, PaperConfig
 
@@ -114,7 +114,7 @@ def target_ratio(cfg: PaperConfig, summaries: list[dict]) -> dict:
     if len(per_seed) >= 2:
         interval = sign_test_interval([low for _, low, _ in per_seed], [high for _, _, high in per_seed])
         ends = (interval["low"], interval["high"])
-        result["ratio_to_target_interval_95"] = [end if 0 < end < math.inf else None for end in ends]
+        result["ratio_to_target_interval_95"] = open_ends_as_null(ends)
         result["ratio_to_target_interval_coverage"] = interval["coverage"]
     return result
 
