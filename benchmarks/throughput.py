@@ -756,27 +756,31 @@ def render_sweep(result: dict) -> str:
 
 
 def plot_sweep(result: dict, path: Path) -> None:
+    """CPU and wall seconds per step against response length (a line per rollout batch) and against rollout
+    batch (a line per length), so a sweep along either axis alone still draws its growth."""
     plt = pyplot()
     rows = result["sweep"]
     names = [name for name in SWEPT if name in rows[0]]
     styles = dict(zip(SWEPT, ("-", "--", ":"), strict=True))
-    batches = sorted({row["rollout_batch_size"] for row in rows})
-    fig, (cpu, wall) = plt.subplots(1, 2, figsize=(10, 4))
-    for panel, key, label in ((cpu, "cpu_seconds_per_step", "CPU"), (wall, "step_seconds", "wall")):
-        for i, batch in enumerate(batches):
-            points = sorted((r for r in rows if r["rollout_batch_size"] == batch), key=lambda r: r["max_new_tokens"])
-            for name in names:
-                panel.plot(
-                    [r["max_new_tokens"] for r in points],
-                    [r[name][key] for r in points],
-                    styles[name],
-                    marker="o",
-                    color=f"C{i}",
-                    label=f"{name}, batch {batch}",
-                )
-        panel.set_xlabel("response length (new tokens)")
-        panel.set_ylabel(f"{label} seconds per PPO step (median)")
-    cpu.legend(fontsize=7)
+    axes = (("max_new_tokens", "response length (new tokens)"), ("rollout_batch_size", "rollout batch"))
+    fig, panels = plt.subplots(2, 2, figsize=(10, 8), squeeze=False)
+    measures = (("cpu_seconds_per_step", "CPU"), ("step_seconds", "wall"))
+    for row_panels, (key, label) in zip(panels, measures, strict=True):
+        for panel, (x, x_label), (line, line_label) in zip(row_panels, axes, reversed(axes), strict=True):
+            for i, fixed in enumerate(sorted({r[line] for r in rows})):
+                points = sorted((r for r in rows if r[line] == fixed), key=lambda r: r[x])
+                for name in names:
+                    panel.plot(
+                        [r[x] for r in points],
+                        [r[name][key] for r in points],
+                        styles[name],
+                        marker="o",
+                        color=f"C{i}",
+                        label=f"{name}, {line_label.split(' (')[0]} {fixed}",
+                    )
+            panel.set_xlabel(x_label)
+            panel.set_ylabel(f"{label} seconds per PPO step (median)")
+            panel.legend(fontsize=6)
     fig.suptitle(f"PPO step cost, {model_label(result['settings']['policy'])}", fontsize=10)
     save_figure(fig, path)
 
