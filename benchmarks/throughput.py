@@ -74,7 +74,7 @@ reported as ``floor_single`` with ``ratio_cpu_seconds_fgrlhf_vs_floor_single`` a
 as a table and a plot (CPU and wall against the length, one line per framework and batch). The batches must be multiples of ``ppo.step_batch_size``.
 Each point measured is kept in ``--workdir`` (``sweep/LENGTHxBATCH.json``, with its date), so a sweep that was
 interrupted continues at the next point when re-run with the same ``--workdir`` and settings (other settings
-there are refused); a resumed sweep's table says over which dates its points were measured.
+there are refused); a resumed sweep's table says how many points an earlier run measured, and when.
 
 Without ``trl`` importable the script stops with an error; it never reports a TRL number it did not measure.
 """
@@ -656,12 +656,16 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
     }
     settings["floor_layout"] = args.floor_layouts[0]
     (workdir / "sweep").mkdir(exist_ok=True)
-    outputs = []
+    outputs, fresh = [], set()
     for (length, batch), cfg in zip(points, cfgs, strict=True):
         out = workdir / "sweep" / f"{length}x{batch}.json"
-        step = functools.partial(measure_point, args, workdir, cfg, out)
+
+        def step(cfg=cfg, out=out) -> None:
+            measure_point(args, workdir, cfg, out)
+            fresh.add(out)
+
         outputs.append(pipeline.stage(out, step, key=[settings, length, batch], inputs=(Path(args.config),)))
-    rows = [json.loads(out.read_text()) for out in outputs]
+    rows = [{**json.loads(out.read_text()), "kept_from_earlier_run": out not in fresh} for out in outputs]
     return {
         "benchmark": "throughput_sweep",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -749,9 +753,13 @@ def render_sweep(result: dict) -> str:
         )
     growth = ", ".join(f"{name} {value:.2f}x" for name, value in result["cpu_growth"].items())
     lines += ["", f"CPU seconds per step, largest point over smallest: {growth}"]
-    dates = sorted({row["date"] for row in result["sweep"]})
-    if len(dates) > 1:  # a resumed sweep: each point's ratios are side by side, the growth is not
-        lines.append(f"Points measured from {dates[0]} to {dates[-1]} (a resumed sweep; see each point's date).")
+    kept = [row for row in result["sweep"] if row.get("kept_from_earlier_run")]
+    if kept:  # each point's frameworks ran back to back; points of different runs did not
+        dates = sorted(row["date"] for row in result["sweep"])
+        lines.append(
+            f"{len(kept)} of {len(result['sweep'])} points were kept from an earlier run of the same settings; "
+            f"points measured from {dates[0]} to {dates[-1]} (see each point's date)."
+        )
     return "\n".join(lines)
 
 

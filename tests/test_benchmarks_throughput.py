@@ -187,7 +187,7 @@ def sweep_row(length: int, batch: int, cpu: dict[str, float]) -> dict:
     return {
         "max_new_tokens": length,
         "rollout_batch_size": batch,
-        "date": "2026-12-07 05:00 UTC",
+        "date": f"2026-12-07 05:{batch:02d} UTC",
         **{name: {"step_seconds": seconds / 2, "cpu_seconds_per_step": seconds} for name, seconds in cpu.items()},
         "ratio_cpu_seconds_fgrlhf_vs_trl": cpu["fgrlhf"] / cpu["trl"],
         "ratio_step_time_fgrlhf_vs_trl": cpu["fgrlhf"] / cpu["trl"],
@@ -207,13 +207,14 @@ def test_sweep_growth_table_and_plot(tmp_path):
     settings = {"policy": "tiny", "step_batch_size": 4, "epochs": 2, "steps": 1}
     result = {"settings": settings, "sweep": rows, "cpu_growth": throughput.cpu_growth(rows)}
     table = throughput.render_sweep(result)
+    assert "kept from an earlier run" not in table  # one run's points, minutes apart
     assert "| 128 | 16 | 6.00 | 12.00 | 4.00 | 8.00 | 3.00 | 6.00 | 1.50 | 1.50 | 2.00 |" in table
     assert "fgrlhf 4.00x, trl 4.00x, floor 4.00x" in table
     throughput.plot_sweep(result, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
-def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch):
+def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch, capsys):
     measured, killed = [], {(6, 8)}
 
     def timed(name: str):
@@ -244,6 +245,8 @@ def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "sweep.json").read_text())["sweep"]
     assert [(row["max_new_tokens"], row["rollout_batch_size"]) for row in rows] == [(6, 4), (6, 8)]
     assert [row["ratio_cpu_seconds_fgrlhf_vs_trl"] for row in rows] == [1.5, 1.5]
+    assert [row["kept_from_earlier_run"] for row in rows] == [True, False]
+    assert "1 of 2 points were kept from an earlier run" in capsys.readouterr().out
 
     with pytest.raises(StageChanged, match=r"sweep/6x4\.json"):  # other settings never reuse the points measured
         throughput.main([*argv, "--trl-threads", "2"])
