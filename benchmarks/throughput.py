@@ -71,7 +71,8 @@ reported as ``floor_single`` with ``ratio_cpu_seconds_fgrlhf_vs_floor_single`` a
 256) and rollout batch of ``--sweep-batches`` (8 16 32), ``rollout.max_new_tokens`` and
 ``ppo.rollout_batch_size`` set so, fgrlhf's synchronous loop, TRL and the floor (the first of
 ``--floor-layouts``, unless ``--no-floor``) are timed as above: wall and CPU seconds per step side by side,
-as a table and a plot (CPU and wall against the length, one line per framework and batch). The batches must be multiples of ``ppo.step_batch_size``.
+as a table and a plot (CPU and wall against the length, a line per framework and batch, and against the
+batch, a line per framework and length). The batches must be multiples of ``ppo.step_batch_size``.
 Each point measured is kept in ``--workdir`` (``sweep/LENGTHxBATCH.json``, with its date), so a sweep that was
 interrupted continues at the next point when re-run with the same ``--workdir`` and settings (other settings
 there are refused); a resumed sweep's table says how many points an earlier run measured, and when.
@@ -769,11 +770,14 @@ def plot_sweep(result: dict, path: Path) -> None:
     rows = result["sweep"]
     names = [name for name in SWEPT if name in rows[0]]
     styles = dict(zip(SWEPT, ("-", "--", ":"), strict=True))
-    axes = (("max_new_tokens", "response length (new tokens)"), ("rollout_batch_size", "rollout batch"))
+    axes = (  # key, axis label, legend name
+        ("max_new_tokens", "response length (new tokens)", "response length"),
+        ("rollout_batch_size", "rollout batch", "rollout batch"),
+    )
     fig, panels = plt.subplots(2, 2, figsize=(10, 8), squeeze=False)
     measures = (("cpu_seconds_per_step", "CPU"), ("step_seconds", "wall"))
     for row_panels, (key, label) in zip(panels, measures, strict=True):
-        for panel, (x, x_label), (line, line_label) in zip(row_panels, axes, reversed(axes), strict=True):
+        for panel, (x, x_label, _), (line, _, line_name) in zip(row_panels, axes, reversed(axes), strict=True):
             for i, fixed in enumerate(sorted({r[line] for r in rows})):
                 points = sorted((r for r in rows if r[line] == fixed), key=lambda r: r[x])
                 for name in names:
@@ -783,7 +787,7 @@ def plot_sweep(result: dict, path: Path) -> None:
                         styles[name],
                         marker="o",
                         color=f"C{i}",
-                        label=f"{name}, {line_label.split(' (')[0]} {fixed}",
+                        label=f"{name}, {line_name} {fixed}",
                     )
             panel.set_xlabel(x_label)
             panel.set_ylabel(f"{label} seconds per PPO step (median)")
