@@ -457,6 +457,7 @@ def run_floor(cfg, workdir: Path, warmup: int, threads: int = 1, layout: str = "
         "phase_wall_seconds": {name: mean(c.wall[name] for c in clocks) for name in PHASES},
         "response_lengths": rows,  # per measured step, each response's tokens
         "counts": counts_all,  # per measured step: this floor's work
+        "generated_tokens_all": [counts["generated_tokens"] for counts in counts_all],
         "fgrlhf_counts": fgrlhf_all,  # per measured step: fgrlhf's synchronous step on the same batch
         "torch_threads": threads,
     }

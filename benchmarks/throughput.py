@@ -42,6 +42,11 @@ over ``--steps`` steps):
 - CPU-seconds per step (user + system, psutil): for fgrlhf the driver and every process below it (Ray's
   GCS, raylet and all actors), for TRL its process. On a shared machine wall time swings with the other
   users' load; CPU time much less, so ``ratio_cpu_seconds_fgrlhf_vs_trl`` is the steadier comparison;
+- the work each framework did: each samples its own responses, so each step records the tokens it generated
+  (``generated_tokens_all``: every response up to and including its EOS), TRL also its response positions
+  (``response_positions_all``: it keeps the batch padded to its longest response through scoring and
+  training), and ``ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl`` compares CPU per token generated
+  (a step's cost also has parts that do not grow with its tokens: read it beside the per-step ratio);
 - ``breakdown``: where fgrlhf's CPU seconds go (:mod:`benchmarks.cpu_breakdown`; means over the measured
   steps, so its rows add up): each actor process, split by the methods it executed (each phase's actor
   methods, and the CPU outside any method), the driver, and Ray's own processes (GCS, raylet, agents), with
@@ -72,7 +77,9 @@ reported as ``floor_single`` with ``ratio_cpu_seconds_fgrlhf_vs_floor_single`` a
 ``ppo.rollout_batch_size`` set so, fgrlhf's synchronous loop, TRL and the floor (the first of
 ``--floor-layouts``, unless ``--no-floor``) are timed as above: wall and CPU seconds per step side by side,
 as a table and a plot (CPU and wall against the length, a line per framework and batch, and against the
-batch, a line per framework and length). The batches must be multiples of ``ppo.step_batch_size``.
+batch, a line per framework and length); a second table gives each point's work (tokens generated, TRL's
+response positions), CPU per token, and fgrlhf's and the floor's CPU by phase (rollout, scoring forwards,
+training, the rest). The batches must be multiples of ``ppo.step_batch_size``.
 Each point measured is kept in ``--workdir`` (``sweep/LENGTHxBATCH.json``, with its date), so a sweep that was
 interrupted continues at the next point when re-run with the same ``--workdir`` and settings (other settings
 there are refused); a resumed sweep's table says how many points an earlier run measured, and when.
@@ -94,6 +101,11 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+from unittest import mock
+
+if TYPE_CHECKING:
+    import torch
 
 if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: only benchmarks/ is on the path
     from _as_module import run_as_module
@@ -209,12 +221,30 @@ def load_cfg(
 
 def run_floor(cfg, workdir: Path, warmup: int, threads: int, layout: str = "batched") -> dict:
     """The floor's steps: as many measured as fgrlhf's (it needs no trailing step)."""
-    return floor.run_floor_apart(cfg.model_copy(update={"steps": cfg.steps - 1}), workdir, warmup, threads, layout)
+    result = floor.run_floor_apart(cfg.model_copy(update={"steps": cfg.steps - 1}), workdir, warmup, threads, layout)
+    return result | {
+        "cpu_seconds_per_generated_token": per_token(result["cpu_seconds_all"], result["generated_tokens_all"])
+    }
 
 
 def measured(values: list, warmup: int, total: int) -> list:
     """fgrlhf's timed steps: after the warm-up, before the trailing step."""
     return values[warmup : total - 1]
+
+
+def generated_work(query_responses: torch.Tensor, context_length: int, eos_id: int) -> tuple[int, int]:
+    """(tokens generated, response positions) of a batch of left-padded queries followed by their padded
+    responses: each response's tokens up to and including its first EOS (what a PPO step scores and trains
+    on), and the batch's rows × its response width (what a step that keeps the padding computes)."""
+    from fgrlhf.workers.rollout_worker import strip_after_eos
+
+    responses = query_responses[:, context_length:]
+    return sum(len(strip_after_eos(row.tolist(), eos_id)) for row in responses), responses.numel()
+
+
+def per_token(cpu_seconds: list[float], tokens: list[int]) -> float:
+    """Median over steps of a step's CPU seconds per token it generated."""
+    return statistics.median(c / t for c, t in zip(cpu_seconds, tokens, strict=True))
 
 
 def save_token_rm(cfg, path: Path) -> None:
@@ -327,6 +357,7 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
                 "step": record["step"],
                 "wall_s": wall,
                 "cpu_s": part["total_cpu_s"],
+                "generated_tokens": round(record["response_len_mean"] * cfg.ppo.rollout_batch_size),
                 "actor_critical_path_s": actor,
                 "driver_compute_s": driver,
                 "phase_seconds": record["phase_seconds"],
@@ -343,6 +374,9 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
         "step_seconds": wall,
         "step_seconds_all": [r["wall_s"] for r in rows],
         "cpu_seconds_per_step": median(r["cpu_s"] for r in rows),
+        "cpu_seconds_all": [r["cpu_s"] for r in rows],
+        "generated_tokens_all": [r["generated_tokens"] for r in rows],
+        "cpu_seconds_per_generated_token": per_token([r["cpu_s"] for r in rows], [r["generated_tokens"] for r in rows]),
         "phase_seconds": phases,
         "ray_overhead_fraction": median(
             (r["wall_s"] - r["actor_critical_path_s"] - r["driver_compute_s"]) / r["wall_s"] for r in rows
@@ -389,6 +423,7 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
+    from trl.experimental.ppo import ppo_trainer
 
     from fgrlhf.models import load_causal_lm, load_tokenizer
     from fgrlhf.trainers.ppo.inputs import load_prompt_ids
@@ -443,6 +478,15 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
             self.marks.append(time.perf_counter())
             self.cpu.append(time.process_time())
 
+    # TRL samples its own responses: count the work each step's rollout gave it (one call per step).
+    rollouts: list[tuple[int, int]] = []
+    batch_generation = ppo_trainer.batch_generation
+
+    def counted_batch_generation(model, queries, *args, **kwargs):
+        query_responses, logits = batch_generation(model, queries, *args, **kwargs)
+        rollouts.append(generated_work(query_responses, queries.shape[1], tokenizer.eos_token_id))
+        return query_responses, logits
+
     timer = StepTimes()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -458,19 +502,28 @@ def run_trl(cfg, workdir: Path, warmup: int, threads: int) -> dict:
             eval_dataset=dataset.select(range(2)),
             callbacks=[timer],
         )
-        with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs and samples; stdout is the table
+        with (
+            contextlib.redirect_stdout(sys.stderr),  # TRL prints its logs and samples; stdout is the table
+            mock.patch.object(ppo_trainer, "batch_generation", counted_batch_generation),
+        ):
             trainer.train()
     finally:
         torch.set_num_threads(before)
-    if len(timer.marks) != total + 1:
-        raise RuntimeError(f"TRL ran {len(timer.marks) - 1} steps, expected {total}")
+    if len(timer.marks) != total + 1 or len(rollouts) != total:
+        raise RuntimeError(f"TRL ran {len(timer.marks) - 1} steps and {len(rollouts)} rollouts, expected {total}")
     steps = [b - a for a, b in itertools.pairwise(timer.marks)][warmup:]
     cpu = [b - a for a, b in itertools.pairwise(timer.cpu)][warmup:]
+    tokens = [n for n, _ in rollouts[warmup:]]
     return {
         "version": trl.__version__,
         "step_seconds": statistics.median(steps),
         "step_seconds_all": steps,
         "cpu_seconds_per_step": statistics.median(cpu),
+        "cpu_seconds_all": cpu,
+        "generated_tokens_all": tokens,
+        # TRL keeps each batch padded to its longest response through scoring and training
+        "response_positions_all": [n for _, n in rollouts[warmup:]],
+        "cpu_seconds_per_generated_token": per_token(cpu, tokens),
         "whiten_rewards": config.whiten_rewards,
         "torch_threads": threads,
     }
@@ -500,34 +553,33 @@ def render(result: dict) -> str:
             f"median of {s['steps']} steps"
         ),
         "",
-        "| framework | wall s / PPO step (median) | CPU s / PPO step (median) | steps measured |",
-        "| --- | ---: | ---: | ---: |",
-        (
-            f"| fgrlhf (Ray + DeepSpeed) | {f['step_seconds']:.2f} | {f['cpu_seconds_per_step']:.2f} | "
-            f"{len(f['step_seconds_all'])} |"
-        ),
-        *(
-            [
-                f"| fgrlhf, async rollout (one step off-policy) | {a['step_seconds']:.2f} | "
-                f"{a['cpu_seconds_per_step']:.2f} | {len(a['step_seconds_all'])} |"
-            ]
-            if a
-            else []
-        ),
-        (
-            f"| TRL {t['version']} PPOTrainer | {t['step_seconds']:.2f} | {t['cpu_seconds_per_step']:.2f} | "
-            f"{len(t['step_seconds_all'])} |"
-        ),
+        "| framework | wall s / PPO step (median) | CPU s / PPO step (median) | tokens generated / step (median) "
+        "| CPU ms / generated token (median) | steps measured |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
         *[
-            f"| floor, {run['layout']} (one process) | {run['step_seconds']:.2f} | "
-            f"{run['cpu_seconds_per_step']:.2f} | {len(run['step_seconds_all'])} |"
-            for run in floors.values()
+            f"| {name} | {run['step_seconds']:.2f} | {run['cpu_seconds_per_step']:.2f} | "
+            f"{statistics.median(run['generated_tokens_all']):.0f} | "
+            f"{run['cpu_seconds_per_generated_token'] * 1e3:.1f} | {len(run['step_seconds_all'])} |"
+            for name, run in (
+                ("fgrlhf (Ray + DeepSpeed)", f),
+                *([("fgrlhf, async rollout (one step off-policy)", a)] if a else []),
+                (f"TRL {t['version']} PPOTrainer", t),
+                *[(f"floor, {run['layout']} (one process)", run) for run in floors.values()],
+            )
         ],
         "",
         "| metric | value |",
         "| --- | ---: |",
         f"| ratio_step_time_fgrlhf_vs_trl | {result['ratio_step_time_fgrlhf_vs_trl']:.2f} |",
         f"| ratio_cpu_seconds_fgrlhf_vs_trl | {result['ratio_cpu_seconds_fgrlhf_vs_trl']:.2f} |",
+        (
+            "| ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl (each samples its own responses) | "
+            f"{result['ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl']:.2f} |"
+        ),
+        (
+            "| TRL response positions / step (its batch padded to the longest response; median) | "
+            f"{statistics.median(t['response_positions_all']):.0f} |"
+        ),
         *[
             f"| ratio_cpu_seconds_{who}_vs_{key} ({run['layout']}) | "
             f"{result[f'ratio_cpu_seconds_{who}_vs_{key}']:.2f} |"
@@ -640,6 +692,36 @@ def plot(result: dict, path: Path) -> None:
 
 # --- sweep ------------------------------------------------------------------------------------------------
 SWEPT = ("fgrlhf", "trl", "floor")
+SWEPT_FIELDS = (  # what a point keeps of each framework's run
+    "step_seconds",
+    "step_seconds_all",
+    "cpu_seconds_per_step",
+    "cpu_seconds_all",
+    "generated_tokens_all",
+    "cpu_seconds_per_generated_token",
+)
+# Bumped when a point's row gains fields: a sweep never mixes rows of two formats.
+SWEEP_ROW_FORMAT = 2
+
+
+PHASE_GROUPS = {  # each side's phases under the coarse ones of the sweep's table; everything else is "other"
+    "rollout": {"fgrlhf": ("rollout",), "floor": ("generate",)},
+    "score": {"fgrlhf": ("score",), "floor": ("logprobs", "reference", "reward", "value")},
+    "train": {"fgrlhf": ("train",), "floor": ("train_policy", "train_critic")},
+}
+
+
+def phase_groups(name: str, phase_cpu_seconds: dict[str, float]) -> dict[str, float]:
+    """``name``'s (fgrlhf or floor) CPU seconds per phase summed into :data:`PHASE_GROUPS` and ``other``."""
+    groups = {group: sum(phase_cpu_seconds[p] for p in sides[name]) for group, sides in PHASE_GROUPS.items()}
+    return groups | {"other": sum(phase_cpu_seconds.values()) - sum(groups.values())}
+
+
+def phase_cpu(breakdown: dict) -> dict[str, float]:
+    """fgrlhf's CPU seconds per step by phase (its actors' methods of the phase) and ``rest`` (the driver, Ray's
+    processes, actors outside their methods), which add up to the step's."""
+    phases = {name: phase["actor_cpu_s"] for name, phase in breakdown["phases"].items()}
+    return phases | {"rest": breakdown["total_cpu_s"] - sum(phases.values())}
 
 
 def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
@@ -655,6 +737,7 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
         for name in ("model", "overrides", "quick", "steps", "warmup", "cpus", "trl_threads", "no_floor")
     }
     settings["floor_layout"] = args.floor_layouts[0]
+    settings["row_format"] = SWEEP_ROW_FORMAT
     (workdir / "sweep").mkdir(exist_ok=True)
     outputs, fresh = [], set()
     for (length, batch), cfg in zip(points, cfgs, strict=True):
@@ -686,6 +769,7 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> dict:
         },
         "sweep": rows,
         "cpu_growth": cpu_growth(rows),
+        "token_growth": token_growth(rows),
     }
 
 
@@ -705,25 +789,37 @@ def measure_point(args: argparse.Namespace, workdir: Path, cfg, out: Path) -> No
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     for name, run in runs.items():
-        row[name] = {key: run[key] for key in ("step_seconds", "step_seconds_all", "cpu_seconds_per_step")}
+        row[name] = {key: run[key] for key in SWEPT_FIELDS}
+    row["trl"]["response_positions_all"] = runs["trl"]["response_positions_all"]
+    row["fgrlhf"]["phase_cpu_seconds"] = phase_cpu(runs["fgrlhf"]["breakdown"])
+    if "floor" in runs:
+        row["floor"]["phase_cpu_seconds"] = runs["floor"]["phase_cpu_seconds"]
     fg, trl = row["fgrlhf"], row["trl"]
     row["ratio_step_time_fgrlhf_vs_trl"] = fg["step_seconds"] / trl["step_seconds"]
     row["ratio_cpu_seconds_fgrlhf_vs_trl"] = fg["cpu_seconds_per_step"] / trl["cpu_seconds_per_step"]
+    row["ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl"] = (
+        fg["cpu_seconds_per_generated_token"] / trl["cpu_seconds_per_generated_token"]
+    )
     if "floor" in row:
         row["ratio_cpu_seconds_fgrlhf_vs_floor"] = fg["cpu_seconds_per_step"] / row["floor"]["cpu_seconds_per_step"]
     write_json(out, row)
 
 
-def cpu_growth(rows: list[dict]) -> dict[str, float]:
-    """Per framework, CPU seconds per step at the longest and largest point over the shortest and smallest:
-    how fast its cost grows."""
+def growth(rows: list[dict], measure) -> dict[str, float]:
+    """Per framework, ``measure`` of its run at the longest and largest point over the shortest and smallest."""
     first = min(rows, key=lambda r: (r["max_new_tokens"], r["rollout_batch_size"]))
     last = max(rows, key=lambda r: (r["max_new_tokens"], r["rollout_batch_size"]))
-    return {
-        name: last[name]["cpu_seconds_per_step"] / first[name]["cpu_seconds_per_step"]
-        for name in SWEPT
-        if name in first
-    }
+    return {name: measure(last[name]) / measure(first[name]) for name in SWEPT if name in first}
+
+
+def cpu_growth(rows: list[dict]) -> dict[str, float]:
+    """How fast each framework's cost grows: CPU seconds per step, largest point over smallest."""
+    return growth(rows, lambda run: run["cpu_seconds_per_step"])
+
+
+def token_growth(rows: list[dict]) -> dict[str, float]:
+    """How fast each framework's work grows: tokens generated per step (median), largest point over smallest."""
+    return growth(rows, lambda run: statistics.median(run["generated_tokens_all"]))
 
 
 def render_sweep(result: dict) -> str:
@@ -751,14 +847,46 @@ def render_sweep(result: dict) -> str:
             f"{row['ratio_cpu_seconds_fgrlhf_vs_trl']:.2f} | {row['ratio_step_time_fgrlhf_vs_trl']:.2f} |"
             + (f" {row['ratio_cpu_seconds_fgrlhf_vs_floor']:.2f} |" if "floor" in names else "")
         )
-    growth = ", ".join(f"{name} {value:.2f}x" for name, value in result["cpu_growth"].items())
-    lines += ["", f"CPU seconds per step, largest point over smallest: {growth}"]
+    growths = {
+        "CPU seconds per step": result["cpu_growth"],
+        "tokens generated per step": result["token_growth"],
+    }
+    lines.append("")
+    lines += [
+        f"{what}, largest point over smallest: " + ", ".join(f"{name} {value:.2f}x" for name, value in by.items())
+        for what, by in growths.items()
+    ]
     kept = [row for row in result["sweep"] if row.get("kept_from_earlier_run")]
     if kept:  # each point's frameworks ran back to back; points of different runs did not
         dates = sorted(row["date"] for row in result["sweep"])
         lines.append(
             f"{len(kept)} of {len(result['sweep'])} points were kept from an earlier run of the same settings; "
             f"points measured from {dates[0]} to {dates[-1]} (see each point's date)."
+        )
+    median = statistics.median
+    lines += [
+        "",
+        "Work and CPU per step (each framework samples its own responses; a token counts up to its response's EOS):",
+        "",
+        "| new tokens | rollout batch | tokens generated, "
+        + " / ".join(names)
+        + " | TRL response positions | CPU ms per token, "
+        + " / ".join(names)
+        + " | CPU per token fgrlhf/TRL | "
+        + " | ".join(f"{n} CPU s: rollout / score / train / other" for n in names if n != "trl")
+        + " |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for n in names if n != "trl") + " |",
+    ]
+    for row in result["sweep"]:
+        phases = {n: phase_groups(n, row[n]["phase_cpu_seconds"]) for n in names if n != "trl"}
+        lines.append(
+            f"| {row['max_new_tokens']} | {row['rollout_batch_size']} | "
+            + " / ".join(f"{median(row[n]['generated_tokens_all']):.0f}" for n in names)
+            + f" | {median(row['trl']['response_positions_all']):.0f} | "
+            + " / ".join(f"{row[n]['cpu_seconds_per_generated_token'] * 1e3:.1f}" for n in names)
+            + f" | {row['ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl']:.2f} | "
+            + " | ".join(" / ".join(f"{value:.1f}" for value in phases[n].values()) for n in phases)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -854,6 +982,8 @@ def main(argv: list[str] | None = None) -> int:
         "trl_step_seconds": trl_result["step_seconds"],
         "ratio_step_time_fgrlhf_vs_trl": fg_result["step_seconds"] / trl_result["step_seconds"],
         "ratio_cpu_seconds_fgrlhf_vs_trl": fg_result["cpu_seconds_per_step"] / trl_result["cpu_seconds_per_step"],
+        "ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl": fg_result["cpu_seconds_per_generated_token"]
+        / trl_result["cpu_seconds_per_generated_token"],
         "ray_overhead_fraction": fg_result["ray_overhead_fraction"],
         "weight_push_mb_per_s": fg_result["weight_push_mb_per_s"],
         "breakdown": fg_result["breakdown"],

@@ -21,6 +21,21 @@ def test_union_seconds_merges_overlaps_and_clips():
     assert throughput.union_seconds([], 0, 10) == 0
 
 
+def test_generated_work_counts_tokens_to_the_first_eos_and_the_padded_positions():
+    import torch
+
+    eos, pad = 2, 0
+    query_responses = torch.tensor(
+        [
+            [pad, 5, 7, 8, eos, pad, pad],  # ended at its 2nd token; padded after
+            [4, 5, 7, eos, 9, eos, 3],  # two EOS: its response ends at the first
+            [4, 5, 7, 8, 9, 9, 9],  # no EOS: every position is its own
+        ]
+    )
+    assert throughput.generated_work(query_responses, 3, eos) == (2 + 1 + 4, 3 * 4)
+    assert throughput.per_token([6.0, 3.0, 10.0], [3, 3, 2]) == 2.0  # median of 2, 1, 5
+
+
 def test_warmup_below_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         throughput.main(["--warmup", "0"])
@@ -82,6 +97,18 @@ def test_throughput_quick(tmp_path, capsys):
         assert 0 < step["actor_critical_path_s"] <= step["wall_s"]
     assert fg["weight_push_bytes"] > 1e6  # the tiny Llama's ~6M float32 parameters
     assert len(result["trl"]["step_seconds_all"]) == len(fg["step_seconds_all"]) == 1
+    # The work each framework did: tokens it generated, up to each response's EOS (8 at most per response).
+    tokens = {name: result[name]["generated_tokens_all"] for name in ("fgrlhf", "trl", "floor")}
+    assert all(len(t) == 1 and 0 < t[0] <= 8 * 8 for t in tokens.values()), tokens
+    assert tokens["floor"] == [fl["counts"][0]["generated_tokens"]]
+    (positions,) = result["trl"]["response_positions_all"]
+    assert tokens["trl"][0] <= positions <= 8 * 8 and positions % 8 == 0  # its batch of 8, padded to one width
+    for name in ("fgrlhf", "trl", "floor"):
+        run = result[name]
+        assert run["cpu_seconds_per_generated_token"] == pytest.approx(run["cpu_seconds_all"][0] / tokens[name][0])
+    assert result["ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl"] == pytest.approx(
+        fg["cpu_seconds_per_generated_token"] / result["trl"]["cpu_seconds_per_generated_token"]
+    )
     # Where the CPU went: one measured step, so the breakdown's mean is the step's CPU; its parts add up.
     b = result["breakdown"]
     assert b["total_cpu_s"] == pytest.approx(fg["cpu_seconds_per_step"])
@@ -183,16 +210,39 @@ def test_floor_batched_and_single_do_the_steps_work(tmp_path, capsys):
     assert batched["rows_per_forward"]["train_policy"] == 2 and single["rows_per_forward"]["train_policy"] == 1
 
 
+# Shares of a step's CPU by phase: fgrlhf's (phase_cpu's names) and the floor's (floor.PHASES).
+FGRLHF_SHARES = {"rollout": 0.25, "score": 0.25, "advantages": 0.0, "train": 0.4, "weight_push": 0.05, "rest": 0.05}
+FLOOR_SHARES = {"generate": 0.3, "logprobs": 0.05, "reference": 0.05, "reward": 0.05, "value": 0.05}
+FLOOR_SHARES |= {"advantages": 0.02, "train_policy": 0.24, "train_critic": 0.24}
+
+
 def sweep_row(length: int, batch: int, cpu: dict[str, float]) -> dict:
-    return {
+    """A point whose responses averaged half the length (TRL's a quarter), with the phase shares above."""
+    tokens = {"fgrlhf": length * batch // 2, "trl": length * batch // 4, "floor": length * batch // 2}
+    row = {
         "max_new_tokens": length,
         "rollout_batch_size": batch,
         "date": f"2026-12-07 05:{batch:02d} UTC",
-        **{name: {"step_seconds": seconds / 2, "cpu_seconds_per_step": seconds} for name, seconds in cpu.items()},
+        **{
+            name: {
+                "step_seconds": seconds / 2,
+                "cpu_seconds_per_step": seconds,
+                "cpu_seconds_all": [seconds],
+                "generated_tokens_all": [tokens[name]],
+                "cpu_seconds_per_generated_token": seconds / tokens[name],
+            }
+            for name, seconds in cpu.items()
+        },
         "ratio_cpu_seconds_fgrlhf_vs_trl": cpu["fgrlhf"] / cpu["trl"],
         "ratio_step_time_fgrlhf_vs_trl": cpu["fgrlhf"] / cpu["trl"],
         "ratio_cpu_seconds_fgrlhf_vs_floor": cpu["fgrlhf"] / cpu["floor"],
+        "ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl": (cpu["fgrlhf"] / tokens["fgrlhf"])
+        / (cpu["trl"] / tokens["trl"]),
     }
+    row["trl"]["response_positions_all"] = [length * batch]
+    row["fgrlhf"]["phase_cpu_seconds"] = {name: share * cpu["fgrlhf"] for name, share in FGRLHF_SHARES.items()}
+    row["floor"]["phase_cpu_seconds"] = {name: share * cpu["floor"] for name, share in FLOOR_SHARES.items()}
+    return row
 
 
 def test_sweep_growth_table_and_plot(tmp_path):
@@ -205,11 +255,19 @@ def test_sweep_growth_table_and_plot(tmp_path):
     # Largest point (128 tokens, batch 16) over the smallest (64, 8), whatever the rows' order.
     assert throughput.cpu_growth(rows) == {"fgrlhf": 4.0, "trl": 4.0, "floor": 4.0}
     settings = {"policy": "tiny", "step_batch_size": 4, "epochs": 2, "steps": 1}
-    result = {"settings": settings, "sweep": rows, "cpu_growth": throughput.cpu_growth(rows)}
+    assert throughput.token_growth(rows) == {"fgrlhf": 4.0, "trl": 4.0, "floor": 4.0}
+    rows[0]["trl"]["generated_tokens_all"] = [64]  # (128, 8): TRL's responses a quarter of fgrlhf's
+    growths = {"cpu_growth": throughput.cpu_growth(rows), "token_growth": throughput.token_growth(rows)}
+    result = {"settings": settings, "sweep": rows, **growths}
     table = throughput.render_sweep(result)
     assert "kept from an earlier run" not in table  # one run's points, minutes apart
     assert "| 128 | 16 | 6.00 | 12.00 | 4.00 | 8.00 | 3.00 | 6.00 | 1.50 | 1.50 | 2.00 |" in table
-    assert "fgrlhf 4.00x, trl 4.00x, floor 4.00x" in table
+    assert "per step, largest point over smallest: fgrlhf 4.00x, trl 4.00x, floor 4.00x" in table
+    assert "| 128 | 8 | 512 / 64 / 512 | 1024 |" in table
+    # Tokens, TRL's padded positions, CPU per token, and each side's CPU by phase (the floor's four scoring
+    # forwards under "score", its advantages under "other").
+    assert "| 128 | 16 | 1024 / 512 / 1024 | 2048 | 11.7 / 15.6 / 5.9 | 0.75 | 3.0 / 3.0 / 4.8 / 1.2 | " in table
+    assert table.count("| 1.8 / 1.2 / 2.9 / 0.1 |") == 1
     throughput.plot_sweep(result, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
@@ -223,10 +281,20 @@ def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch, ca
             if name == "fgrlhf" and point in killed:
                 raise KeyboardInterrupt
             measured.append((name, point))
+            cpu, tokens = 3.0 if name == "fgrlhf" else 2.0, point[0] * point[1]
             return {
                 "step_seconds": 1.0,
                 "step_seconds_all": [1.0],
-                "cpu_seconds_per_step": 3.0 if name == "fgrlhf" else 2.0,
+                "cpu_seconds_per_step": cpu,
+                "cpu_seconds_all": [cpu],
+                "generated_tokens_all": [tokens],
+                "cpu_seconds_per_generated_token": cpu / tokens,
+                "response_positions_all": [tokens],
+                "phase_cpu_seconds": {phase: cpu / len(floor.PHASES) for phase in floor.PHASES},
+                "breakdown": {
+                    "total_cpu_s": cpu,
+                    "phases": {phase: {"actor_cpu_s": cpu / 4} for phase in ("rollout", "score", "train")},
+                },
             }
 
         return run
@@ -245,6 +313,8 @@ def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch, ca
     rows = json.loads((tmp_path / "sweep.json").read_text())["sweep"]
     assert [(row["max_new_tokens"], row["rollout_batch_size"]) for row in rows] == [(6, 4), (6, 8)]
     assert [row["ratio_cpu_seconds_fgrlhf_vs_trl"] for row in rows] == [1.5, 1.5]
+    assert [row["ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl"] for row in rows] == [1.5, 1.5]
+    assert rows[0]["fgrlhf"]["phase_cpu_seconds"] == {"rollout": 0.75, "score": 0.75, "train": 0.75, "rest": 0.75}
     assert [row["kept_from_earlier_run"] for row in rows] == [True, False]
     assert "1 of 2 points were kept from an earlier run" in capsys.readouterr().out
 
@@ -263,12 +333,18 @@ def test_throughput_sweep_quick(tmp_path, capsys):
     assert (row["max_new_tokens"], row["rollout_batch_size"]) == (6, 4)
     for name in ("fgrlhf", "trl", "floor"):
         assert row[name]["cpu_seconds_per_step"] > 0 and len(row[name]["step_seconds_all"]) == 1, name
+        assert 0 < row[name]["generated_tokens_all"][0] <= 6 * 4, name
+    # fgrlhf's CPU by phase adds up to its step's; the floor's are its own phases.
+    assert sum(row["fgrlhf"]["phase_cpu_seconds"].values()) == pytest.approx(row["fgrlhf"]["cpu_seconds_per_step"])
+    assert row["fgrlhf"]["phase_cpu_seconds"]["train"] > 0
+    assert set(row["floor"]["phase_cpu_seconds"]) == set(floor.PHASES)
     for key in (
         "ratio_cpu_seconds_fgrlhf_vs_trl",
         "ratio_step_time_fgrlhf_vs_trl",
         "ratio_cpu_seconds_fgrlhf_vs_floor",
+        "ratio_cpu_seconds_per_generated_token_fgrlhf_vs_trl",
     ):
         assert math.isfinite(row[key]) and row[key] > 0, key
-    assert result["cpu_growth"] == {"fgrlhf": 1.0, "trl": 1.0, "floor": 1.0}
+    assert result["cpu_growth"] == result["token_growth"] == {"fgrlhf": 1.0, "trl": 1.0, "floor": 1.0}
     out = capsys.readouterr().out
     assert "| 6 | 4 |" in out and "largest point over smallest" in out

@@ -107,8 +107,7 @@ def target_ratio(cfg: PaperConfig, summaries: list[dict]) -> dict:
         "ratio_to_target_token_over_sequence": statistics.median(value for value, _, _ in per_seed),
         "ratio_to_target_per_seed": {str(seed): value for seed, (value, _, _) in zip(cfg.ppo.seeds, per_seed)},
         "ratio_to_target_censored": {
-            arm: sum(runs[(arm, seed)]["hours_to_target"] is None for seed in cfg.ppo.seeds)
-            for arm in ("token", "sequence")
+            arm: sum(not hours(arm, seed)[1] for seed in cfg.ppo.seeds) for arm in ("token", "sequence")
         },
     }
     if len(per_seed) >= 2:
