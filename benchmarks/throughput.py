@@ -367,16 +367,17 @@ def run_fgrlhf(cfg, workdir: Path, warmup: int, cpus: int) -> dict:
         )
     median = statistics.median
     wall = median(r["wall_s"] for r in rows)
+    cpu_all, tokens = [r["cpu_s"] for r in rows], [r["generated_tokens"] for r in rows]
     phases = {name: median(r["phase_seconds"][name] for r in rows) for name in rows[0]["phase_seconds"]}
     return {
         "async_rollout": cfg.ppo.async_rollout,
         "rollout_staleness": [r["rollout_staleness"] for r in rows],
         "step_seconds": wall,
         "step_seconds_all": [r["wall_s"] for r in rows],
-        "cpu_seconds_per_step": median(r["cpu_s"] for r in rows),
-        "cpu_seconds_all": [r["cpu_s"] for r in rows],
-        "generated_tokens_all": [r["generated_tokens"] for r in rows],
-        "cpu_seconds_per_generated_token": per_token([r["cpu_s"] for r in rows], [r["generated_tokens"] for r in rows]),
+        "cpu_seconds_per_step": median(cpu_all),
+        "cpu_seconds_all": cpu_all,
+        "generated_tokens_all": tokens,
+        "cpu_seconds_per_generated_token": per_token(cpu_all, tokens),
         "phase_seconds": phases,
         "ray_overhead_fraction": median(
             (r["wall_s"] - r["actor_critical_path_s"] - r["driver_compute_s"]) / r["wall_s"] for r in rows
@@ -864,6 +865,7 @@ def render_sweep(result: dict) -> str:
             f"points measured from {dates[0]} to {dates[-1]} (see each point's date)."
         )
     median = statistics.median
+    phased = [n for n in names if n != "trl"]  # the sides whose CPU is split by phase
     lines += [
         "",
         "Work and CPU per step (each framework samples its own responses; a token counts up to its response's EOS):",
@@ -873,12 +875,12 @@ def render_sweep(result: dict) -> str:
         + " | TRL response positions | CPU ms per token, "
         + " / ".join(names)
         + " | CPU per token fgrlhf/TRL | "
-        + " | ".join(f"{n} CPU s: rollout / score / train / other" for n in names if n != "trl")
+        + " | ".join(f"{n} CPU s: rollout / score / train / other" for n in phased)
         + " |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for n in names if n != "trl") + " |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in phased) + " |",
     ]
     for row in result["sweep"]:
-        phases = {n: phase_groups(n, row[n]["phase_cpu_seconds"]) for n in names if n != "trl"}
+        phases = {n: phase_groups(n, row[n]["phase_cpu_seconds"]) for n in phased}
         lines.append(
             f"| {row['max_new_tokens']} | {row['rollout_batch_size']} | "
             + " / ".join(f"{median(row[n]['generated_tokens_all']):.0f}" for n in names)
