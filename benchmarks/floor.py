@@ -28,7 +28,8 @@ in phases (CPU seconds from psutil, user + system of this process, and wall):
 - ``logprobs``, ``reference``, ``reward``, ``value``: the four scoring forwards (no grad);
 - ``advantages``: KL shaping, GAE and whitening (``compute_advantages``, as fgrlhf's driver does);
 - ``train_policy``, ``train_critic``: ``ppo.epochs`` passes over the batch, forward + backward per
-  micro-batch, then clipping and an AdamW step per minibatch.
+  micro-batch, then clipping and an AdamW step per minibatch (fused where torch has the kernel, as fgrlhf's
+  learners and TRL step theirs).
 
 The phases are contiguous, so their CPU seconds add up to the step's. Every step also counts its work
 (``counts``): generated tokens, and per forward phase the real tokens and the positions computed (padding
@@ -228,10 +229,9 @@ class Floor:
     """The four models, the two optimizers and one PPO step of the floor in ``layout``."""
 
     def __init__(self, cfg, workdir: Path, layout: str) -> None:
-        import torch
-
         from fgrlhf.models import load_causal_lm, load_tokenizer
         from fgrlhf.reward.model import load_reward_model
+        from fgrlhf.runtime.distributed import adamw
         from fgrlhf.trainers.ppo.inputs import load_prompt_ids
         from fgrlhf.workers.learner_worker import load_critic
 
@@ -249,7 +249,7 @@ class Floor:
         self.reference.eval().requires_grad_(False)
         self.reward.eval().requires_grad_(False)
         self.optimizers = {
-            role: torch.optim.AdamW(model.parameters(), lr=learner.lr, weight_decay=learner.weight_decay)
+            role: adamw(list(model.parameters()), lr=learner.lr, weight_decay=learner.weight_decay)
             for role, model, learner in (
                 ("policy", self.policy, cfg.policy_learner),
                 ("critic", self.critic, cfg.critic_learner),

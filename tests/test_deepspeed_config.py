@@ -121,3 +121,35 @@ def test_only_a_lone_zero0_rank_skips_the_gradient_allreduce(stage, ranks, skipp
     engine = _Engine(stage, ranks)
     assert skip_lone_rank_allreduce(engine) is skipped
     assert engine.enable_backward_allreduce is not skipped
+
+
+def test_learner_adamw_is_fused_on_cpu_and_updates_as_the_unfused_one():
+    import torch
+
+    from fgrlhf.runtime.distributed import adamw
+
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 3))
+    plain_model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 3))
+    plain_model.load_state_dict(fused_model.state_dict())
+    start = fused_model[0].weight.detach().clone()
+    fused = adamw(list(fused_model.parameters()), lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    assert fused.defaults["fused"] is True
+    for step in range(3):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(step))
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(fused_model[0].weight, start)  # it stepped
+
+
+def test_learner_adamw_is_unfused_where_torch_has_no_fused_kernel():
+    import torch
+
+    from fgrlhf.runtime.distributed import adamw
+
+    assert not adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=1e-3, weight_decay=0.0).defaults["fused"]
