@@ -261,8 +261,9 @@ def inference_bytes(arch: Arch, rows: int, tokens: int, act_bytes: int, logits: 
 def optimizer_step_bytes(
     params: int, zero_stage: int, world_size: int, weight_bytes: int, mixed_precision: bool
 ) -> float:
-    """Temporary of torch's foreach/fused AdamW step: the ``sqrt(v) + eps`` denominators, one value per
-    parameter the rank updates, in the optimizer's dtype."""
+    """Temporary of an AdamW step: the ``sqrt(v) + eps`` denominators of torch's foreach step, one value per
+    parameter the rank updates, in the optimizer's dtype. The learners' fused step
+    (:func:`fgrlhf.runtime.distributed.adamw`) makes none: for them it bounds the step's transient from above."""
     return float(params * (4 if mixed_precision else weight_bytes) / (world_size if zero_stage >= 1 else 1))
 
 
