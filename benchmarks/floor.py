@@ -404,7 +404,7 @@ class Floor:
                         loss, _ = ppo_core.policy_loss(
                             new, old_logprobs[group, :t], result.advantages[group, :t], m, ppo.clip_eps
                         )
-                        loss = loss - ppo.entropy_coef * ppo_core.masked_mean(ppo_core.entropy_from_logits(logits), m)
+                        loss = loss + ppo_core.entropy_bonus(logits, m, ppo.entropy_coef)[0]
                     else:
                         values = self.head(model, batch, -1)
                         loss, _ = ppo_core.value_loss(

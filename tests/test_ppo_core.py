@@ -7,6 +7,7 @@ from fgrlhf.algorithms.ppo_core import (
     center_token_rewards,
     compute_gae,
     compute_rewards,
+    entropy_bonus,
     entropy_from_logits,
     kl_penalty,
     last_token_index,
@@ -243,6 +244,35 @@ def test_logprobs_and_entropy_from_logits():
     assert torch.allclose(entropy_from_logits(logits), t([1.5 * ln2, math.log(3)]), atol=1e-6)
     # shift-invariant and stable for large logits
     assert torch.allclose(logprobs_from_logits(logits + 1000.0, torch.tensor([[2, 0]])), lp, atol=1e-3)
+
+
+def test_entropy_bonus_hand_computed_and_its_gradient():
+    ln2 = math.log(2)
+    # softmax [¼, ¼, ½]: H = 1.5·ln 2, ∂H/∂z = −p·(log p + H) = [⅛, ⅛, −¼]·ln 2; the padded position is masked out
+    logits = torch.tensor([[[0.0, 0.0, ln2], [5.0, 0.0, 0.0]]], requires_grad=True)
+    mask = t([[1.0, 0.0]])
+    term, entropy = entropy_bonus(logits, mask, coef=0.1)
+    assert entropy.item() == pytest.approx(1.5 * ln2, abs=1e-6)
+    assert term.item() == pytest.approx(-0.15 * ln2, abs=1e-6)
+    term.backward()
+    want = torch.tensor([[[-0.0125 * ln2, -0.0125 * ln2, 0.025 * ln2], [0.0, 0.0, 0.0]]])
+    assert torch.allclose(logits.grad, want, atol=1e-7)
+
+
+def test_entropy_bonus_without_weight_is_a_statistic_only():
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    mask = t([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    term, entropy = entropy_bonus(logits, mask, coef=0.0)
+    # no graph through the vocabulary-wide softmax for a zero gradient; the reported value is unchanged
+    assert not term.requires_grad and not entropy.requires_grad
+    assert torch.allclose(entropy, (entropy_from_logits(logits.detach()) * mask).sum() / mask.sum())
+    # a surrogate plus the zero-weighted term has the surrogate's gradient
+    surrogate = logprobs_from_logits(logits, torch.zeros(2, 3, dtype=torch.long)).sum()
+    (surrogate + term).backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    logprobs_from_logits(logits, torch.zeros(2, 3, dtype=torch.long)).sum().backward()
+    assert torch.equal(got, logits.grad)
 
 
 def test_logprobs_from_bf16_logits_are_float32():

@@ -373,3 +373,14 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) per position, ``[B, T]``: logsumexp(z) − Σ_v p_v z_v."""
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def entropy_bonus(logits: torch.Tensor, mask: torch.Tensor, coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy loss's entropy term ``−coef · H̄`` and the masked mean entropy H̄ (to report).
+
+    With ``coef == 0`` H̄ is computed without autograd: a zero-weighted term would still back-propagate through
+    softmax and logsumexp over the whole vocabulary at every response position, for a zero gradient.
+    """
+    with torch.set_grad_enabled(torch.is_grad_enabled() and coef > 0):
+        entropy = masked_mean(entropy_from_logits(logits), mask)
+    return -coef * entropy, entropy

@@ -269,8 +269,8 @@ class PolicyLearner(DeepSpeedLearner):
         logits = self._response_logits(batch)
         logprobs = ppo_core.logprobs_from_logits(logits, batch.response_ids)
         loss, stats = ppo_core.policy_loss(logprobs, old, target, mask, update.clip_eps)
-        entropy_mean = ppo_core.masked_mean(ppo_core.entropy_from_logits(logits), mask)
-        loss = update.coef * loss - update.entropy_coef * entropy_mean
+        entropy_term, entropy_mean = ppo_core.entropy_bonus(logits, mask, update.entropy_coef)
+        loss = update.coef * loss + entropy_term
         return loss, {**_floats(stats), "policy_loss": float(loss.detach()), "entropy": float(entropy_mean.detach())}
 
     # --- weights to the rollout actors -------------------------------------------------------------------
