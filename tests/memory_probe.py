@@ -1,6 +1,6 @@
 """Peak host memory of one real PPO policy learner step on CPU, for tests/test_planning.py.
 
-``python -m tests.memory_probe MODEL ROWS PROMPT RESPONSE`` builds a 1-rank ZeRO-0 float32 PolicyLearner (the
+``python -m tests.memory_probe MODEL ROWS PROMPT RESPONSE [ENTROPY_COEF]`` builds a 1-rank ZeRO-0 float32 PolicyLearner (the
 code the Ray actor runs, without Ray), trains two optimizer steps on ROWS random sequences, and prints one JSON
 line: the process's RSS after the imports a worker makes (``baseline``) and the growth of its peak RSS over
 that baseline (``peak_growth``), in bytes. Two steps, because the first allocates Adam's moments only after
@@ -36,6 +36,7 @@ def main() -> None:
     from fgrlhf.workers.learner_worker import PolicyLearner, PPOUpdate
 
     name, rows, prompt, response = sys.argv[1], *map(int, sys.argv[2:5])
+    entropy_coef = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     load_tokenizer(name)
     baseline = status_bytes("VmRSS")
     reset_peak()
@@ -46,7 +47,8 @@ def main() -> None:
     responses = [torch.randint(10, 1000, (response,), generator=gen).tolist() for _ in range(rows)]
     worker.evaluate(prompts, responses)  # keeps the shard and its old log-probs, as in a PPO step
     worker.train(
-        torch.randn(rows, response, generator=gen), PPOUpdate(epochs=2, minibatch_size=rows, clip_eps=0.2, coef=1.0)
+        torch.randn(rows, response, generator=gen),
+        PPOUpdate(epochs=2, minibatch_size=rows, clip_eps=0.2, coef=1.0, entropy_coef=entropy_coef),
     )
     peak = status_bytes("VmHWM")
     print(json.dumps({"baseline": baseline, "peak_growth": peak - baseline}))

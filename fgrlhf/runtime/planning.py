@@ -39,10 +39,14 @@ CUDA_CONTEXT_GB = 1.0
 # Host RSS of one worker process once torch, transformers, DeepSpeed and Ray are imported, before any model:
 # tests/test_planning.py measures it and checks this figure.
 PROCESS_BASELINE_GB = 0.6
-# Float32 [rows, response, vocab] tensors of the policy's loss path (fgrlhf.algorithms.ppo_core): the
-# gathered response logits, their log-softmax and softmax, kept for backward (3), and about as many gradient
-# buffers alive at once while backward runs through them (3).
+# Float32 [rows, response, vocab] tensors of a causal LM's loss path at its peak (fgrlhf.algorithms.ppo_core),
+# besides the head's output: the log-softmax kept for backward, the no-grad entropy statistic's softmax and
+# product while the forward runs, and the gradients backward takes through the gathered log-probs, the
+# log-softmax and the response-position gather. tests/test_planning.py measures a real learner step.
 LOGIT_FP32_COPIES = 6
+# An entropy bonus with a non-zero coefficient keeps its softmax and product for backward and runs their
+# gradients: the tiny probe's peak grew from 218-251 MB to 293-405 MB with it (2026-12-07), ~5 more copies.
+ENTROPY_GRAD_FP32_COPIES = 5
 # Components alive only in the forward/backward pass, and only during the optimizer step: never at once.
 BACKWARD_TRANSIENT = ("activations", "logits")
 STEP_TRANSIENT = ("optimizer_step",)
@@ -232,20 +236,28 @@ def layer_activation_elements(arch: Arch) -> int:
 
 
 def activation_bytes(
-    arch: Arch, rows: int, tokens: int, act_bytes: int, checkpointing: bool, logit_tokens: int = 0
+    arch: Arch,
+    rows: int,
+    tokens: int,
+    act_bytes: int,
+    checkpointing: bool,
+    logit_tokens: int = 0,
+    entropy_grad: bool = False,
 ) -> dict[str, float]:
     """Activations of one micro-batch (``rows`` sequences of ``tokens``) kept for the backward pass.
 
     Without checkpointing every layer keeps :func:`layer_activation_elements`; with it each layer keeps its
     input (``hidden`` values a token) and one layer's full set is rebuilt at a time. ``logit_tokens`` > 0: a
-    causal LM whose loss reads that many positions a row; its ``[rows, tokens, vocab]`` logits and their
-    gradient, plus the float32 loss copies at the read positions."""
+    causal LM whose loss reads that many positions a row: the head runs only there
+    (:func:`fgrlhf.workers.packing.lm_response_logits`), so its ``[rows, logit_tokens, vocab]`` output and the
+    float32 loss copies; ``entropy_grad``: the loss back-propagates through an entropy bonus."""
     n = rows * tokens
     per_layer = layer_activation_elements(arch) * n * act_bytes
     layers = arch.layers * arch.hidden * n * act_bytes + per_layer if checkpointing else arch.layers * per_layer
     out = {"activations": float(layers)}
     if logit_tokens:
-        out["logits"] = float(arch.vocab * (2 * n * act_bytes + rows * logit_tokens * 4 * LOGIT_FP32_COPIES))
+        copies = LOGIT_FP32_COPIES + (ENTROPY_GRAD_FP32_COPIES if entropy_grad else 0)
+        out["logits"] = float(rows * logit_tokens * arch.vocab * (act_bytes + 4 * copies))
     return out
 
 
@@ -309,7 +321,15 @@ class Role:
 
 
 def _learner(
-    role: str, arch: Arch, params: int, ds, rows: int, tokens: int, load_dtype: str, logit_tokens: int
+    role: str,
+    arch: Arch,
+    params: int,
+    ds,
+    rows: int,
+    tokens: int,
+    load_dtype: str,
+    logit_tokens: int,
+    entropy_grad: bool = False,
 ) -> Role:
     """A DeepSpeed rank. At ZeRO-3 the model is built partitioned on the device and loaded one tensor at a
     time (:func:`fgrlhf.runtime.distributed.load_partitioned`): the host holds the largest tensor; below, the model."""
@@ -318,7 +338,9 @@ def _learner(
     comps = learner_state_bytes(params, ds.zero_stage, ds.world_size, weight_bytes, ds.bf16, grad_bytes)
     if ds.zero_stage >= 3:
         comps["zero3_gathered"] = zero3_live_bytes(arch, params, weight_bytes)
-    comps.update(activation_bytes(arch, rows, tokens, weight_bytes, ds.gradient_checkpointing, logit_tokens))
+    comps.update(
+        activation_bytes(arch, rows, tokens, weight_bytes, ds.gradient_checkpointing, logit_tokens, entropy_grad)
+    )
     comps["optimizer_step"] = optimizer_step_bytes(params, ds.zero_stage, ds.world_size, weight_bytes, ds.bf16)
     largest = max(arch.vocab * arch.hidden, arch.hidden * arch.intermediate)
     host_load = (largest if ds.zero_stage >= 3 else params) * DTYPE_BYTES[load_dtype]
@@ -389,6 +411,7 @@ def ppo_roles(cfg, policy: Arch, reward: Arch, critic: Arch) -> list[Role]:
             tokens,
             dtype,
             logit_tokens=cfg.rollout.max_new_tokens,
+            entropy_grad=cfg.ppo.entropy_coef > 0,
         ),
         _learner("critic", critic, critic.rm_params, cri, cri.micro_batch_size, tokens, dtype, logit_tokens=0),
         _rollout(cfg, policy, tokens),
