@@ -1,10 +1,11 @@
 """Peak host memory of one real PPO policy learner step on CPU, for tests/test_planning.py.
 
-``python -m tests.memory_probe MODEL ROWS PROMPT RESPONSE [ENTROPY_COEF]`` builds a 1-rank ZeRO-0 float32 PolicyLearner (the
-code the Ray actor runs, without Ray), trains two optimizer steps on ROWS random sequences, and prints one JSON
-line: the process's RSS after the imports a worker makes (``baseline``) and the growth of its peak RSS over
-that baseline (``peak_growth``), in bytes. Two steps, because the first allocates Adam's moments only after
-the backward pass; from the second on, they coexist with the activations.
+``python -m tests.memory_probe MODEL ROWS PROMPT RESPONSE [ENTROPY_COEF]`` builds a 1-rank ZeRO-0 float32
+PolicyLearner (the code the Ray actor runs, without Ray), trains two optimizer steps on ROWS random sequences
+with the entropy bonus's coefficient ENTROPY_COEF (default 0), and prints one JSON line: the process's RSS after
+the imports a worker makes (``baseline``) and the growth of its peak RSS over that baseline (``peak_growth``),
+in bytes. Two steps, because the first allocates Adam's moments only after the backward pass; from the second
+on, they coexist with the activations.
 """
 
 import json
