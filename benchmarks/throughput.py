@@ -84,6 +84,11 @@ Each point measured is kept in ``--workdir`` (``sweep/LENGTHxBATCH.json``, with 
 interrupted continues at the next point when re-run with the same ``--workdir`` and settings (other settings
 there are refused); a resumed sweep's table says how many points an earlier run measured, and when.
 
+Before each framework's run and after the last, :mod:`benchmarks.machine_speed` times a fixed one-thread
+matmul probe and reads the VM's CPU steal (``machine``; in a sweep, each point's ``machine``, and a third
+table): the frameworks run one after the other, so a ratio also holds whatever the machine's speed did
+between their runs, and the probe's spread says how much that was.
+
 Without ``trl`` importable the script stops with an error; it never reports a TRL number it did not measure.
 """
 
@@ -112,7 +117,7 @@ if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: o
 
     run_as_module(__file__)
 
-from benchmarks import cpu_breakdown, floor
+from benchmarks import cpu_breakdown, floor, machine_speed
 from benchmarks.common import open_pipeline, publish, pyplot, ray_session, save_figure, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -626,6 +631,8 @@ def render(result: dict) -> str:
         *[part for run in floors.values() for part in ("", floor.render(run))],
         "",
         cpu_breakdown.render(f["breakdown"]),
+        "",
+        machine_speed.render(result["machine"]),
     ]
     return "\n".join(lines)
 
@@ -702,7 +709,7 @@ SWEPT_FIELDS = (  # what a point keeps of each framework's run
     "cpu_seconds_per_generated_token",
 )
 # Bumped when a point's row gains fields: a sweep never mixes rows of two formats.
-SWEEP_ROW_FORMAT = 2
+SWEEP_ROW_FORMAT = 3
 
 
 PHASE_GROUPS = {  # each side's phases under the coarse ones of the sweep's table; everything else is "other"
@@ -778,16 +785,22 @@ def measure_point(args: argparse.Namespace, workdir: Path, cfg, out: Path) -> No
     """One sweep point: TRL, the floor and fgrlhf's synchronous loop back to back, their ratios, into ``out``."""
     length, batch = cfg.rollout.max_new_tokens, cfg.ppo.rollout_batch_size
     log.info("sweep point: %d new tokens, rollout batch %d", length, batch)
+    watch = machine_speed.MachineWatch()
+    watch.mark("trl")
     runs = {"trl": run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)}
     if cfg.reward.model == str(workdir / SMOLLM2_RM) and not (workdir / SMOLLM2_RM).is_dir():
         save_token_rm(cfg, workdir / SMOLLM2_RM)
     if not args.no_floor:
+        watch.mark("floor")
         runs["floor"] = run_floor(cfg, workdir, args.warmup, args.trl_threads, args.floor_layouts[0])
+    watch.mark("fgrlhf")
     runs["fgrlhf"] = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
+    watch.mark("end")
     row: dict = {
         "max_new_tokens": length,
         "rollout_batch_size": batch,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": watch.summary(),
     }
     for name, run in runs.items():
         row[name] = {key: run[key] for key in SWEPT_FIELDS}
@@ -890,6 +903,28 @@ def render_sweep(result: dict) -> str:
             + " | ".join(" / ".join(f"{value:.1f}" for value in phases[n].values()) for n in phases)
             + " |"
         )
+    runs_in_order = list(result["sweep"][0]["machine"]["steal_seconds_during"])  # the same in every row
+    lines += [
+        "",
+        "How fast the machine was between each point's runs (a fixed one-thread matmul probe, in the order the "
+        "runs went; steal: CPU time the hypervisor gave to others):",
+        "",
+        "| new tokens | rollout batch | probe CPU s before "
+        + " / ".join(runs_in_order)
+        + " / after | probe spread | steal s during "
+        + " / ".join(runs_in_order)
+        + " |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["sweep"]:
+        machine = row["machine"]
+        lines.append(
+            f"| {row['max_new_tokens']} | {row['rollout_batch_size']} | "
+            + " / ".join(f"{mark['probe_cpu_seconds']:.3f}" for mark in machine["marks"])
+            + f" | {machine['probe_cpu_spread']:.1%} | "
+            + " / ".join(f"{seconds:.1f}" for seconds in machine["steal_seconds_during"].values())
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -944,20 +979,29 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfgs = [load_cfg(args, workdir, ranks) for ranks in args.learner_ranks or [None]]  # all checked first
         cfg = cfgs[0]
+        watch = machine_speed.MachineWatch()
+        watch.mark("trl")
         trl_result = run_trl_apart(cfg, workdir, args.warmup, args.trl_threads)  # first: fails fast without trl
         if cfg.reward.model == str(workdir / SMOLLM2_RM):
             save_token_rm(cfg, workdir / SMOLLM2_RM)
         layouts = [] if args.no_floor else list(dict.fromkeys(args.floor_layouts))
-        floors = {layout: run_floor(cfg, workdir, args.warmup, args.trl_threads, layout) for layout in layouts}
+        floors = {}
+        for layout in layouts:
+            watch.mark(f"floor_{layout}")
+            floors[layout] = run_floor(cfg, workdir, args.warmup, args.trl_threads, layout)
+        watch.mark("fgrlhf")
         fg_result = run_fgrlhf(with_rollout_mode(cfg, False), workdir, args.warmup, args.cpus)
-        async_result = (
-            None if args.no_async else run_fgrlhf(with_rollout_mode(cfg, True), workdir, args.warmup, args.cpus)
-        )
+        async_result = None
+        if not args.no_async:
+            watch.mark("fgrlhf_async")
+            async_result = run_fgrlhf(with_rollout_mode(cfg, True), workdir, args.warmup, args.cpus)
         by_ranks = {cfg.policy_learner.world_size: fg_result}
         for other in cfgs[1:]:
+            watch.mark(f"fgrlhf_{other.policy_learner.world_size}_ranks")
             by_ranks[other.policy_learner.world_size] = run_fgrlhf(
                 with_rollout_mode(other, False), workdir, args.warmup, args.cpus
             )
+        watch.mark("end")
     result = {
         "benchmark": "throughput",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -989,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         "ray_overhead_fraction": fg_result["ray_overhead_fraction"],
         "weight_push_mb_per_s": fg_result["weight_push_mb_per_s"],
         "breakdown": fg_result["breakdown"],
+        "machine": watch.summary(),
     }
     if len(by_ranks) > 1:
         result["fgrlhf_by_learner_ranks"] = {

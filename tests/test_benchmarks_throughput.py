@@ -5,11 +5,12 @@ import json
 import math
 
 import pytest
+import torch
 
 pytest.importorskip("trl", reason="TRL is not installed: pip install 'fgrlhf[bench]' (trl==1.12.0)")
 pytest.importorskip("trl.experimental.ppo", reason="this TRL has no PPO trainer; the benchmark needs trl==1.12.0")
 
-from benchmarks import floor, throughput
+from benchmarks import floor, machine_speed, throughput
 from fgrlhf.pipelines.stages import StageChanged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -131,6 +132,37 @@ def test_throughput_quick(tmp_path, capsys):
     assert "ratio_cpu_seconds_fgrlhf_vs_floor (batched)" in out and "train_policy" in out
     assert "ratio_cpu_seconds_fgrlhf_vs_floor_single (single)" in out and "| floor, single (one process) |" in out
     assert png.stat().st_size > 0
+    # The machine's speed was probed before each run and after the last.
+    marks = [mark["before"] for mark in result["machine"]["marks"]]
+    assert marks == ["trl", "floor_batched", "floor_single", "fgrlhf", "fgrlhf_async", "fgrlhf_2_ranks", "end"]
+    assert all(mark["probe_cpu_seconds"] > 0 for mark in result["machine"]["marks"])
+    assert "Machine speed probe (CPU s, one thread) before trl / floor_batched" in out
+
+
+def test_machine_watch_probes_and_steal_between_runs(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu, wall = machine_speed.probe_seconds()
+        assert torch.get_num_threads() == 2  # one thread while probing only
+    finally:
+        torch.set_num_threads(threads)
+    assert cpu > 0 and wall > 0
+    with pytest.raises(ValueError, match="between two marks; got 1 mark"):
+        machine_speed.summarize([{"before": "trl", "probe_cpu_seconds": 1.0, "steal_seconds": 0.0}])
+    probes = iter([2.0, 1.6, 2.4])
+    monkeypatch.setattr(machine_speed, "probe_seconds", lambda: (next(probes), 0.0))
+    monkeypatch.setattr(machine_speed, "steal_seconds", iter([5.0, 5.5, 9.5]).__next__)
+    watch = machine_speed.MachineWatch()
+    for before in ("trl", "fgrlhf", "end"):
+        watch.mark(before)
+    summary = watch.summary()
+    assert summary["probe_cpu_spread"] == pytest.approx(0.5)  # 2.4 over 1.6
+    assert summary["steal_seconds_during"] == {"trl": 0.5, "fgrlhf": 4.0}
+    assert machine_speed.render(summary).endswith(
+        "before trl / fgrlhf / end: 2.000 / 1.600 / 2.400; spread 50.0%; CPU steal during each run (s): "
+        "trl 0.5, fgrlhf 4.0"
+    )
 
 
 def test_learner_minibatches_follow_the_ranks_shards_and_shuffles():
@@ -240,6 +272,12 @@ def sweep_row(length: int, batch: int, cpu: dict[str, float]) -> dict:
         / (cpu["trl"] / tokens["trl"]),
     }
     row["trl"]["response_positions_all"] = [length * batch]
+    # The probe slowed by a tenth over the point; the hypervisor stole 2 CPU-s during the floor's run.
+    probes, steal = iter([1.0, 1.05, 1.1, 1.1]), iter([10.0, 10.0, 12.0, 12.0])
+    watch = machine_speed.MachineWatch(probe=lambda: (next(probes), 1.0), steal=lambda: next(steal))
+    for before in ("trl", "floor", "fgrlhf", "end"):
+        watch.mark(before)
+    row["machine"] = watch.summary()
     row["fgrlhf"]["phase_cpu_seconds"] = {name: share * cpu["fgrlhf"] for name, share in FGRLHF_SHARES.items()}
     row["floor"]["phase_cpu_seconds"] = {name: share * cpu["floor"] for name, share in FLOOR_SHARES.items()}
     return row
@@ -268,6 +306,12 @@ def test_sweep_growth_table_and_plot(tmp_path):
     # forwards under "score", its advantages under "other").
     assert "| 128 | 16 | 1024 / 512 / 1024 | 2048 | 11.7 / 15.6 / 5.9 | 0.75 | 3.0 / 3.0 / 4.8 / 1.2 | " in table
     assert table.count("| 1.8 / 1.2 / 2.9 / 0.1 |") == 1
+    # How fast the machine was at each point's marks, in the order its runs went.
+    assert (
+        "probe CPU s before trl / floor / fgrlhf / after | probe spread | steal s during trl / floor / fgrlhf |"
+        in table
+    )
+    assert "| 64 | 16 | 1.000 / 1.050 / 1.100 / 1.100 | 10.0% | 0.0 / 2.0 / 0.0 |" in table
     throughput.plot_sweep(result, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
@@ -301,6 +345,7 @@ def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch, ca
 
     for name, function in (("trl", "run_trl_apart"), ("floor", "run_floor"), ("fgrlhf", "run_fgrlhf")):
         monkeypatch.setattr(throughput, function, timed(name))
+    monkeypatch.setattr(machine_speed, "probe_seconds", lambda: (1.0, 1.0))
     argv = ["--sweep", "--sweep-lengths", "6", "--sweep-batches", "8", "4", "--workdir", str(tmp_path)]
     with pytest.raises(KeyboardInterrupt):
         throughput.main(argv)
@@ -337,6 +382,7 @@ def test_throughput_sweep_quick(tmp_path, capsys):
     # fgrlhf's CPU by phase adds up to its step's; the floor's are its own phases.
     assert sum(row["fgrlhf"]["phase_cpu_seconds"].values()) == pytest.approx(row["fgrlhf"]["cpu_seconds_per_step"])
     assert row["fgrlhf"]["phase_cpu_seconds"]["train"] > 0
+    assert [mark["before"] for mark in row["machine"]["marks"]] == ["trl", "floor", "fgrlhf", "end"]
     assert set(row["floor"]["phase_cpu_seconds"]) == set(floor.PHASES)
     for key in (
         "ratio_cpu_seconds_fgrlhf_vs_trl",

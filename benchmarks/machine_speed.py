@@ -1,0 +1,94 @@
+"""How fast this machine was between the runs of one comparison, so that its drift shows beside the ratios.
+
+The benchmarks time frameworks one after the other. On a shared VM the speed of a core can change within
+minutes: the same code's phases have measured 20–30 % apart in two sweeps of one evening. A ratio of two runs
+then mixes the frameworks' costs with the machine's drift. :class:`MachineWatch` marks the boundaries between
+the runs: at each mark it times a fixed probe (one thread, float32 matrix multiplies of SmolLM2's widths: a
+PPO step on this CPU is ~80 % ``aten::mm``) and reads the machine's CPU steal (time the hypervisor gave this
+VM's CPUs to others). Its summary gives the probe's CPU seconds at every mark, their spread, and the steal
+during each run. The probe does not correct the ratios; it says how far the machine moved under them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import UTC, datetime
+
+PROBE_SHAPE = (576, 1536)  # SmolLM2-135M's hidden and MLP widths
+PROBE_MATMULS = 100  # ~1.1 CPU-s on the idle 2-core box
+
+
+def probe_seconds() -> tuple[float, float]:
+    """CPU and wall seconds of the probe on one thread (torch's thread count restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(PROBE_SHAPE, generator=generator)
+        b = torch.randn(PROBE_SHAPE[::-1], generator=generator)
+        a @ b  # first call pays the allocation, not the arithmetic
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for _ in range(PROBE_MATMULS):
+            a @ b
+        return time.thread_time() - cpu, time.perf_counter() - wall
+    finally:
+        torch.set_num_threads(threads)
+
+
+def steal_seconds() -> float:
+    """The machine's CPU steal since boot, summed over its CPUs (0 where the OS does not report it)."""
+    import psutil
+
+    return getattr(psutil.cpu_times(), "steal", 0.0)
+
+
+class MachineWatch:
+    """Marks between runs: ``mark("trl")`` before TRL's run, ..., ``mark("end")`` after the last."""
+
+    def __init__(self, probe=None, steal=None):
+        self._probe, self._steal = probe or probe_seconds, steal or steal_seconds
+        self.marks: list[dict] = []
+
+    def mark(self, before: str) -> None:
+        cpu, wall = self._probe()
+        self.marks.append(
+            {
+                "before": before,
+                "time": datetime.now(UTC).strftime("%H:%M:%S"),
+                "probe_cpu_seconds": cpu,
+                "probe_wall_seconds": wall,
+                "steal_seconds": self._steal(),
+            }
+        )
+
+    def summary(self) -> dict:
+        return summarize(self.marks)
+
+
+def summarize(marks: list[dict]) -> dict:
+    """The probe at each mark, its spread (slowest over fastest, minus 1) and the steal during each run (from
+    its mark to the next)."""
+    if len(marks) < 2:
+        raise ValueError(f"a run lies between two marks; got {len(marks)} mark(s)")
+    cpu = [mark["probe_cpu_seconds"] for mark in marks]
+    return {
+        "marks": marks,
+        "probe_cpu_spread": max(cpu) / min(cpu) - 1,
+        "steal_seconds_during": {
+            mark["before"]: after["steal_seconds"] - mark["steal_seconds"] for mark, after in itertools.pairwise(marks)
+        },
+    }
+
+
+def render(summary: dict) -> str:
+    """One line: the probe at every mark, its spread, and the steal during each run."""
+    probes = " / ".join(f"{mark['probe_cpu_seconds']:.3f}" for mark in summary["marks"])
+    labels = " / ".join(mark["before"] for mark in summary["marks"])
+    steal = ", ".join(f"{name} {seconds:.1f}" for name, seconds in summary["steal_seconds_during"].items())
+    return (
+        f"Machine speed probe (CPU s, one thread) before {labels}: {probes}; spread "
+        f"{summary['probe_cpu_spread']:.1%}; CPU steal during each run (s): {steal}"
+    )
