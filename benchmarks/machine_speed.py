@@ -5,13 +5,17 @@ minutes: the same code's phases have measured 20–30 % apart in two sweeps of o
 then mixes the frameworks' costs with the machine's drift. :class:`MachineWatch` marks the boundaries between
 the runs: at each mark it times a fixed probe (one thread, float32 matrix multiplies of SmolLM2's widths: a
 PPO step on this CPU is ~80 % ``aten::mm``) and reads the machine's CPU steal (time the hypervisor gave this
-VM's CPUs to others). Its summary gives the probe's CPU seconds at every mark, their spread, and the steal
-during each run. The probe does not correct the ratios; it says how far the machine moved under them.
+VM's CPUs to others). It also runs the probe in two processes at once: fgrlhf trains its policy and critic in
+two one-thread processes at once while TRL and the floor train on one thread, so how much two processes slow
+each other on this VM's two cores (which need not be two whole cores of the host) falls on fgrlhf's CPU alone. Its summary gives the probe's CPU seconds at every mark, their spread, the pair's
+slowdown, and the steal during each run. The probe does not correct the ratios; it says how far the machine
+moved under them.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -19,23 +23,57 @@ PROBE_SHAPE = (576, 1536)  # SmolLM2-135M's hidden and MLP widths
 PROBE_MATMULS = 100  # ~1.1 CPU-s on the idle 2-core box
 
 
-def probe_seconds() -> tuple[float, float]:
-    """CPU and wall seconds of the probe on one thread (torch's thread count restored after)."""
+def probe_seconds(start=None) -> tuple[float, float]:
+    """CPU and wall seconds of the probe on one thread (torch's intra-op pool held at one thread, restored
+    after). ``start``: a barrier to wait at once the operands are ready, so that probes in several processes
+    multiply at the same time."""
     import torch
 
-    threads = torch.get_num_threads()
+    pool = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         generator = torch.Generator().manual_seed(0)
         a = torch.randn(PROBE_SHAPE, generator=generator)
         b = torch.randn(PROBE_SHAPE[::-1], generator=generator)
-        a @ b  # first call pays the allocation, not the arithmetic
+        a @ b  # the first call pays the allocation, not the arithmetic
+        if start is not None:
+            start.wait()
         cpu, wall = time.thread_time(), time.perf_counter()
         for _ in range(PROBE_MATMULS):
             a @ b
         return time.thread_time() - cpu, time.perf_counter() - wall
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(pool)
+
+
+def _probe_process(start, results) -> None:
+    results.put(probe_seconds(start))
+
+
+def pair_probe_seconds() -> tuple[float, float]:
+    """The probe in two processes at once, as fgrlhf's two learners train: CPU seconds of each (mean) and the
+    wall seconds until both finished. Threads of one process would not do: their multiplies run one at a time."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_probe_process, args=(start, results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        try:
+            start.wait(timeout=120)  # both have imported torch and built their operands
+        except threading.BrokenBarrierError:
+            codes = [worker.exitcode for worker in workers]
+            raise RuntimeError(f"the pair probe's processes did not start (exit codes {codes})") from None
+        wall = time.perf_counter()
+        cpu = [results.get(timeout=120)[0] for _ in workers]
+        return sum(cpu) / len(cpu), time.perf_counter() - wall
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
 
 
 def steal_seconds() -> float:
@@ -48,18 +86,23 @@ def steal_seconds() -> float:
 class MachineWatch:
     """Marks between runs: ``mark("trl")`` before TRL's run, ..., ``mark("end")`` after the last."""
 
-    def __init__(self, probe=None, steal=None):
-        self._probe, self._steal = probe or probe_seconds, steal or steal_seconds
+    def __init__(self, probe=None, pair_probe=None, steal=None):
+        self._probe = probe or probe_seconds
+        self._pair_probe = pair_probe or pair_probe_seconds
+        self._steal = steal or steal_seconds
         self.marks: list[dict] = []
 
     def mark(self, before: str) -> None:
         cpu, wall = self._probe()
+        pair_cpu, pair_wall = self._pair_probe()
         self.marks.append(
             {
                 "before": before,
                 "time": datetime.now(UTC).strftime("%H:%M:%S"),
                 "probe_cpu_seconds": cpu,
                 "probe_wall_seconds": wall,
+                "pair_probe_cpu_seconds": pair_cpu,
+                "pair_probe_wall_seconds": pair_wall,
                 "steal_seconds": self._steal(),
             }
         )
@@ -69,14 +112,16 @@ class MachineWatch:
 
 
 def summarize(marks: list[dict]) -> dict:
-    """The probe at each mark, its spread (slowest over fastest, minus 1) and the steal during each run (from
-    its mark to the next)."""
+    """The probe at each mark, its spread (slowest over fastest, minus 1), how much two probes at once slowed
+    each other at each mark (``pair_slowdown``: the pair's CPU per stream over the lone probe's), and the steal
+    during each run (from its mark to the next)."""
     if len(marks) < 2:
         raise ValueError(f"a run lies between two marks; got {len(marks)} mark(s)")
     cpu = [mark["probe_cpu_seconds"] for mark in marks]
     return {
         "marks": marks,
         "probe_cpu_spread": max(cpu) / min(cpu) - 1,
+        "pair_slowdown": [mark["pair_probe_cpu_seconds"] / mark["probe_cpu_seconds"] for mark in marks],
         "steal_seconds_during": {
             mark["before"]: after["steal_seconds"] - mark["steal_seconds"] for mark, after in itertools.pairwise(marks)
         },
@@ -84,11 +129,13 @@ def summarize(marks: list[dict]) -> dict:
 
 
 def render(summary: dict) -> str:
-    """One line: the probe at every mark, its spread, and the steal during each run."""
+    """One line: the probe at every mark, its spread, the pair's slowdown, and the steal during each run."""
     probes = " / ".join(f"{mark['probe_cpu_seconds']:.3f}" for mark in summary["marks"])
     labels = " / ".join(mark["before"] for mark in summary["marks"])
+    pairs = " / ".join(f"{slowdown:.2f}" for slowdown in summary["pair_slowdown"])
     steal = ", ".join(f"{name} {seconds:.1f}" for name, seconds in summary["steal_seconds_during"].items())
     return (
         f"Machine speed probe (CPU s, one thread) before {labels}: {probes}; spread "
-        f"{summary['probe_cpu_spread']:.1%}; CPU steal during each run (s): {steal}"
+        f"{summary['probe_cpu_spread']:.1%}; two probes at once, CPU each over alone: {pairs}; "
+        f"CPU steal during each run (s): {steal}"
     )

@@ -85,9 +85,10 @@ interrupted continues at the next point when re-run with the same ``--workdir`` 
 there are refused); a resumed sweep's table says how many points an earlier run measured, and when.
 
 Before each framework's run and after the last, :mod:`benchmarks.machine_speed` times a fixed one-thread
-matmul probe and reads the VM's CPU steal (``machine``; in a sweep, each point's ``machine``, and a third
-table): the frameworks run one after the other, so a ratio also holds whatever the machine's speed did
-between their runs, and the probe's spread says how much that was.
+matmul probe, the same probe on two threads at once (how much two one-thread streams, like fgrlhf's two
+learners, slow each other), and reads the VM's CPU steal (``machine``; in a sweep, each point's ``machine``,
+and a third table): the frameworks run one after the other, so a ratio also holds whatever the machine's
+speed did between their runs, and the probe's spread says how much that was.
 
 Without ``trl`` importable the script stops with an error; it never reports a TRL number it did not measure.
 """
@@ -709,7 +710,7 @@ SWEPT_FIELDS = (  # what a point keeps of each framework's run
     "cpu_seconds_per_generated_token",
 )
 # Bumped when a point's row gains fields: a sweep never mixes rows of two formats.
-SWEEP_ROW_FORMAT = 3
+SWEEP_ROW_FORMAT = 4
 
 
 PHASE_GROUPS = {  # each side's phases under the coarse ones of the sweep's table; everything else is "other"
@@ -911,10 +912,10 @@ def render_sweep(result: dict) -> str:
         "",
         "| new tokens | rollout batch | probe CPU s before "
         + " / ".join(runs_in_order)
-        + " / after | probe spread | steal s during "
+        + " / after | probe spread | two at once, CPU each over alone | steal s during "
         + " / ".join(runs_in_order)
         + " |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["sweep"]:
         machine = row["machine"]
@@ -922,6 +923,8 @@ def render_sweep(result: dict) -> str:
             f"| {row['max_new_tokens']} | {row['rollout_batch_size']} | "
             + " / ".join(f"{mark['probe_cpu_seconds']:.3f}" for mark in machine["marks"])
             + f" | {machine['probe_cpu_spread']:.1%} | "
+            + " / ".join(f"{slowdown:.2f}" for slowdown in machine["pair_slowdown"])
+            + " | "
             + " / ".join(f"{seconds:.1f}" for seconds in machine["steal_seconds_during"].values())
             + " |"
         )

@@ -136,6 +136,7 @@ def test_throughput_quick(tmp_path, capsys):
     marks = [mark["before"] for mark in result["machine"]["marks"]]
     assert marks == ["trl", "floor_batched", "floor_single", "fgrlhf", "fgrlhf_async", "fgrlhf_2_ranks", "end"]
     assert all(mark["probe_cpu_seconds"] > 0 for mark in result["machine"]["marks"])
+    assert len(result["machine"]["pair_slowdown"]) == len(marks)
     assert "Machine speed probe (CPU s, one thread) before trl / floor_batched" in out
 
 
@@ -143,25 +144,29 @@ def test_machine_watch_probes_and_steal_between_runs(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        cpu, wall = machine_speed.probe_seconds()
+        alone = machine_speed.probe_seconds()
         assert torch.get_num_threads() == 2  # one thread while probing only
     finally:
         torch.set_num_threads(threads)
-    assert cpu > 0 and wall > 0
+    pair = machine_speed.pair_probe_seconds()
+    # Each process of the pair did the lone probe's multiplies: as much CPU at least, give or take the drift.
+    assert alone[0] > 0 and alone[1] > 0 and pair[0] > 0.5 * alone[0] and pair[1] > 0.5 * alone[1]
     with pytest.raises(ValueError, match="between two marks; got 1 mark"):
         machine_speed.summarize([{"before": "trl", "probe_cpu_seconds": 1.0, "steal_seconds": 0.0}])
-    probes = iter([2.0, 1.6, 2.4])
+    probes = iter([2.0, 2.2, 1.6, 2.4, 2.4, 2.4])  # alone, then two at once, at each mark
     monkeypatch.setattr(machine_speed, "probe_seconds", lambda: (next(probes), 0.0))
+    monkeypatch.setattr(machine_speed, "pair_probe_seconds", lambda: (next(probes), 0.0))
     monkeypatch.setattr(machine_speed, "steal_seconds", iter([5.0, 5.5, 9.5]).__next__)
     watch = machine_speed.MachineWatch()
     for before in ("trl", "fgrlhf", "end"):
         watch.mark(before)
     summary = watch.summary()
     assert summary["probe_cpu_spread"] == pytest.approx(0.5)  # 2.4 over 1.6
+    assert summary["pair_slowdown"] == pytest.approx([1.1, 1.5, 1.0])
     assert summary["steal_seconds_during"] == {"trl": 0.5, "fgrlhf": 4.0}
     assert machine_speed.render(summary).endswith(
-        "before trl / fgrlhf / end: 2.000 / 1.600 / 2.400; spread 50.0%; CPU steal during each run (s): "
-        "trl 0.5, fgrlhf 4.0"
+        "before trl / fgrlhf / end: 2.000 / 1.600 / 2.400; spread 50.0%; two probes at once, CPU each over "
+        "alone: 1.10 / 1.50 / 1.00; CPU steal during each run (s): trl 0.5, fgrlhf 4.0"
     )
 
 
@@ -272,9 +277,13 @@ def sweep_row(length: int, batch: int, cpu: dict[str, float]) -> dict:
         / (cpu["trl"] / tokens["trl"]),
     }
     row["trl"]["response_positions_all"] = [length * batch]
-    # The probe slowed by a tenth over the point; the hypervisor stole 2 CPU-s during the floor's run.
-    probes, steal = iter([1.0, 1.05, 1.1, 1.1]), iter([10.0, 10.0, 12.0, 12.0])
-    watch = machine_speed.MachineWatch(probe=lambda: (next(probes), 1.0), steal=lambda: next(steal))
+    # The probe slowed by a tenth over the point, two at once cost each 20 % more at the first mark and 10 %
+    # at the others; the hypervisor stole 2 CPU-s during the floor's run.
+    probes = iter([1.0, 1.2, 1.05, 1.155, 1.1, 1.21, 1.1, 1.21])
+    steal = iter([10.0, 10.0, 12.0, 12.0])
+    watch = machine_speed.MachineWatch(
+        probe=lambda: (next(probes), 1.0), pair_probe=lambda: (next(probes), 1.0), steal=lambda: next(steal)
+    )
     for before in ("trl", "floor", "fgrlhf", "end"):
         watch.mark(before)
     row["machine"] = watch.summary()
@@ -308,10 +317,10 @@ def test_sweep_growth_table_and_plot(tmp_path):
     assert table.count("| 1.8 / 1.2 / 2.9 / 0.1 |") == 1
     # How fast the machine was at each point's marks, in the order its runs went.
     assert (
-        "probe CPU s before trl / floor / fgrlhf / after | probe spread | steal s during trl / floor / fgrlhf |"
-        in table
-    )
-    assert "| 64 | 16 | 1.000 / 1.050 / 1.100 / 1.100 | 10.0% | 0.0 / 2.0 / 0.0 |" in table
+        "probe CPU s before trl / floor / fgrlhf / after | probe spread | two at once, CPU each over alone | "
+        "steal s during trl / floor / fgrlhf |"
+    ) in table
+    assert "| 64 | 16 | 1.000 / 1.050 / 1.100 / 1.100 | 10.0% | 1.20 / 1.10 / 1.10 / 1.10 | 0.0 / 2.0 / 0.0 |" in table
     throughput.plot_sweep(result, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
@@ -346,6 +355,7 @@ def test_sweep_resumes_at_the_first_point_not_measured(tmp_path, monkeypatch, ca
     for name, function in (("trl", "run_trl_apart"), ("floor", "run_floor"), ("fgrlhf", "run_fgrlhf")):
         monkeypatch.setattr(throughput, function, timed(name))
     monkeypatch.setattr(machine_speed, "probe_seconds", lambda: (1.0, 1.0))
+    monkeypatch.setattr(machine_speed, "pair_probe_seconds", lambda: (1.0, 1.0))
     argv = ["--sweep", "--sweep-lengths", "6", "--sweep-batches", "8", "4", "--workdir", str(tmp_path)]
     with pytest.raises(KeyboardInterrupt):
         throughput.main(argv)
