@@ -1,5 +1,7 @@
 """How fast this machine was between the runs of one comparison, so that its drift shows beside the ratios.
 
+  python benchmarks/machine_speed.py [--repeat 10] [--json OUT]   # the probes alone, in turn, as a series
+
 The benchmarks time frameworks one after the other. On a shared VM the speed of a core can change within
 minutes: the same code's phases have measured 20–30 % apart in two sweeps of one evening. A ratio of two runs
 then mixes the frameworks' costs with the machine's drift. :class:`MachineWatch` marks the boundaries between
@@ -10,14 +12,25 @@ two one-thread processes at once while TRL and the floor train on one thread, so
 each other on this VM's two cores (which need not be two whole cores of the host) falls on fgrlhf's CPU alone. Its summary gives the probe's CPU seconds at every mark, their spread, the pair's
 slowdown, and the steal during each run. The probe does not correct the ratios; it says how far the machine
 moved under them.
+
+Run as a script it times the lone probe and the pair in turn ``--repeat`` times and prints a row each: a
+series that shows whether the machine is steady, and how much two processes slow each other, right now.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # `python benchmarks/NAME.py`: only benchmarks/ is on the path
+    from _as_module import run_as_module
+
+    run_as_module(__file__)
 
 PROBE_SHAPE = (576, 1536)  # SmolLM2-135M's hidden and MLP widths
 PROBE_MATMULS = 100  # ~1.1 CPU-s on the idle 2-core box
@@ -139,3 +152,42 @@ def render(summary: dict) -> str:
         f"{summary['probe_cpu_spread']:.1%}; two probes at once, CPU each over alone: {pairs}; "
         f"CPU steal during each run (s): {steal}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.common import write_json
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=10, help="lone probe and pair, in turn, this many times")
+    parser.add_argument("--json", metavar="OUT", type=Path)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    print("| time (UTC) | alone CPU s | alone wall s | pair CPU s each | pair wall s | pair CPU each over alone |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    rows = []
+    for _ in range(args.repeat):
+        moment = datetime.now(UTC).strftime("%H:%M:%S")
+        (cpu, wall), (pair_cpu, pair_wall) = probe_seconds(), pair_probe_seconds()
+        rows.append(
+            {
+                "time": moment,
+                "probe_cpu_seconds": cpu,
+                "probe_wall_seconds": wall,
+                "pair_probe_cpu_seconds": pair_cpu,
+                "pair_probe_wall_seconds": pair_wall,
+            }
+        )
+        print(
+            f"| {moment} | {cpu:.3f} | {wall:.3f} | {pair_cpu:.3f} | {pair_wall:.3f} | {pair_cpu / cpu:.2f} |",
+            flush=True,
+        )
+    if args.json:
+        write_json(
+            args.json, {"benchmark": "machine_speed", "date": datetime.now(UTC).strftime("%Y-%m-%d"), "probes": rows}
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

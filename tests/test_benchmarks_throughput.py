@@ -170,6 +170,15 @@ def test_machine_watch_probes_and_steal_between_runs(monkeypatch):
     )
 
 
+def test_machine_speed_series(tmp_path, capsys):
+    assert machine_speed.main(["--repeat", "1", "--json", str(tmp_path / "probes.json")]) == 0
+    (row,) = json.loads((tmp_path / "probes.json").read_text())["probes"]
+    assert row["probe_cpu_seconds"] > 0 and row["pair_probe_cpu_seconds"] > 0 and row["pair_probe_wall_seconds"] > 0
+    assert f"| {row['time']} | {row['probe_cpu_seconds']:.3f} |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        machine_speed.main(["--repeat", "0"])
+
+
 def test_learner_minibatches_follow_the_ranks_shards_and_shuffles():
     # 8 rows, 2 ranks, minibatch 4, 2 epochs: 4 optimizer steps, each 2 rows of rank 0's shard (0-3) and 2 of
     # rank 1's (4-7); every epoch trains on every row once.
