@@ -9,9 +9,9 @@ the runs: at each mark it times a fixed probe (one thread, float32 matrix multip
 PPO step on this CPU is ~80 % ``aten::mm``) and reads the machine's CPU steal (time the hypervisor gave this
 VM's CPUs to others). It also runs the probe in two processes at once: fgrlhf trains its policy and critic in
 two one-thread processes at once while TRL and the floor train on one thread, so how much two processes slow
-each other on this VM's two cores (which need not be two whole cores of the host) falls on fgrlhf's CPU alone. Its summary gives the probe's CPU seconds at every mark, their spread, the pair's
-slowdown, and the steal during each run. The probe does not correct the ratios; it says how far the machine
-moved under them.
+each other on this VM's two cores (which need not be two whole cores of the host) falls on fgrlhf's CPU
+alone. Its summary gives the probe's CPU seconds at every mark, their spread, the pair's slowdown, and the
+steal during each run. The probe does not correct the ratios; it says how far the machine moved under them.
 
 Run as a script it times the lone probe and the pair in turn ``--repeat`` times and prints a row each: a
 series that shows whether the machine is steady, and how much two processes slow each other, right now.

@@ -85,7 +85,7 @@ interrupted continues at the next point when re-run with the same ``--workdir`` 
 there are refused); a resumed sweep's table says how many points an earlier run measured, and when.
 
 Before each framework's run and after the last, :mod:`benchmarks.machine_speed` times a fixed one-thread
-matmul probe, the same probe on two threads at once (how much two one-thread streams, like fgrlhf's two
+matmul probe, the same probe in two processes at once (how much two one-thread processes, like fgrlhf's two
 learners, slow each other), and reads the VM's CPU steal (``machine``; in a sweep, each point's ``machine``,
 and a third table): the frameworks run one after the other, so a ratio also holds whatever the machine's
 speed did between their runs, and the probe's spread says how much that was.
@@ -907,8 +907,8 @@ def render_sweep(result: dict) -> str:
     runs_in_order = list(result["sweep"][0]["machine"]["steal_seconds_during"])  # the same in every row
     lines += [
         "",
-        "How fast the machine was between each point's runs (a fixed one-thread matmul probe, in the order the "
-        "runs went; steal: CPU time the hypervisor gave to others):",
+        "How fast the machine was between each point's runs (a fixed one-thread matmul probe, alone and in two "
+        "processes at once, in the order the runs went; steal: CPU time the hypervisor gave to others):",
         "",
         "| new tokens | rollout batch | probe CPU s before "
         + " / ".join(runs_in_order)
