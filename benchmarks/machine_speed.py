@@ -165,27 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be at least 1")
     print("| time (UTC) | alone CPU s | alone wall s | pair CPU s each | pair wall s | pair CPU each over alone |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
-    rows = []
-    for _ in range(args.repeat):
-        moment = datetime.now(UTC).strftime("%H:%M:%S")
-        (cpu, wall), (pair_cpu, pair_wall) = probe_seconds(), pair_probe_seconds()
-        rows.append(
-            {
-                "time": moment,
-                "probe_cpu_seconds": cpu,
-                "probe_wall_seconds": wall,
-                "pair_probe_cpu_seconds": pair_cpu,
-                "pair_probe_wall_seconds": pair_wall,
-            }
-        )
+    watch = MachineWatch()
+    for round_ in range(args.repeat):
+        watch.mark(f"round {round_ + 1}")
+        mark = watch.marks[-1]
         print(
-            f"| {moment} | {cpu:.3f} | {wall:.3f} | {pair_cpu:.3f} | {pair_wall:.3f} | {pair_cpu / cpu:.2f} |",
+            f"| {mark['time']} | {mark['probe_cpu_seconds']:.3f} | {mark['probe_wall_seconds']:.3f} | "
+            f"{mark['pair_probe_cpu_seconds']:.3f} | {mark['pair_probe_wall_seconds']:.3f} | "
+            f"{mark['pair_probe_cpu_seconds'] / mark['probe_cpu_seconds']:.2f} |",
             flush=True,
         )
     if args.json:
-        write_json(
-            args.json, {"benchmark": "machine_speed", "date": datetime.now(UTC).strftime("%Y-%m-%d"), "probes": rows}
-        )
+        date = datetime.now(UTC).strftime("%Y-%m-%d")
+        write_json(args.json, {"benchmark": "machine_speed", "date": date, "probes": watch.marks})
     return 0
 
 
